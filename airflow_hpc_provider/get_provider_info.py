@@ -1,0 +1,108 @@
+"""Provider metadata for Airflow: what ``airflow providers list`` shows and the admin UI's connection forms.
+
+The Airflow 3 UI builds custom connection fields only from ``conn-fields`` here (a hook's
+``get_connection_form_widgets`` is not used by it). Every field lands in the connection's extra.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _text(label: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"label": label, "description": description, "schema": {"type": ["string", "null"], **schema}}
+
+
+def _flag(label: str, description: str, default: bool) -> dict[str, Any]:
+    return {"label": label, "description": description, "schema": {"type": ["boolean", "null"], "default": default}}
+
+
+def _number(label: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"label": label, "description": description, "schema": {"type": ["number", "null"], **schema}}
+
+
+# What every SSH-reached cluster connection (slurm, pbs) offers.
+SSH_FIELDS: dict[str, Any] = {
+    "key_file": _text("Private key file", "Path to the private key on the Airflow hosts."),
+    "private_key": _text(
+        "Private key (pasted)", "The private key itself, in OpenSSH or PEM form.", format="password"
+    ),
+    "private_key_passphrase": _text("Key passphrase", "Passphrase of the private key.", format="password"),
+    "certificate": _text("SSH certificate", "An OpenSSH certificate for the key: the text or a file path."),
+    "known_hosts": _text(
+        "Known hosts",
+        "known_hosts lines for the login node, or a path to a known_hosts file. "
+        "Empty: ~/.ssh/known_hosts of the Airflow user.",
+        format="multiline",
+    ),
+    "host_key": _text("Host key", "The login node's public host key, e.g. 'ssh-ed25519 AAAA...'."),
+    "no_host_key_check": _flag(
+        "Skip host key check (unsafe)",
+        "Connect without verifying the login node's identity. Off by default; only for throw-away test hosts.",
+        False,
+    ),
+    "jump_host": _text("Jump host", "Reach the login node through this host: [user@]host[:port], same key."),
+    "connect_timeout": _number("Connect timeout (s)", "Seconds to wait for the SSH handshake.", default=30),
+    "login_shell": _flag(
+        "Login shell", "Run submissions and jobs in a login shell (bash -l), e.g. for 'module'.", False
+    ),
+    "max_sessions": _number(
+        "Max SSH sessions", "Concurrent SSH channels per connection; keep below the login node's MaxSessions.",
+        default=8, minimum=1,
+    ),
+}
+
+CLUSTER_FIELDS: dict[str, Any] = {
+    "account": _text("Default account", "Account charged when a task names none."),
+    "max_concurrent_jobs": _number(
+        "Max concurrent jobs",
+        "Submit no more than this many of this provider's jobs at once for this user; further tasks wait "
+        "(deferred) and try again.",
+        minimum=1,
+    ),
+    "log_dir": _text(
+        "Job log directory", "Where job output is written on the cluster; relative to the login home.",
+        default=".airflow-hpc/logs",
+    ),
+    "poll_interval": _number("Poll interval (s)", "Seconds between status queries for this cluster.", minimum=1),
+}
+
+HIDDEN = ["schema", "extra"]
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-hpc-provider",
+        "name": "HPC (Slurm, PBS, AWS Batch, EC2)",
+        "description": "Run Airflow tasks as jobs on HPC clusters and in AWS, watched without holding worker slots.",
+        "versions": ["0.1.0"],
+        "integrations": [
+            {"integration-name": "Slurm", "external-doc-url": "https://slurm.schedmd.com/", "tags": ["software"]},
+        ],
+        "operators": [
+            {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.operators.slurm"]},
+        ],
+        "hooks": [
+            {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.hooks.slurm"]},
+        ],
+        "triggers": [
+            {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.triggers.slurm"]},
+        ],
+        "connection-types": [
+            {
+                "connection-type": "slurm",
+                "hook-class-name": "airflow_hpc_provider.hooks.slurm.SlurmHook",
+                "hook-name": "Slurm (over SSH)",
+                "conn-fields": {
+                    **SSH_FIELDS,
+                    "partition": _text("Default partition", "Partition used when a task names none."),
+                    **CLUSTER_FIELDS,
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": HIDDEN,
+                    "relabeling": {"host": "Login node", "login": "User", "password": "Password (if no key)"},
+                    "placeholders": {"host": "login.cluster.example.org", "port": "22"},
+                },
+            },
+        ],
+    }

@@ -1,0 +1,219 @@
+"""Value types shared by every batch system: what a job asks for and what became of it.
+
+No I/O happens here. Dialects turn a :class:`JobSpec` into the batch system's script and commands
+and turn its answers back into :class:`JobStatus`; the poller, triggers and operators only ever see
+these types.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+
+class JobState(enum.Enum):
+    """The states every batch system's native states map onto."""
+
+    PENDING = "PENDING"
+    HELD = "HELD"
+    RUNNING = "RUNNING"
+    SUSPENDED = "SUSPENDED"
+    COMPLETING = "COMPLETING"
+    REQUEUED = "REQUEUED"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMEOUT = "TIMEOUT"
+    OUT_OF_MEMORY = "OUT_OF_MEMORY"
+    NODE_FAIL = "NODE_FAIL"
+    PREEMPTED = "PREEMPTED"
+    BOOT_FAIL = "BOOT_FAIL"
+    DEADLINE = "DEADLINE"
+    # Known to nobody any more: neither the queue nor accounting has the job. Never a success.
+    LOST = "LOST"
+    # A native state this provider does not know: logged, and treated as still going.
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def is_success(self) -> bool:
+        return self is JobState.COMPLETED
+
+
+_TERMINAL = frozenset(
+    {
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+        JobState.TIMEOUT,
+        JobState.OUT_OF_MEMORY,
+        JobState.NODE_FAIL,
+        JobState.PREEMPTED,
+        JobState.BOOT_FAIL,
+        JobState.DEADLINE,
+        JobState.LOST,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a job asks the scheduler for. ``None`` means "the cluster's default"."""
+
+    partition: str | None = None
+    account: str | None = None
+    nodes: int | None = None
+    cpus: int | None = None
+    memory_mb: int | None = None
+    time_limit: timedelta | None = None
+    gpus: int | None = None
+    gres: str | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A job as the DAG author described it, validated, before any dialect renders it."""
+
+    command: str
+    job_name: str
+    resources: Resources = field(default_factory=Resources)
+    env_names: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    login_shell: bool = False
+    working_dir: str | None = None
+    extra_directives: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobKey:
+    """Deterministic identity of one Airflow task instance's remote job.
+
+    ``task_digest`` names the task instance (dag, task, run, map index) and is what a retry
+    looks for to adopt a job a previous try left running; ``try_number`` is recorded beside it
+    so an operator can tell the tries apart on the cluster.
+    """
+
+    task_digest: str
+    try_number: int
+
+    PREFIX = "airflow-hpc"
+
+    @classmethod
+    def for_task_instance(
+        cls, dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int
+    ) -> JobKey:
+        # A digest keeps the key free of characters a shell or a scheduler field would mangle.
+        identity = "\x1f".join((dag_id, task_id, run_id, str(map_index)))
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:20]
+        return cls(task_digest=digest, try_number=try_number)
+
+    @property
+    def tag(self) -> str:
+        """The text stored with the job (Slurm comment, PBS variable) to find it again."""
+        return f"{self.PREFIX}:{self.task_digest}:try{self.try_number}"
+
+    @classmethod
+    def task_digest_of(cls, tag: str) -> str | None:
+        parts = tag.strip().split(":")
+        if len(parts) == 3 and parts[0] == cls.PREFIX:
+            return parts[1]
+        return None
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    """One observation of a job, in shared terms, with the native words kept for the log."""
+
+    job_id: str
+    state: JobState
+    native_state: str
+    reason: str | None = None
+    nodes: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    elapsed: timedelta | None = None
+    max_rss_mb: float | None = None
+
+    def describe(self) -> str:
+        """``RUNNING on node01``, ``PENDING (Resources)``: what a person reading the log wants."""
+        text = self.native_state
+        if self.state is JobState.RUNNING and self.nodes:
+            text += f" on {self.nodes}"
+        if self.reason and self.reason not in ("None", "(null)"):
+            text += f" ({self.reason})"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "state": self.state.value,
+            "native_state": self.native_state,
+            "reason": self.reason,
+            "nodes": self.nodes,
+            "exit_code": self.exit_code,
+            "signal": self.signal,
+            "elapsed_s": None if self.elapsed is None else self.elapsed.total_seconds(),
+            "max_rss_mb": self.max_rss_mb,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobStatus:
+        elapsed_s = data.get("elapsed_s")
+        return cls(
+            job_id=str(data["job_id"]),
+            state=JobState(data["state"]),
+            native_state=str(data["native_state"]),
+            reason=data.get("reason"),
+            nodes=data.get("nodes"),
+            exit_code=data.get("exit_code"),
+            signal=data.get("signal"),
+            elapsed=None if elapsed_s is None else timedelta(seconds=float(elapsed_s)),
+            max_rss_mb=data.get("max_rss_mb"),
+        )
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """Bytes of a job's output file from ``offset`` on; ``size`` is the file's size when read."""
+
+    job_id: str
+    offset: int
+    data: bytes
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + len(self.data)
+
+
+@dataclass(frozen=True)
+class WatchedJob:
+    """What the poller needs to follow one job: its id and where its output lands."""
+
+    job_id: str
+    log_path: str
+    cursor_path: str
+
+
+def format_duration(value: timedelta | None) -> str:
+    """``01:02:03`` or ``2-01:02:03``: the form schedulers and their users read."""
+    if value is None:
+        return "unknown"
+    total = int(value.total_seconds())
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{days}-{clock}" if days else clock
+
+
+def last_lines(text: str, count: int) -> Sequence[str]:
+    lines = text.splitlines()
+    return lines[-count:] if count > 0 else []
