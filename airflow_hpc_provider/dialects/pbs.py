@@ -152,16 +152,13 @@ def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = No
     """
     directives = [f"#PBS {option}\n" for option in resource_options(spec, flavour)]
     env_note = (
-        "# environment from Airflow (values exported to qsub, not written here): "
-        f"{' '.join(spec.env_names)}\n"
+        f"# environment from Airflow (values exported to qsub, not written here): {' '.join(spec.env_names)}\n"
         if spec.env_names
         else ""
     )
     # PBS Pro has no qsub option for the working directory (jobs start in $HOME) and the wrapper's
     # -wd would go through its shell unquoted, so the script changes directory itself.
-    chdir = (
-        f"cd -- {remote_shell.home_relative(spec.working_dir)} || exit 1\n" if spec.working_dir else ""
-    )
+    chdir = f"cd -- {remote_shell.home_relative(spec.working_dir)} || exit 1\n" if spec.working_dir else ""
     setup = "".join(f"{line}\n" for line in spec.setup)
     default_shebang = "#!/bin/bash -l\n" if spec.login_shell else "#!/bin/bash\n"
     if script is None:
@@ -183,7 +180,8 @@ def resource_options(spec: JobSpec, flavour: PbsFlavour) -> list[str]:
     """The ``#PBS`` options for the spec's resources, then the author's extra directives.
 
     Memory is per node, as in the Slurm dialect: a PBS Pro chunk's ``mem`` is per chunk (one chunk
-    per node), Torque's ``mem`` is for the whole job, so Torque gets memory times nodes.
+    per node), Torque's ``mem`` is for the whole job, so Torque gets memory times nodes. CPUs and
+    GPUs are per node here (``ncpus``/``ngpus`` per chunk, ``ppn``/``gpus`` per node).
     """
     res = spec.resources
     if res.gres:
@@ -225,9 +223,7 @@ def resource_options(spec: JobSpec, flavour: PbsFlavour) -> list[str]:
         if "\n" in directive or "\r" in directive or "\0" in directive:
             raise JobSpecError(f"extra directive {directive!r} must be a single line")
         if directive.split(" ", 1)[0] in RESERVED_OPTIONS:
-            raise JobSpecError(
-                f"extra directive {directive!r}: {', '.join(RESERVED_OPTIONS)} are set by the provider"
-            )
+            raise JobSpecError(f"extra directive {directive!r}: {', '.join(RESERVED_OPTIONS)} are set by the provider")
         options.append(directive)
     return options
 
@@ -328,8 +324,7 @@ def submit_script(
     qsub.append(batch_file)
     find_live = (
         "printf '%s\\n' \"$_q\" | awk "
-        f"-v want={quote('-' + key.task_digest + '-try')} -v owner=\"$(id -un)\" "
-        + quote(_ADOPT_AWK)
+        f'-v want={quote("-" + key.task_digest + "-try")} -v owner="$(id -un)" ' + quote(_ADOPT_AWK)
     )
     exports = remote_shell.export_lines({"AIRFLOW_HPC_KEY": key.tag, **env})
     return (
@@ -341,7 +336,7 @@ def submit_script(
         'case $_rc in 0|153) ;; *) printf \'qstat exited %s: %s\\n\' "$_rc" "$_q" >&2; exit 1;; esac\n'
         f"_live=$({find_live})\n"
         'if [ -n "$_live" ]; then\n'
-        '  printf \'ADOPTED %s\\n\' "$_live"; _id=${_live%% *}\n'
+        "  printf 'ADOPTED %s\\n' \"$_live\"; _id=${_live%% *}\n"
         "else\n"
         + remote_shell.heredoc(batch_script, feed=f"  cat > {batch_file}")
         + "  [ -s "
@@ -350,12 +345,12 @@ def submit_script(
         + exports
         + "  _id=$("
         + " ".join(qsub)
-        + ") || { _rc=$?; printf '%s\\n' \"$_id\" >&2; exit \"$_rc\"; }\n"
+        + ') || { _rc=$?; printf \'%s\\n\' "$_id" >&2; exit "$_rc"; }\n'
         # qsub may print warnings first (the wrapper: '-S is ignored'); the id is the last word.
         "  _id=$(printf '%s\\n' \"$_id\" | awk 'NF { w = $NF } END { print w }')\n"
         f"  printf 'SUBMITTED %s {key.try_number}\\n' \"$_id\"\n"
         "fi\n"
-        "_st=$(qstat -f \"$_id\" 2>/dev/null | awk '$1 == \"job_state\" { print $3; exit }')\n"
+        '_st=$(qstat -f "$_id" 2>/dev/null | awk \'$1 == "job_state" { print $3; exit }\')\n'
         "printf 'STATE %s\\n' \"$_st\"\n"
     )
 
@@ -447,9 +442,7 @@ _UNKNOWN_JOB = re.compile(r"Unknown Job Id(?: Error)?\s+(\S+)", re.IGNORECASE)
 _RC_UNKNOWN = 153
 
 
-def parse_poll(
-    sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str], flavour: PbsFlavour
-) -> PbsPoll:
+def parse_poll(sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str], flavour: PbsFlavour) -> PbsPoll:
     errors: list[str] = []
     unknown: set[str] = set()
     found: dict[str, JobStatus] = {}
@@ -623,9 +616,7 @@ def map_state(
     if exit_status == 0:
         return JobState.COMPLETED, comment, None
     if exit_status < 0:
-        word, state = _EXEC_CODES[flavour].get(
-            exit_status, (f"server exit code {exit_status}", JobState.FAILED)
-        )
+        word, state = _EXEC_CODES[flavour].get(exit_status, (f"server exit code {exit_status}", JobState.FAILED))
         if deleted:
             state = JobState.CANCELLED
         return state, word + (f"; {comment}" if comment else ""), None
