@@ -24,9 +24,7 @@ def _number(label: str, description: str, **schema: Any) -> dict[str, Any]:
 # What every SSH-reached cluster connection (slurm, pbs) offers.
 SSH_FIELDS: dict[str, Any] = {
     "key_file": _text("Private key file", "Path to the private key on the Airflow hosts."),
-    "private_key": _text(
-        "Private key (pasted)", "The private key itself, in OpenSSH or PEM form.", format="password"
-    ),
+    "private_key": _text("Private key (pasted)", "The private key itself, in OpenSSH or PEM form.", format="password"),
     "private_key_passphrase": _text("Key passphrase", "Passphrase of the private key.", format="password"),
     "certificate": _text("SSH certificate", "An OpenSSH certificate for the key: the text or a file path."),
     "known_hosts": _text(
@@ -47,8 +45,10 @@ SSH_FIELDS: dict[str, Any] = {
         "Login shell", "Run submissions and jobs in a login shell (bash -l), e.g. for 'module'.", False
     ),
     "max_sessions": _number(
-        "Max SSH sessions", "Concurrent SSH channels per connection; keep below the login node's MaxSessions.",
-        default=8, minimum=1,
+        "Max SSH sessions",
+        "Concurrent SSH channels per connection; keep below the login node's MaxSessions.",
+        default=8,
+        minimum=1,
     ),
 }
 
@@ -61,7 +61,8 @@ CLUSTER_FIELDS: dict[str, Any] = {
         minimum=1,
     ),
     "log_dir": _text(
-        "Job log directory", "Where job output is written on the cluster; relative to the login home.",
+        "Job log directory",
+        "Where job output is written on the cluster; relative to the login home.",
         default=".airflow-hpc/logs",
     ),
     "poll_interval": _number("Poll interval (s)", "Seconds between status queries for this cluster.", minimum=1),

@@ -106,9 +106,7 @@ class JobKey:
     PREFIX = "airflow-hpc"
 
     @classmethod
-    def for_task_instance(
-        cls, dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int
-    ) -> JobKey:
+    def for_task_instance(cls, dag_id: str, task_id: str, run_id: str, map_index: int, try_number: int) -> JobKey:
         # A digest keeps the key free of characters a shell or a scheduler field would mangle.
         identity = "\x1f".join((dag_id, task_id, run_id, str(map_index)))
         digest = hashlib.sha256(identity.encode()).hexdigest()[:20]

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -141,7 +141,7 @@ class ClusterPoller:
 
     # -- watching ----------------------------------------------------------------------------------
 
-    async def watch(self, job: WatchedJob) -> AsyncIterator[WatchEvent]:
+    async def watch(self, job: WatchedJob) -> AsyncGenerator[WatchEvent, None]:
         """Events for one job until it ends (``JobEnded``) or cannot be watched (``WatchFailed``)."""
         queue: asyncio.Queue[WatchEvent] = asyncio.Queue()
         track = self._tracks.get(job.job_id)
@@ -294,8 +294,12 @@ class ClusterPoller:
                     still.append(track)
             remaining = still
         for track in remaining:
-            track.send(Notice(f"output of job {track.job.job_id} is longer than the task log takes; "
-                              f"the rest is in {track.job.log_path} on the cluster"))
+            track.send(
+                Notice(
+                    f"output of job {track.job.job_id} is longer than the task log takes; "
+                    f"the rest is in {track.job.log_path} on the cluster"
+                )
+            )
 
     def _settle(self, track: _Track, seen: Observation, now: float) -> JobStatus | None:
         """Apply the rules in the module docstring; return the final status once there is one."""
@@ -313,8 +317,12 @@ class ClusterPoller:
         track.missing_since = None
         if status.state is JobState.UNKNOWN and status.native_state not in track.warned_states:
             track.warned_states.add(status.native_state)
-            track.send(Notice(f"{self.dialect.name} reports state {status.native_state!r}, which this "
-                              "provider does not know; still watching"))
+            track.send(
+                Notice(
+                    f"{self.dialect.name} reports state {status.native_state!r}, which this "
+                    "provider does not know; still watching"
+                )
+            )
         if track.last is None or _shown(track.last) != _shown(status):
             track.send(StatusChanged(status))
         track.last = status
@@ -328,8 +336,12 @@ class ClusterPoller:
             # The queue says it ended but accounting has not caught up: wait, within reason.
             track.unsettled_since = track.unsettled_since or now
             if now - track.unsettled_since >= self.settings.gap_grace_s:
-                track.send(Notice(f"accounting never confirmed how job {status.job_id} ended; "
-                                  f"taking the queue's word: {status.native_state}"))
+                track.send(
+                    Notice(
+                        f"accounting never confirmed how job {status.job_id} ended; "
+                        f"taking the queue's word: {status.native_state}"
+                    )
+                )
                 return status
         else:
             track.unsettled_since = None

@@ -95,10 +95,7 @@ class LogRead:
 
 def section(token: str, name: str, command: str) -> str:
     """Run ``command`` and frame its output (stdout and stderr) and exit status as section ``name``."""
-    return (
-        f"_r=$({command} 2>&1); _rc=$?\n"
-        f"printf '%s section {name} %s\\n%s\\n' \"$_t\" \"$_rc\" \"$_r\"\n"
-    )
+    return f'_r=$( {{ {command}; }} 2>&1); _rc=$?\nprintf \'%s section {name} %s\\n%s\\n\' "$_t" "$_rc" "$_r"\n'
 
 
 @dataclass

@@ -176,7 +176,7 @@ def submit_script(
     if max_concurrent_jobs is not None:
         limit = (
             f"_busy=$(printf '%s\\n' \"$_q\" | awk -F'|' -v p={ours} 'index($2, p) == 1' | wc -l)\n"
-            f"if [ \"$_busy\" -ge {int(max_concurrent_jobs)} ]; then printf 'BUSY %s\\n' \"$_busy\"; exit 0; fi\n"
+            f'if [ "$_busy" -ge {int(max_concurrent_jobs)} ]; then printf \'BUSY %s\\n\' "$_busy"; exit 0; fi\n'
         )
     return (
         f"mkdir -p -- {log_dir_arg} || exit 1\n"
@@ -185,7 +185,7 @@ def submit_script(
         "_q=$(squeue -h -u \"$(id -un)\" -O 'JobID:|,Comment:|') || exit 1\n"
         f"_live=$(printf '%s\\n' \"$_q\" | awk -F'|' -v p={mine} 'index($2, p) == 1 {{ print $1; exit }}')\n"
         'if [ -n "$_live" ]; then\n'
-        '  printf \'ADOPTED %s\\n\' "$_live"; _id=$_live\n'
+        "  printf 'ADOPTED %s\\n' \"$_live\"; _id=$_live\n"
         "else\n"
         + limit
         + remote_shell.export_lines(env)
@@ -193,7 +193,7 @@ def submit_script(
         + remote_shell.heredoc(batch_script, feed=" ".join(sbatch))
         + ") || exit $?\n"
         "  _id=${_id%%;*}\n"
-        '  printf \'SUBMITTED %s\\n\' "$_id"\n'
+        "  printf 'SUBMITTED %s\\n' \"$_id\"\n"
         "fi\n"
         "printf 'STATE %s\\n' \"$(squeue -h -j \"$_id\" -O 'State:|' 2>/dev/null | tr -d '|')\"\n"
     )
@@ -223,7 +223,23 @@ def cancel_script(job_ids: Sequence[str]) -> str:
 # --- polling --------------------------------------------------------------------------------------
 
 # squeue states after which only sacct can say how the job ended.
-_ACTIVE = "PENDING|CONFIGURING|RUNNING|RESIZING|SIGNALING|STAGE_OUT|COMPLETING|SUSPENDED|STOPPED|REQUEUED|REQUEUE_HOLD|REQUEUE_FED|RESV_DEL_HOLD"
+_ACTIVE = "|".join(
+    (
+        "PENDING",
+        "CONFIGURING",
+        "RUNNING",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "COMPLETING",
+        "SUSPENDED",
+        "STOPPED",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "RESV_DEL_HOLD",
+    )
+)
 
 
 def poll_script(token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str:
@@ -232,9 +248,9 @@ def poll_script(token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) ->
     body = remote_shell.section(token, "squeue", f"squeue -h -t all -j {quote(ids)} -O '{SQUEUE_FIELDS}'")
     body += (
         f"_done=$(printf '%s\\n' \"$_r\" | awk -F'|' -v ids={quote(ids)} "
-        "'BEGIN { n = split(ids, a, \",\"); for (i = 1; i <= n; i++) w[a[i]] = 1 } "
-        f'$2 ~ /^({_ACTIVE})$/ {{ delete w[$1] }} '
-        "END { s = \"\"; for (k in w) s = s (s == \"\" ? \"\" : \",\") k; print s }')\n"
+        '\'BEGIN { n = split(ids, a, ","); for (i = 1; i <= n; i++) w[a[i]] = 1 } '
+        f"$2 ~ /^({_ACTIVE})$/ {{ delete w[$1] }} "
+        'END { s = ""; for (k in w) s = s (s == "" ? "" : ",") k; print s }\')\n'
         'if [ -n "$_done" ]; then\n'
         + remote_shell.section(token, "sacct", f'sacct -n -P -j "$_done" -o {SACCT_FIELDS}')
         + "fi\n"
@@ -277,8 +293,7 @@ def parse_poll(sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) 
             if accounting_available:
                 errors.append(f"sacct exited {rc}: {text.strip()!r}")
     observations = {
-        job_id: SlurmObservation(queue=queue.get(job_id), accounting=accounting.get(job_id))
-        for job_id in job_ids
+        job_id: SlurmObservation(queue=queue.get(job_id), accounting=accounting.get(job_id)) for job_id in job_ids
     }
     return SlurmPoll(observations, accounting_available, tuple(errors))
 
@@ -335,9 +350,7 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
             signal=signal if state.is_terminal else None,
             elapsed=parse_elapsed(elapsed),
         )
-    return {
-        job_id: _with_rss(status, peak_kb.get(job_id)) for job_id, status in rows.items()
-    }
+    return {job_id: _with_rss(status, peak_kb.get(job_id)) for job_id, status in rows.items()}
 
 
 def _with_rss(status: JobStatus, rss_kb: float | None) -> JobStatus:
@@ -408,9 +421,7 @@ class SlurmDialect:
         poll = parse_poll(sections, job_ids)
         failure = next((error for error in poll.errors if error.startswith("squeue")), None)
         notices = tuple(error for error in poll.errors if not error.startswith("squeue"))
-        observations = {
-            job_id: observe(seen, poll.accounting_available) for job_id, seen in poll.observations.items()
-        }
+        observations = {job_id: observe(seen, poll.accounting_available) for job_id, seen in poll.observations.items()}
         return PollReport(observations=observations, failure=failure, notices=notices)
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:

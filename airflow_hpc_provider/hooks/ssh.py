@@ -154,9 +154,7 @@ class SshTarget:
             if self.key_file:
                 keys.append(asyncssh.read_private_key(os.path.expanduser(self.key_file), self.passphrase))
         except (asyncssh.KeyImportError, OSError) as error:
-            raise ConnectionConfigError(
-                f"connection {self.conn_id!r}: cannot load the private key: {error}"
-            ) from None
+            raise ConnectionConfigError(f"connection {self.conn_id!r}: cannot load the private key: {error}") from None
         if self.certificate and keys:
             cert = self._load_certificate()
             keys = [(keys[0], cert), *keys[1:]]

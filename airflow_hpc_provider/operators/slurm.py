@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowTaskTimeout
@@ -28,11 +28,6 @@ from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
 from airflow_hpc_provider.watch import WatchOutcome, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
-
-
-def _templated(value: Any) -> bool:
-    """Jinja not rendered yet: checked again in ``execute`` once it is."""
-    return isinstance(value, str) and ("{{" in value or "{%" in value)
 
 
 class SlurmSubmitOperator(BaseOperator):
@@ -66,7 +61,7 @@ class SlurmSubmitOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("command", "script", "env", "setup", "job_name", "working_dir")
-    template_fields_renderers = {"command": "bash", "script": "bash", "env": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "script": "bash", "env": "json"}
     ui_color = "#e8f0fe"
 
     def __init__(
@@ -139,6 +134,12 @@ class SlurmSubmitOperator(BaseOperator):
             )
         return option
 
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        # Jinja drops a template's final newline by default; an env value or a script must arrive
+        # exactly as written, so render with it kept (an overlay: the DAG's own env is untouched).
+        env = jinja_env or self.get_template_env(self.dag if self.has_dag() else None)
+        super().render_template_fields(context, env.overlay(keep_trailing_newline=True))
+
     # -- building the job --------------------------------------------------------------------------
 
     def _spec(self, context: Context, defaults: ClusterDefaults, login_shell: bool) -> JobSpec:
@@ -182,16 +183,19 @@ class SlurmSubmitOperator(BaseOperator):
         spec = self._spec(context, defaults, login_shell)
         batch_script = slurm.render_script(spec, script=self.script)
         ti = context["ti"]
-        key = JobKey.for_task_instance(ti.dag_id, ti.task_id, ti.run_id, ti.map_index, ti.try_number)
+        key = JobKey.for_task_instance(
+            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
+        )
         env = {str(name): str(value) for name, value in self.env.items()}
 
-        outcome = asyncio.run(
-            self._submit(target, spec, batch_script, key, defaults, env)
-        )
+        outcome = asyncio.run(self._submit(target, spec, batch_script, key, defaults, env))
         if outcome.job_id is None:
             self.log.info(
                 "%s already runs %s jobs of this provider (max_concurrent_jobs=%s); trying again in %s",
-                self.slurm_conn_id, outcome.busy_jobs, defaults.max_concurrent_jobs, BUSY_RETRY_DELAY,
+                self.slurm_conn_id,
+                outcome.busy_jobs,
+                defaults.max_concurrent_jobs,
+                BUSY_RETRY_DELAY,
             )
             from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
@@ -201,7 +205,9 @@ class SlurmSubmitOperator(BaseOperator):
         if outcome.adopted:
             self.log.info(
                 "Adopted Slurm job %s on %s: an earlier try of this task submitted it and it is still %s",
-                job_id, self.slurm_conn_id, outcome.state,
+                job_id,
+                self.slurm_conn_id,
+                outcome.state,
             )
         else:
             self.log.info("Submitted Slurm job %s on %s (%s)", job_id, self.slurm_conn_id, outcome.state)
@@ -294,7 +300,7 @@ class SlurmSubmitOperator(BaseOperator):
         if status.nodes:
             text += f", on {status.nodes}"
         if status.max_rss_mb:
-            text += f", peak memory {status.max_rss_mb:.0f} MiB"
+            text += f", peak memory {status.max_rss_mb:.1f} MiB"
         return text
 
     def _tail(self, conn_id: str, log_path: str) -> str:

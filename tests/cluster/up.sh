@@ -75,7 +75,8 @@ if [ "$DBD" = 1 ]; then
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 AccountingStoragePass=$MSOCK
-AccountingStoreFlags=job_comment"
+AccountingStoreFlags=job_comment
+AccountingStorageEnforce=associations"
 else ACCT="AccountingStorageType=accounting_storage/none"; fi
 
 changed=0

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.integration import cluster
+
+DAGS = Path(__file__).parent / "dags"
+
+
+@pytest.fixture(scope="session")
+def cluster_env() -> dict[str, str]:
+    return cluster.bring_up()
+
+
+@pytest.fixture
+def slurm_connection(cluster_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ``slurm_local`` Airflow connection, visible to hooks in this process."""
+    monkeypatch.setenv("AIRFLOW_CONN_SLURM_LOCAL", cluster_env["AIRFLOW_CONN_SLURM_LOCAL"])
+    return "slurm_local"
+
+
+@dataclass(frozen=True)
+class DagRunResult:
+    returncode: int
+    output: str
+
+    @property
+    def succeeded(self) -> bool:
+        return "state=success" in self.output and "DagRun Finished" in self.output
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory, cluster_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A throw-away Airflow on SQLite whose dags folder holds the scenario DAGs."""
+    home = tmp_path_factory.mktemp("airflow_home")
+    env = {
+        **os.environ,
+        **cluster_env,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    yield env
+
+
+@pytest.fixture
+def run_dag(airflow_home: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Run one DAG with ``airflow dags test`` (real task runner, triggers inline); return its output."""
+
+    def run(dag_id: str, logical_date: str | None = None, timeout_s: float = 600) -> DagRunResult:
+        command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
+        if logical_date:
+            command.append(logical_date)
+        result = subprocess.run(command, env=airflow_home, capture_output=True, text=True, timeout=timeout_s)
+        return DagRunResult(result.returncode, result.stdout + result.stderr)
+
+    return run
