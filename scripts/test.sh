@@ -1,0 +1,13 @@
+#!/bin/bash
+# scripts/test.sh -- the whole test suite, from a fresh Debian machine (as root): bring up the local
+# Slurm cluster, install, check lint and types, build the docs, then run every test (unit and
+# integration, the slow ones included). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/cluster/up.sh
+bash scripts/install.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check airflow_hpc_provider tests example_dags
+.venv/bin/mypy
+.venv/bin/sphinx-build -q -W --keep-going -b html docs out/docs-html
+.venv/bin/python -m pytest "$@"
