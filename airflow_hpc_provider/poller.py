@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 # States in which a job may be writing output, so its log is read each poll.
 _WRITING = frozenset({JobState.RUNNING, JobState.COMPLETING, JobState.SUSPENDED})
 _CONFIRM_TWICE = frozenset({JobState.PREEMPTED})
+MIN_POLL_SPACING_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,10 @@ class ClusterPoller:
         failures = 0
         while self._tracks:
             delay = self.settings.interval_s
+            started = time.monotonic()
+            # Cleared before the poll, not after: a job that arrives while a poll is under way
+            # must wake the next one, not wait a whole interval for its first status.
+            self._wake.clear()
             try:
                 await self.poll_once()
                 if failures:
@@ -209,10 +214,15 @@ class ClusterPoller:
                 log.exception("poll of %s failed", self.transport.target.where)
                 failures += 1
                 self._tell_all(Notice(f"polling {self.transport.target.where} failed: {error!r}"))
-            self._wake.clear()
+            if failures:  # backing off: newcomers wait too, or they would hammer a sick cluster
+                await asyncio.sleep(delay)
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wake.wait()
+            # Woken early by newcomers: still leave a moment between polls, so a stream of
+            # arriving triggers costs a poll a second at most, however fast they come.
+            await asyncio.sleep(max(0.0, MIN_POLL_SPACING_S - (time.monotonic() - started)))
 
     def _tell_all(self, event: WatchEvent) -> None:
         for track in self._tracks.values():
@@ -305,7 +315,8 @@ class ClusterPoller:
         """Apply the rules in the module docstring; return the final status once there is one."""
         status = seen.status
         if status is None:
-            track.missing_since = track.missing_since or now
+            if track.missing_since is None:
+                track.missing_since = now
             if now - track.missing_since >= self.settings.missing_grace_s:
                 return JobStatus(
                     job_id=track.job.job_id,
@@ -334,7 +345,8 @@ class ClusterPoller:
         track.pending_final = None
         if status.state.is_terminal:
             # The queue says it ended but accounting has not caught up: wait, within reason.
-            track.unsettled_since = track.unsettled_since or now
+            if track.unsettled_since is None:
+                track.unsettled_since = now
             if now - track.unsettled_since >= self.settings.gap_grace_s:
                 track.send(
                     Notice(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 _pyproject = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
 

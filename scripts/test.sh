@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash tests/cluster/up.sh
 bash scripts/install.sh
 .venv/bin/ruff check .
-.venv/bin/ruff format --check airflow_hpc_provider tests example_dags
+.venv/bin/ruff format --check .
 .venv/bin/mypy
 .venv/bin/sphinx-build -q -W --keep-going -b html docs out/docs-html
 .venv/bin/python -m pytest "$@"

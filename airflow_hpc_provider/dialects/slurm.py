@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell
@@ -52,6 +52,9 @@ SLURM_STATES: Mapping[str, JobState] = {
 
 # Held jobs pend with one of these reasons; the shared state says so.
 _HOLD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
+
+# Jobs a retry may adopt (and that count against max_concurrent_jobs): alive and not on their way out.
+ALIVE_STATES = "PENDING,CONFIGURING,RUNNING,SUSPENDED,REQUEUED,REQUEUE_HOLD,REQUEUE_FED,RESIZING,STOPPED"
 
 # Options this provider owns: it must know where output goes to stream it, and the comment is the key.
 RESERVED_OPTIONS = ("--output", "--error", "--comment", "--parsable", "-o", "-e", "--wrap")
@@ -160,7 +163,6 @@ def submit_script(
     """
     log_dir_arg = remote_shell.home_relative(log_dir)
     output = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}-%j.log")
-    lock = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}.lock")
     sbatch = [
         "sbatch",
         "--parsable",
@@ -170,6 +172,11 @@ def submit_script(
     ]
     if spec.working_dir:
         sbatch.append(f"--chdir={quote(spec.working_dir)}")
+    # One lock per task, or one per user when a cap is set: the count and the submission must not
+    # interleave with another task's, or two tasks could both pass the cap.
+    lock = remote_shell.home_relative(
+        f"{log_dir.rstrip('/')}/{'submit' if max_concurrent_jobs is not None else key.task_digest}.lock"
+    )
     ours = quote(JobKey.PREFIX + ":")
     mine = quote(JobKey.PREFIX + ":" + key.task_digest + ":")
     limit = ""
@@ -182,7 +189,7 @@ def submit_script(
         f"mkdir -p -- {log_dir_arg} || exit 1\n"
         f"exec 9>>{lock}\n"
         "flock -w 120 9 || { echo 'could not take the submission lock' >&2; exit 1; }\n"
-        "_q=$(squeue -h -u \"$(id -un)\" -O 'JobID:|,Comment:|') || exit 1\n"
+        f"_q=$(squeue -h -u \"$(id -un)\" -t {ALIVE_STATES} -O 'JobID:|,Comment:|') || exit 1\n"
         f"_live=$(printf '%s\\n' \"$_q\" | awk -F'|' -v p={mine} 'index($2, p) == 1 {{ print $1; exit }}')\n"
         'if [ -n "$_live" ]; then\n'
         "  printf 'ADOPTED %s\\n' \"$_live\"; _id=$_live\n"
@@ -272,16 +279,23 @@ class SlurmPoll:
     accounting_available: bool
     errors: tuple[str, ...]
 
+    # squeue's lines and what each meant, handed to the next poll's parse as ``known_lines``.
+    squeue_lines: dict[str, JobStatus] = field(default_factory=dict)
 
-def parse_poll(sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> SlurmPoll:
+
+def parse_poll(
+    sections: Mapping[str, tuple[int, str]],
+    job_ids: Sequence[str],
+    known_lines: Mapping[str, JobStatus] | None = None,
+) -> SlurmPoll:
     errors: list[str] = []
-    queue: dict[str, JobStatus] = {}
+    lines: dict[str, JobStatus] = {}
     accounting: dict[str, JobStatus] = {}
     accounting_available = True
     if "squeue" in sections:
         rc, text = sections["squeue"]
         if rc == 0:
-            queue = parse_squeue(text)
+            lines = parse_squeue_lines(text, known_lines)
         elif "Invalid job id specified" not in text:
             errors.append(f"squeue exited {rc}: {text.strip()!r}")
     if "sacct" in sections:
@@ -292,15 +306,26 @@ def parse_poll(sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) 
             accounting_available = "accounting storage is disabled" not in text
             if accounting_available:
                 errors.append(f"sacct exited {rc}: {text.strip()!r}")
+    queue = {status.job_id: status for status in lines.values()}
     observations = {
         job_id: SlurmObservation(queue=queue.get(job_id), accounting=accounting.get(job_id)) for job_id in job_ids
     }
-    return SlurmPoll(observations, accounting_available, tuple(errors))
+    return SlurmPoll(observations, accounting_available, tuple(errors), lines)
 
 
 def parse_squeue(text: str) -> dict[str, JobStatus]:
+    """squeue output -> status per job id."""
+    return {status.job_id: status for status in parse_squeue_lines(text).values()}
+
+
+def parse_squeue_lines(text: str, known: Mapping[str, JobStatus] | None = None) -> dict[str, JobStatus]:
+    """squeue output -> status per line. ``known`` holds lines parsed before: a queued job's line
+    repeats poll after poll, and parsing it again was most of a poll's CPU with a thousand jobs."""
     statuses: dict[str, JobStatus] = {}
     for line in text.splitlines():
+        if known is not None and line in known:
+            statuses[line] = known[line]
+            continue
         fields = line.split("|")
         if len(fields) < 6 or not fields[0].strip():
             continue
@@ -309,7 +334,7 @@ def parse_squeue(text: str) -> dict[str, JobStatus]:
         # squeue's exit_code is the raw wait status (exit 3 -> 768, OOM -> 253, SIGTERM -> 15);
         # decode it the way sacct prints ExitCode (code:signal).
         raw = int(exit_code) if state.is_terminal and exit_code.isdigit() else None
-        statuses[job_id] = JobStatus(
+        statuses[line] = JobStatus(
             job_id=job_id,
             state=state,
             native_state=native,
@@ -412,13 +437,19 @@ class SlurmDialect:
 
     name = "Slurm"
 
+    def __init__(self) -> None:
+        # Last poll's squeue lines and what they meant; replaced every poll, so it never grows.
+        self._squeue_lines: dict[str, JobStatus] = {}
+
     def poll_script(self, token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str:
         if not job_ids:
             return remote_shell.poll_script(token, "", reads)
         return poll_script(token, job_ids, reads)
 
     def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport:
-        poll = parse_poll(sections, job_ids)
+        poll = parse_poll(sections, job_ids, self._squeue_lines)
+        if poll.squeue_lines or "squeue" in sections:
+            self._squeue_lines = poll.squeue_lines
         failure = next((error for error in poll.errors if error.startswith("squeue")), None)
         notices = tuple(error for error in poll.errors if not error.startswith("squeue"))
         observations = {job_id: observe(seen, poll.accounting_available) for job_id, seen in poll.observations.items()}

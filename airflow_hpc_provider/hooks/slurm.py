@@ -39,11 +39,17 @@ class ClusterDefaults:
             # sbatch expands %-patterns in output paths; a path with them would not be found again.
             raise ConnectionConfigError(f"connection {conn_id!r}: log_dir={log_dir!r} may not contain % or newlines")
         max_jobs = extra.get("max_concurrent_jobs")
+        if max_jobs not in (None, "") and (
+            isinstance(max_jobs, bool) or not str(max_jobs).isdigit() or int(str(max_jobs)) < 1
+        ):
+            raise ConnectionConfigError(
+                f"connection {conn_id!r}: max_concurrent_jobs={max_jobs!r} must be a whole number of at least 1"
+            )
         try:
             return cls(
                 account=check_name(extra.get("account") or None, "account"),
                 partition=check_name(extra.get("partition") or None, "partition", allow_list=True),
-                max_concurrent_jobs=int(_number(extra, "max_concurrent_jobs", 1)) if max_jobs else None,
+                max_concurrent_jobs=int(str(max_jobs)) if max_jobs not in (None, "") else None,
                 log_dir=log_dir,
                 poll_interval_s=_number(extra, "poll_interval", 10.0) if extra.get("poll_interval") else None,
             )

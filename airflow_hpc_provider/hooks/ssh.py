@@ -155,7 +155,11 @@ class SshTarget:
                 keys.append(asyncssh.read_private_key(os.path.expanduser(self.key_file), self.passphrase))
         except (asyncssh.KeyImportError, OSError) as error:
             raise ConnectionConfigError(f"connection {self.conn_id!r}: cannot load the private key: {error}") from None
-        if self.certificate and keys:
+        if self.certificate:
+            if not keys:
+                raise ConnectionConfigError(
+                    f"connection {self.conn_id!r}: an SSH certificate needs its private key (key_file or private_key)"
+                )
             cert = self._load_certificate()
             keys = [(keys[0], cert), *keys[1:]]
         if keys:

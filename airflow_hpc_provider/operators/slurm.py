@@ -28,6 +28,7 @@ from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
 from airflow_hpc_provider.watch import WatchOutcome, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
+DEFAULT_POLL_INTERVAL_S = 10.0
 
 
 class SlurmSubmitOperator(BaseOperator):
@@ -54,8 +55,10 @@ class SlurmSubmitOperator(BaseOperator):
     :param env: environment variables for the job; templated. Values travel through sbatch's
         environment, never into the script or a command line.
     :param setup: lines run before the command, e.g. ``["module load python/3.11"]``; templated.
-    :param login_shell: run the job (and the submission) in a login shell; default: the connection's.
-    :param poll_interval: seconds between status polls (one query per cluster, shared by all tasks).
+    :param login_shell: start the job's script as a login shell (``#!/bin/bash -l``); default: the
+        connection's ``login_shell``, which also governs the shell the submission runs in.
+    :param poll_interval: seconds between status polls (one query per cluster, shared by all tasks);
+        default: the connection's ``poll_interval``, else 10.
     :param deferrable: wait in the triggerer (default) or poll on the worker.
     :param log_tail_lines: lines of the job's output quoted in the error when it fails.
     """
@@ -84,7 +87,7 @@ class SlurmSubmitOperator(BaseOperator):
         env: Mapping[str, str] | None = None,
         setup: Sequence[str] = (),
         login_shell: bool | None = None,
-        poll_interval: float = 10.0,
+        poll_interval: float | None = None,
         deferrable: bool = True,
         log_tail_lines: int = 20,
         **kwargs: Any,
@@ -92,7 +95,7 @@ class SlurmSubmitOperator(BaseOperator):
         super().__init__(**kwargs)
         if (command is None) == (script is None):
             raise JobSpecError(f"{self.task_id}: give exactly one of command= or script=")
-        if poll_interval <= 0:
+        if poll_interval is not None and poll_interval <= 0:
             raise JobSpecError(f"{self.task_id}: poll_interval={poll_interval!r} must be more than zero")
         self.slurm_conn_id = slurm_conn_id
         self.command = command
@@ -115,7 +118,7 @@ class SlurmSubmitOperator(BaseOperator):
         self.job_name = job_name
         self.working_dir = working_dir
         self.login_shell = login_shell
-        self.poll_interval = float(poll_interval)
+        self.poll_interval = poll_interval
         self.deferrable = deferrable
         self.log_tail_lines = log_tail_lines
         self._job_id: str | None = None
@@ -189,7 +192,7 @@ class SlurmSubmitOperator(BaseOperator):
         env = {str(name): str(value) for name, value in self.env.items()}
 
         outcome = asyncio.run(self._submit(target, spec, batch_script, key, defaults, env))
-        if outcome.job_id is None:
+        while outcome.job_id is None:
             self.log.info(
                 "%s already runs %s jobs of this provider (max_concurrent_jobs=%s); trying again in %s",
                 self.slurm_conn_id,
@@ -197,9 +200,12 @@ class SlurmSubmitOperator(BaseOperator):
                 defaults.max_concurrent_jobs,
                 BUSY_RETRY_DELAY,
             )
-            from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+            if self.deferrable:  # wait in the triggerer, holding no worker slot
+                from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
 
-            self.defer(trigger=TimeDeltaTrigger(BUSY_RETRY_DELAY), method_name="_submit_again")
+                self.defer(trigger=TimeDeltaTrigger(BUSY_RETRY_DELAY), method_name="_submit_again")
+            time.sleep(BUSY_RETRY_DELAY.total_seconds())
+            outcome = asyncio.run(self._submit(target, spec, batch_script, key, defaults, env))
         job_id = outcome.job_id
         self._job_id, self._target = job_id, target
         if outcome.adopted:
@@ -216,7 +222,7 @@ class SlurmSubmitOperator(BaseOperator):
 
         log_path = slurm.log_path(defaults.log_dir, key, job_id)
         cursor_path = slurm.cursor_path(defaults.log_dir, key, job_id)
-        interval = defaults.poll_interval_s or self.poll_interval
+        interval = self.poll_interval or defaults.poll_interval_s or DEFAULT_POLL_INTERVAL_S
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
         if self.deferrable:
             self.defer(
