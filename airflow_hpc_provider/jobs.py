@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -141,12 +141,19 @@ class JobStatus:
 
     def describe(self) -> str:
         """``RUNNING on node01``, ``PENDING (Resources)``: what a person reading the log wants."""
-        text = self.native_state
+        text = self.state_words
         if self.state is JobState.RUNNING and self.nodes:
             text += f" on {self.nodes}"
         if self.reason and self.reason not in ("None", "(null)"):
             text += f" ({self.reason})"
         return text
+
+    @property
+    def state_words(self) -> str:
+        """The native state, spelled out when it is a letter (PBS): ``RUNNING (R)``."""
+        if len(self.native_state) <= 2 and self.native_state != self.state.value:
+            return f"{self.state.value} ({self.native_state})"
+        return self.native_state
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,8 +217,3 @@ def format_duration(value: timedelta | None) -> str:
     minutes, seconds = divmod(rest, 60)
     clock = f"{hours:02d}:{minutes:02d}:{seconds:02d}"
     return f"{days}-{clock}" if days else clock
-
-
-def last_lines(text: str, count: int) -> Sequence[str]:
-    lines = text.splitlines()
-    return lines[-count:] if count > 0 else []

@@ -292,7 +292,7 @@ async def _child_main(params: dict[str, Any], result: ChildResult, recorder: _Re
     recorder.cpu0 = time.process_time()
     triggers = [
         SlurmJobTrigger(
-            slurm_conn_id=params["conn_id"],
+            conn_id=params["conn_id"],
             job_id=job_id,
             log_path=f"{remote_dir}/{job_id}.out",
             cursor_path=f"{remote_dir}/{job_id}.cursor",

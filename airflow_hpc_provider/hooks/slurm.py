@@ -13,8 +13,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from airflow_hpc_provider.dialects import slurm
-from airflow_hpc_provider.dialects.remote_shell import quote
-from airflow_hpc_provider.errors import ConnectionConfigError, RemoteCommandError, SubmissionError
+from airflow_hpc_provider.errors import ConnectionConfigError, SubmissionError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport, _flag, _number
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.resources import check_name
@@ -108,15 +107,3 @@ async def submit_job(
         return slurm.parse_submit_output(result.text)
     except ValueError as error:
         raise SubmissionError("sbatch", transport.target.where, result.exit_status, str(error)) from None
-
-
-async def cancel_jobs(transport: SshTransport, job_ids: list[str]) -> None:
-    result = await transport.run(slurm.cancel_script(job_ids))
-    if result.exit_status != 0:
-        raise RemoteCommandError("scancel", transport.target.where, result.exit_status, result.error_text)
-
-
-async def read_tail(transport: SshTransport, path: str, lines: int) -> str:
-    """The last lines of a job's output file, for the error message when a job fails."""
-    result = await transport.run(f"tail -n {int(lines)} -- {quote(path)} 2>/dev/null\n")
-    return result.text

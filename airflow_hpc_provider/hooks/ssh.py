@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -299,9 +298,3 @@ class SshTransport:
 
     async def close(self) -> None:
         await self._drop()
-
-
-def describe_command(script: str) -> str:
-    """The first line of a script, for messages: enough to say which command it was."""
-    first = script.strip().splitlines()[0] if script.strip() else ""
-    return shlex.split(first)[0] if first and not first.startswith("#") else first

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import pytest
 from tests.integration import cluster
 
 DAGS = Path(__file__).parent / "dags"
+EXAMPLE_DAGS = Path(__file__).parents[2] / "example_dags"
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +35,8 @@ class DagRunResult:
 
     @property
     def succeeded(self) -> bool:
-        return "state=success" in self.output and "DagRun Finished" in self.output
+        finished = re.search(r"DagRun Finished: .* state=(\w+)", self.output)
+        return self.returncode == 0 and finished is not None and finished.group(1) == "success"
 
 
 @pytest.fixture(scope="session")
@@ -55,11 +58,10 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory, cluster_env: dict[str
 def run_dag(airflow_home: dict[str, str]):  # type: ignore[no-untyped-def]
     """Run one DAG with ``airflow dags test`` (real task runner, triggers inline); return its output."""
 
-    def run(dag_id: str, logical_date: str | None = None, timeout_s: float = 600) -> DagRunResult:
+    def run(dag_id: str, *, dags_folder: Path = DAGS, timeout_s: float = 600) -> DagRunResult:
         command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
-        if logical_date:
-            command.append(logical_date)
-        result = subprocess.run(command, env=airflow_home, capture_output=True, text=True, timeout=timeout_s)
+        env = {**airflow_home, "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder)}
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
         return DagRunResult(result.returncode, result.stdout + result.stderr)
 
     return run

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import cluster
+from tests.integration.conftest import EXAMPLE_DAGS
 from tests.integration.dags.slurm_scenarios import NASTY_JOB_NAME, NASTY_VALUES
 
 pytestmark = pytest.mark.cluster
@@ -31,6 +32,12 @@ def test_a_successful_job_streams_each_output_line_once_and_succeeds(run_dag) ->
     assert re.search(rf"Slurm job {job_id} ended COMPLETED \(exit 0:0\) after 00:00:0\d", result.output)
     assert "#SBATCH --time=00:05:00" in result.output  # the rendered script is in the log
     assert cluster.sacct_row(job_id)[1] == "COMPLETED"
+
+
+def test_the_example_slurm_dag_runs_and_its_output_reaches_the_task_log(run_dag) -> None:
+    result = run_dag("slurm_hello", dags_folder=EXAMPLE_DAGS)
+    assert result.succeeded, result.output[-4000:]
+    assert result.output.count("step 3 of 3: values reach the job verbatim: $(not run) `nor this`") == 1
 
 
 def test_a_job_watched_on_the_worker_streams_its_output_too(run_dag) -> None:

@@ -70,7 +70,7 @@ async def submit(conn_id: str, command: str) -> SlurmJobTrigger:
         await transport.close()
     assert outcome.job_id is not None
     return SlurmJobTrigger(
-        slurm_conn_id=conn_id,
+        conn_id=conn_id,
         job_id=outcome.job_id,
         log_path=slurm.log_path(DEFAULT_LOG_DIR, key, outcome.job_id),
         cursor_path=slurm.cursor_path(DEFAULT_LOG_DIR, key, outcome.job_id),

@@ -1,0 +1,347 @@
+"""What every operator that submits a batch job over SSH shares: the author's arguments, the
+submit -> defer -> complete flow, the outcome in the task log, and cancellation.
+
+A subclass (``SlurmSubmitOperator``, ``PbsOperator``) says how its scheduler renders and submits a
+job, which trigger watches it, and which dialect the worker-side watch uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowTaskTimeout
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_hpc_provider.dialects.remote_shell import quote
+from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
+from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, Resources, WatchedJob, format_duration
+from airflow_hpc_provider.poller import SchedulerDialect
+from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
+from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
+
+BUSY_RETRY_DELAY = timedelta(seconds=60)
+DEFAULT_POLL_INTERVAL_S = 10.0
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submission's result. ``job_id`` None: nothing submitted, ``busy_jobs`` of ours already run."""
+
+    job_id: str | None
+    adopted: bool
+    state: str | None
+    log_path: str = ""
+    cursor_path: str = ""
+    busy_jobs: int | None = None
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """What the operator needs from the connection: where it is and what it defaults to."""
+
+    conn_id: str
+    target: SshTarget
+    partition: str | None
+    account: str | None
+    log_dir: str
+    poll_interval_s: float | None
+    login_shell: bool
+    max_concurrent_jobs: int | None = None
+
+
+class SshBatchJobOperator(BaseOperator):
+    """Base of the operators that submit a batch job over SSH and wait for it (see subclasses)."""
+
+    scheduler: ClassVar[str] = ""
+    reserved_options: ClassVar[tuple[str, ...]] = ()
+    template_fields: Sequence[str] = ("command", "script", "env", "setup", "job_name", "working_dir")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "script": "bash", "env": "json"}
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        command: str | None = None,
+        script: str | None = None,
+        partition: str | None = None,
+        account: str | None = None,
+        cpus: int | None = None,
+        memory: int | str | None = None,
+        time_limit: timedelta | str | int | None = None,
+        gpus: int | None = None,
+        gres: str | None = None,
+        nodes: int | None = None,
+        job_name: str | None = None,
+        working_dir: str | None = None,
+        extra_options: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        setup: Sequence[str] = (),
+        login_shell: bool | None = None,
+        poll_interval: float | None = None,
+        deferrable: bool = True,
+        log_tail_lines: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (command is None) == (script is None):
+            raise JobSpecError(f"{self.task_id}: give exactly one of command= or script=")
+        if poll_interval is not None and poll_interval <= 0:
+            raise JobSpecError(f"{self.task_id}: poll_interval={poll_interval!r} must be more than zero")
+        self.conn_id = conn_id
+        self.command = command
+        self.script = script
+        # Checked now so a bad value fails the DAG at parse time, not in the triggerer hours later.
+        self.job_resources = build_resources(
+            partition=partition,
+            account=account,
+            nodes=nodes,
+            cpus=cpus,
+            memory=memory,
+            time_limit=time_limit,
+            gpus=gpus,
+            gres=gres,
+        )
+        self.extra_options = tuple(self._check_option(option) for option in extra_options)
+        self.env = dict(env or {})
+        check_env_names(tuple(self.env))
+        self.setup = list(setup)
+        self.job_name = job_name
+        self.working_dir = working_dir
+        self.login_shell = login_shell
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self.log_tail_lines = log_tail_lines
+        self._job_id: str | None = None
+
+    # -- what a subclass provides ------------------------------------------------------------------
+
+    def cluster(self) -> ClusterSettings:
+        raise NotImplementedError
+
+    def dialect(self, cluster: ClusterSettings) -> SchedulerDialect:
+        raise NotImplementedError
+
+    def render(self, spec: JobSpec, cluster: ClusterSettings) -> str:
+        raise NotImplementedError
+
+    async def submit(
+        self, transport: SshTransport, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings
+    ) -> Submitted:
+        raise NotImplementedError
+
+    def trigger(
+        self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None
+    ) -> BaseTrigger:
+        raise NotImplementedError
+
+    def resume_from(self, payload: Mapping[str, Any]) -> None:
+        """Take back what ``execute`` learned (a fresh operator instance runs ``execute_complete``)."""
+
+    # -- checking and building -------------------------------------------------------------------
+
+    def _check_option(self, option: str) -> str:
+        check_single_line(option, "extra_options")
+        if not option.startswith("-"):
+            raise JobSpecError(f"extra_options: {option!r} is not a {self.scheduler} option (it must start with '-')")
+        name = option.split("=", 1)[0].split(" ", 1)[0]
+        if name in self.reserved_options:
+            raise JobSpecError(
+                f"extra_options: {name} is set by the operator (it streams the job's output and "
+                "finds the job again by its key); remove it"
+            )
+        return option
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        # Jinja drops a template's final newline by default; an env value or a script must arrive
+        # exactly as written, so render with it kept (an overlay: the DAG's own env is untouched).
+        env = jinja_env or self.get_template_env(self.dag if self.has_dag() else None)
+        super().render_template_fields(context, env.overlay(keep_trailing_newline=True))
+
+    def job_env(self) -> dict[str, str]:
+        env = {str(name): str(value) for name, value in self.env.items()}
+        check_env_names(tuple(env))
+        return env
+
+    def job_spec(self, context: Context, cluster: ClusterSettings) -> JobSpec:
+        for name, value in (("command", self.command), ("job_name", self.job_name)):
+            if value is not None and not isinstance(value, str):
+                raise JobSpecError(f"{name} must be a string, not {type(value).__name__}")
+        ti = context["ti"]
+        job_name = self.job_name or f"{ti.dag_id}.{ti.task_id}"
+        res = self.job_resources
+        resources = Resources(
+            partition=res.partition or cluster.partition,
+            account=res.account or cluster.account,
+            nodes=res.nodes,
+            cpus=res.cpus,
+            memory_mb=res.memory_mb,
+            time_limit=res.time_limit,
+            gpus=res.gpus,
+            gres=res.gres,
+        )
+        return JobSpec(
+            command=self.command or "",
+            job_name=check_single_line(job_name, "job_name"),
+            resources=resources,
+            env_names=tuple(self.job_env()),
+            setup=tuple(check_single_line(line, "setup") for line in self.setup),
+            login_shell=self.login_shell if self.login_shell is not None else cluster.login_shell,
+            working_dir=self.working_dir,
+            extra_directives=self.extra_options,
+        )
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> str:
+        cluster = self.cluster()
+        spec = self.job_spec(context, cluster)
+        batch_script = self.render(spec, cluster)
+        ti = context["ti"]
+        key = JobKey.for_task_instance(
+            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
+        )
+        job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
+        while job.job_id is None:
+            self.log.info(
+                "%s already runs %s jobs of this provider (max_concurrent_jobs=%s); trying again in %s",
+                cluster.conn_id,
+                job.busy_jobs,
+                cluster.max_concurrent_jobs,
+                BUSY_RETRY_DELAY,
+            )
+            if self.deferrable:  # wait in the triggerer, holding no worker slot
+                from airflow.providers.standard.triggers.temporal import TimeDeltaTrigger
+
+                self.defer(trigger=TimeDeltaTrigger(BUSY_RETRY_DELAY), method_name="submit_again")
+            time.sleep(BUSY_RETRY_DELAY.total_seconds())
+            job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
+        job_id = job.job_id
+        self._job_id = job_id
+        if job.adopted:
+            self.log.info(
+                "Adopted %s job %s on %s: an earlier try of this task submitted it and it is still %s",
+                self.scheduler,
+                job_id,
+                cluster.conn_id,
+                job.state,
+            )
+        else:
+            self.log.info("Submitted %s job %s on %s (%s)", self.scheduler, job_id, cluster.conn_id, job.state)
+            self.log.info("Batch script:\n%s", batch_script)
+        ti.xcom_push(key=f"{self.scheduler.lower()}_job_id", value=job_id)
+
+        interval = self.poll_interval or cluster.poll_interval_s or DEFAULT_POLL_INTERVAL_S
+        if self.deferrable:
+            deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
+            self.defer(trigger=self.trigger(cluster, job, interval, deadline), method_name="execute_complete")
+        watched = WatchedJob(job_id=job_id, log_path=job.log_path, cursor_path=job.cursor_path)
+        # On the worker, Airflow's own execution_timeout applies (and calls on_kill, which cancels).
+        result = asyncio.run(
+            watch_job(cluster.target, self.dialect(cluster), watched, self.log, interval_s=interval, deadline=None)
+        )
+        return self.execute_complete(
+            context, {**result.to_dict(), "conn_id": cluster.conn_id, "log_path": job.log_path}
+        )
+
+    async def _submit_once(self, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings) -> Submitted:
+        transport = SshTransport(cluster.target)
+        try:
+            return await self.submit(transport, spec, batch_script, key, cluster)
+        finally:
+            await transport.close()
+
+    def submit_again(self, context: Context, event: Any = None) -> str:
+        return self.execute(context)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
+        payload = event.payload if isinstance(event, TriggerEvent) else event
+        self.resume_from(payload)
+        outcome = WatchOutcome.from_dict(payload)
+        conn_id = str(payload.get("conn_id", self.conn_id))
+        self._job_id = outcome.job_id
+        what = f"{self.scheduler} job {outcome.job_id}"
+        if outcome.kind == "timeout":
+            self.log.error("%s passed the task's time limit: cancelling it", what)
+            self._cancel_now(outcome.job_id)
+            raise AirflowTaskTimeout(f"{what} on {conn_id} was cancelled: {outcome.message}")
+        if outcome.kind == "error" or outcome.status is None:
+            raise JobFailedError(
+                f"lost track of {what} on {conn_id}: {outcome.message} "
+                "(the job was not cancelled and may still be running)",
+                None,
+            )
+        status = outcome.status
+        self.log.info("%s", self.summary(status))
+        if status.state.is_success:
+            return outcome.job_id
+        tail = self._tail(str(payload.get("log_path", "")))
+        message = self.summary(status)
+        if tail.strip():
+            message += f"\nlast lines of the job's output:\n{tail.rstrip()}"
+        raise JobFailedError(message, status)
+
+    def summary(self, status: JobStatus) -> str:
+        """``Slurm job 1234 ended OUT_OF_MEMORY (exit 0:125) after 00:00:12``, plus what is known."""
+        exit_text = "unknown" if status.exit_code is None else f"{status.exit_code}:{status.signal or 0}"
+        text = f"{self.scheduler} job {status.job_id} ended {status.state_words} (exit {exit_text})"
+        if status.elapsed is not None:
+            text += f" after {format_duration(status.elapsed)}"
+        if status.reason and status.reason not in ("None", "(null)"):
+            text += f", reason: {status.reason}"
+        if status.nodes:
+            text += f", on {status.nodes}"
+        if status.max_rss_mb:
+            text += f", peak memory {status.max_rss_mb:.1f} MiB"
+        return text
+
+    def _tail(self, log_path: str) -> str:
+        if not log_path or self.log_tail_lines <= 0:
+            return ""
+
+        async def fetch() -> str:
+            transport = SshTransport(self.cluster().target)
+            try:
+                result = await transport.run(f"tail -n {int(self.log_tail_lines)} -- {quote(log_path)} 2>/dev/null\n")
+                return result.text
+            finally:
+                await transport.close()
+
+        try:
+            return asyncio.run(fetch())
+        except Exception as error:  # the failure itself matters more than its last lines
+            self.log.warning("could not read the job's last lines: %s", error)
+            return ""
+
+    def _cancel_now(self, job_id: str) -> None:
+        cluster = self.cluster()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                asyncio.run(cancel_job(cluster.target, self.dialect(cluster), job_id))
+            except BaseException as error:
+                errors.append(error)
+
+        # on_kill may run while this thread's event loop is busy watching: cancel from a fresh thread.
+        worker = threading.Thread(target=run, name="hpc-cancel")
+        worker.start()
+        worker.join(timeout=60)
+        if errors:
+            if not isinstance(errors[0], RemoteCommandError):
+                raise errors[0]
+            self.log.error("%s", errors[0])
+        else:
+            self.log.info("Cancelled %s job %s on %s", self.scheduler, job_id, cluster.conn_id)
+
+    def on_kill(self) -> None:
+        """Worker-side kill (non-deferrable path, or the worker's own timeout): cancel our job."""
+        if self._job_id is not None:
+            self._cancel_now(self._job_id)
