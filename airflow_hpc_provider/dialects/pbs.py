@@ -41,6 +41,7 @@ from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus
+from airflow_hpc_provider.poller import Observation, PollReport
 
 
 class PbsFlavour(enum.Enum):
@@ -142,8 +143,12 @@ _JOB_ID = re.compile(r"^\d+(\[\d*\])?(\.[A-Za-z0-9_.-]+)?$")
 # --- the batch script -------------------------------------------------------------------------
 
 
-def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = None) -> str:
+def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = None, exit_dir: str | None = None) -> str:
     """The batch script: shebang, ``#PBS`` resource lines, env names, working dir, setup, command.
+
+    With ``exit_dir``, a shell script also records its own exit status in ``<exit_dir>/<job id>``
+    (written atomically when the script exits): some PBS front ends, such as the Slurm-backed
+    Torque wrappers, never report one, and a finished job without it cannot count as a success.
 
     ``script`` (a whole script by the user) keeps its shebang and its own ``#PBS`` lines; ours go
     right after the shebang (PBS reads directives only before the first command), and the setup
@@ -163,7 +168,8 @@ def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = No
     default_shebang = "#!/bin/bash -l\n" if spec.login_shell else "#!/bin/bash\n"
     if script is None:
         body = spec.command if spec.command.endswith("\n") else spec.command + "\n"
-        return default_shebang + "".join(directives) + env_note + chdir + setup + body
+        record = exit_recorder(exit_dir) if exit_dir else ""
+        return default_shebang + "".join(directives) + env_note + record + chdir + setup + body
     lines = script.splitlines(keepends=True)
     if lines and lines[0].startswith("#!"):
         shebang, lines = lines[0], lines[1:]
@@ -173,7 +179,37 @@ def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = No
     while header_end < len(lines) and (lines[header_end].startswith("#") or not lines[header_end].strip()):
         header_end += 1
     header, rest = "".join(lines[:header_end]), "".join(lines[header_end:])
-    return shebang + "".join(directives) + header + env_note + chdir + setup + rest
+    if header and not header.endswith("\n"):
+        header += "\n"
+    # Only a POSIX-family shell understands the trap; another interpreter's exit stays unknown.
+    shell = re.match(r"#!\s*\S*/(?:env\s+)?(ba|da|k|z)?sh\b", shebang)
+    record = exit_recorder(exit_dir) if exit_dir and shell else ""
+    return shebang + "".join(directives) + header + env_note + record + chdir + setup + rest
+
+
+def exit_recorder(exit_dir: str) -> str:
+    """Shell lines that write the script's exit status to ``<exit_dir>/<short job id>`` on exit.
+
+    The termination signals get traps of their own: when a walltime limit or a qdel sends SIGTERM,
+    bash would otherwise run the EXIT trap with a status of 0 (seen on the test cluster), and a
+    killed job would be recorded as a success. A SIGKILL records nothing: the exit stays unknown.
+    """
+    directory = remote_shell.home_relative(exit_dir)
+    return (
+        "_airflow_hpc_exit() {\n"
+        '  _f="${PBS_JOBID%%.*}"\n'
+        f'  mkdir -p -- {directory} && printf \'%s\\n\' "$1" > {directory}/"$_f.tmp" \\\n'
+        f'    && mv -f -- {directory}/"$_f.tmp" {directory}/"$_f"\n'
+        "}\n"
+        "trap '_airflow_hpc_exit $?' EXIT\n"
+        "trap '_airflow_hpc_exit 129; trap - EXIT; exit 129' HUP\n"
+        "trap '_airflow_hpc_exit 130; trap - EXIT; exit 130' INT\n"
+        "trap '_airflow_hpc_exit 143; trap - EXIT; exit 143' TERM\n"
+    )
+
+
+def exit_dir(log_dir: str) -> str:
+    return f"{log_dir.rstrip('/')}/exit"
 
 
 def resource_options(spec: JobSpec, flavour: PbsFlavour) -> list[str]:
@@ -665,3 +701,91 @@ def parse_size_mb(text: str) -> float | None:
     if not match:
         return None
     return round(int(match.group(1)) * _SIZE_FACTOR_MB[match.group(2) or "b"], 1)
+
+
+# --- the poller's view ------------------------------------------------------------------------
+
+FLAVOUR_PROBE = "qstat --version 2>&1\n"
+
+
+def parse_flavour(probe_output: str) -> PbsFlavour:
+    """PBS Pro and OpenPBS answer ``pbs_version = ...``; Torque and the wrappers answer otherwise.
+
+    No qstat at all is an error, not a guess: the connection then needs ``login_shell`` (modules)
+    or its ``flavour`` set.
+    """
+    if "pbs_version" in probe_output:
+        return PbsFlavour.PBS_PRO
+    if re.search(r"qstat: (command )?not found|No such file or directory", probe_output):
+        raise ConnectionConfigError(
+            f"the login node has no qstat on its PATH ({probe_output.strip()!r}): turn on the connection's "
+            "login_shell if PBS comes from a module, or set its flavour"
+        )
+    return PbsFlavour.TORQUE
+
+
+def exits_section(token: str, job_ids: Sequence[str], directory: str) -> str:
+    """Print ``<short id> <status>`` for every job whose script recorded its exit status."""
+    shorts = " ".join(quote(_short(_checked_id(job_id))) for job_id in job_ids)
+    folder = remote_shell.home_relative(directory)
+    loop = f'for _i in {shorts}; do [ -f {folder}/"$_i" ] && printf \'%s %s\\n\' "$_i" "$(cat {folder}/"$_i")"; done'
+    return remote_shell.section(token, "exits", loop)
+
+
+def parse_exits(text: str) -> dict[str, int]:
+    codes: dict[str, int] = {}
+    for line in text.splitlines():
+        short, _, code = line.strip().partition(" ")
+        if code.strip().lstrip("-").isdigit():
+            codes[short] = int(code)
+    return codes
+
+
+def with_recorded_exit(status: JobStatus, code: int | None) -> JobStatus:
+    """A finished job qstat gave no exit status for, completed by the status its script recorded."""
+    if code is None or status.exit_code is not None or status.state is not JobState.FAILED:
+        return status
+    signal = code - 128 if code > 128 else None
+    state = JobState.COMPLETED if code == 0 else JobState.FAILED
+    if code == 0:
+        reason = None
+    elif signal:
+        # SIGTERM here is a qdel or a time limit: the wrapper's qstat cannot say which.
+        reason = f"killed by signal {signal}" + (" (a qdel or a time limit)" if signal == _SIGTERM else "")
+    else:
+        reason = "exit status recorded by the job's script"
+    return JobStatus(**{**status.__dict__, "state": state, "exit_code": code, "signal": signal, "reason": reason})
+
+
+class PbsDialect:
+    """The PBS dialect as the poller sees it, for one flavour and one connection's log directory."""
+
+    name = "PBS"
+
+    def __init__(self, flavour: PbsFlavour, log_dir: str) -> None:
+        self.flavour = flavour
+        self.log_dir = log_dir
+
+    def poll_script(self, token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str:
+        if not job_ids:
+            return remote_shell.poll_script(token, "", reads)
+        script = poll_script(token, job_ids, [], self.flavour)
+        return script + exits_section(token, job_ids, exit_dir(self.log_dir)) + "".join(r.call() for r in reads)
+
+    def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport:
+        poll = parse_poll(sections, job_ids, self.flavour)
+        if poll.errors and not poll.statuses:
+            return PollReport(observations={}, failure="; ".join(poll.errors))
+        exits = parse_exits(sections.get("exits", (0, ""))[1])
+        observations: dict[str, Observation] = {}
+        for job_id in job_ids:
+            status = poll.statuses.get(job_id)
+            if status is None:
+                observations[job_id] = Observation(None, final=False)
+                continue
+            status = with_recorded_exit(status, exits.get(_short(job_id)))
+            observations[job_id] = Observation(status, final=status.state.is_terminal)
+        return PollReport(observations=observations, notices=poll.errors)
+
+    def cancel_script(self, job_ids: Sequence[str]) -> str:
+        return cancel_script(job_ids)

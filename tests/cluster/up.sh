@@ -262,6 +262,7 @@ cd - >/dev/null
 # the Airflow connection the example DAGs, tests and benchmarks use: host key verified
 put $B/airflow.env <<EOF || true
 AIRFLOW_CONN_SLURM_LOCAL='{"conn_type": "slurm", "host": "127.0.0.1", "port": $SSH_PORT, "login": "$TUSER", "extra": {"key_file": "$B/ssh/id_ed25519", "known_hosts": "$B/ssh/known_hosts", "account": "myacct", "partition": "debug"}}'
+AIRFLOW_CONN_PBS_LOCAL='{"conn_type": "pbs", "host": "127.0.0.1", "port": $SSH_PORT, "login": "$TUSER", "extra": {"key_file": "$B/ssh/id_ed25519", "known_hosts": "$B/ssh/known_hosts", "flavour": "torque"}}'
 HPC_CLUSTER_DIR=$B
 SLURM_CONF=$SLURM_CONF
 EOF
@@ -276,6 +277,6 @@ key:        $B/ssh/id_ed25519   known_hosts: $B/ssh/known_hosts
 asyncssh:   asyncssh.connect('127.0.0.1', port=$SSH_PORT, username='$TUSER', client_keys=['$B/ssh/id_ed25519'], known_hosts='$B/ssh/known_hosts')
 slurmctld:  127.0.0.1:6817   slurmd: 127.0.0.1:6818   partitions: debug(default), long   node: $HOST
 $( [ "$DBD" = 1 ] && echo "slurmdbd:   127.0.0.1:6819   mariadb: 127.0.0.1:$DB_PORT (socket $B/mysql/run/mysqld.sock)   accounts: myacct, testacct")
-airflow:    $B/airflow.env (connection slurm_local)
+airflow:    $B/airflow.env (connections slurm_local, pbs_local)
 logs:       $B/slurm/log/   stop: tests/cluster/down.sh [--purge]
 EOF

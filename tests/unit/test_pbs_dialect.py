@@ -359,7 +359,7 @@ def test_pbs_pro_running_job_shows_its_hosts_use_and_no_exit_code():
     assert (running.state, running.nodes, running.exit_code) == (JobState.RUNNING, "cn017", None)
     assert running.elapsed == timedelta(minutes=10, seconds=2)
     assert running.max_rss_mb == 2048.0
-    assert running.describe().startswith("R on cn017")
+    assert running.describe().startswith("RUNNING (R) on cn017")
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,98 @@
+"""The ``pbs`` connection type: a PBS Pro / OpenPBS or Torque login node reached over SSH."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from airflow_hpc_provider.dialects import pbs
+from airflow_hpc_provider.dialects.pbs import PbsFlavour
+from airflow_hpc_provider.errors import ConnectionConfigError, SubmissionError
+from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport, _flag, _number
+from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.resources import check_name
+
+DEFAULT_LOG_DIR = ".airflow-hpc/logs"
+_FLAVOURS = {"pbs_pro": PbsFlavour.PBS_PRO, "openpbs": PbsFlavour.PBS_PRO, "torque": PbsFlavour.TORQUE}
+
+
+@dataclass(frozen=True)
+class PbsClusterDefaults:
+    queue: str | None = None
+    account: str | None = None
+    flavour: PbsFlavour | None = None  # None: ask the login node
+    log_dir: str = DEFAULT_LOG_DIR
+    poll_interval_s: float | None = None
+
+    @classmethod
+    def from_extra(cls, conn_id: str, extra: Mapping[str, Any]) -> PbsClusterDefaults:
+        flavour_text = str(extra.get("flavour") or "").strip().lower()
+        if flavour_text and flavour_text not in _FLAVOURS:
+            raise ConnectionConfigError(
+                f"connection {conn_id!r}: flavour={flavour_text!r}: use 'pbs_pro', 'torque', or leave it empty"
+            )
+        try:
+            return cls(
+                queue=check_name(extra.get("queue") or None, "queue"),
+                account=check_name(extra.get("account") or None, "account"),
+                flavour=_FLAVOURS.get(flavour_text),
+                log_dir=str(extra.get("log_dir") or DEFAULT_LOG_DIR),
+                poll_interval_s=_number(extra, "poll_interval", 10.0) if extra.get("poll_interval") else None,
+            )
+        except ValueError as error:
+            raise ConnectionConfigError(f"connection {conn_id!r}: {error}") from None
+
+
+class PbsHook(BaseHook):
+    """Reach a PBS cluster's login node over SSH (asyncssh), host keys verified by default.
+
+    :param pbs_conn_id: an Airflow connection of type ``pbs`` (or the SSH provider's ``ssh``).
+    """
+
+    conn_name_attr = "pbs_conn_id"
+    default_conn_name = "pbs_default"
+    conn_type = "pbs"
+    hook_name = "PBS / Torque (over SSH)"
+
+    def __init__(self, pbs_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.pbs_conn_id = pbs_conn_id
+
+    def get_conn(self) -> Any:
+        return self.get_connection(self.pbs_conn_id)
+
+    def get_target(self) -> SshTarget:
+        return SshTarget.from_connection(self.get_conn())
+
+    @staticmethod
+    def login_shell_default(conn: Any) -> bool:
+        return _flag(conn.extra_dejson, "login_shell", False)
+
+
+async def detect_flavour(transport: SshTransport) -> PbsFlavour:
+    """Ask the login node which PBS it runs (one round trip), for connections that leave it empty."""
+    result = await transport.run(pbs.FLAVOUR_PROBE)
+    return pbs.parse_flavour(result.text)
+
+
+async def submit_job(
+    transport: SshTransport,
+    spec: JobSpec,
+    batch_script: str,
+    flavour: PbsFlavour,
+    *,
+    key: JobKey,
+    log_dir: str,
+    env: Mapping[str, str],
+) -> pbs.PbsSubmitOutcome:
+    """Adopt the live job of this task instance, or submit a new one: one SSH round trip."""
+    result = await transport.run(pbs.submit_script(spec, batch_script, flavour, key=key, log_dir=log_dir, env=env))
+    if result.exit_status != 0:
+        raise SubmissionError("qsub", transport.target.where, result.exit_status, result.error_text or result.text)
+    try:
+        return pbs.parse_submit_output(result.text)
+    except ValueError as error:
+        raise SubmissionError("qsub", transport.target.where, result.exit_status, str(error)) from None

@@ -1,0 +1,184 @@
+"""``PbsOperator``: run a command or script as a PBS Pro / OpenPBS or Torque job over SSH."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow_hpc_provider.dialects import pbs
+from airflow_hpc_provider.dialects.pbs import PbsDialect, PbsFlavour
+from airflow_hpc_provider.errors import JobSpecError
+from airflow_hpc_provider.hooks.pbs import PbsClusterDefaults, PbsHook, detect_flavour, submit_job
+from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
+from airflow_hpc_provider.resources import check_name
+from airflow_hpc_provider.triggers.pbs import PbsJobTrigger
+
+
+class PbsOperator(SshBatchJobOperator):
+    """Submit a PBS job over SSH and wait for it, deferred by default.
+
+    Resources are written in the flavour's own syntax (PBS Pro ``-l select=...``, Torque
+    ``-l nodes=N:ppn=C``). The connection's ``flavour`` says which; left empty, the login node is
+    asked once per submission.
+
+    :param pbs_conn_id: Airflow connection of type ``pbs`` (or ``ssh``).
+    :param command: shell command(s) to run; templated.
+    :param script: a whole batch script instead of ``command``; templated.
+    :param pbs_queue: the PBS queue (``-q``); wins over everything else. (Not ``queue``: that is
+        the Airflow executor queue every operator has, often set in ``default_args``.)
+    :param partition: for DAGs shared with Slurm: used as the queue when the connection sets no
+        default queue (a connection's queue overrides a task's Slurm partition; ``pbs_queue=``
+        does not).
+    :param account: account to charge (``-A``).
+    :param cpus: CPUs per node (``ncpus`` / ``ppn``).
+    :param memory: memory per node: MiB as an int, or ``"4G"``.
+    :param walltime: a timedelta, minutes as an int, or ``"HH:MM:SS"``.
+    :param gpus: GPUs per node (``ngpus`` / ``gpus``).
+    :param nodes: number of nodes (chunks on PBS Pro).
+    :param job_name: shown in qstat (shortened, with the task's key appended); templated.
+    :param working_dir: the directory the script starts in; templated.
+    :param extra_directives: more ``#PBS`` options, e.g. ``["-l place=scatter", "-m n"]``.
+    :param env: environment variables for the job; templated; values never reach a command line.
+    :param setup: lines run before the command (``module load ...``); templated.
+    :param login_shell: start the job's script as a login shell; default: the connection's.
+    :param poll_interval: seconds between status polls; default: the connection's, else 10.
+    :param deferrable: wait in the triggerer (default) or poll on the worker.
+    :param log_tail_lines: lines of the job's output quoted in the error when it fails.
+    """
+
+    scheduler = "PBS"
+    reserved_options = pbs.RESERVED_OPTIONS
+    ui_color = "#fdf2e9"
+
+    def __init__(
+        self,
+        *,
+        pbs_conn_id: str = PbsHook.default_conn_name,
+        command: str | None = None,
+        script: str | None = None,
+        pbs_queue: str | None = None,
+        partition: str | None = None,
+        account: str | None = None,
+        cpus: int | None = None,
+        memory: int | str | None = None,
+        walltime: timedelta | str | int | None = None,
+        gpus: int | None = None,
+        nodes: int | None = None,
+        job_name: str | None = None,
+        working_dir: str | None = None,
+        extra_directives: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        setup: Sequence[str] = (),
+        login_shell: bool | None = None,
+        poll_interval: float | None = None,
+        deferrable: bool = True,
+        log_tail_lines: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        if partition is not None and "," in partition:
+            raise JobSpecError(f"partition={partition!r}: PBS takes one queue, not a list")
+        super().__init__(
+            conn_id=pbs_conn_id,
+            command=command,
+            script=script,
+            partition=partition,
+            account=account,
+            cpus=cpus,
+            memory=memory,
+            time_limit=walltime,
+            gpus=gpus,
+            nodes=nodes,
+            job_name=job_name,
+            working_dir=working_dir,
+            extra_options=extra_directives,
+            env=env,
+            setup=setup,
+            login_shell=login_shell,
+            poll_interval=poll_interval,
+            deferrable=deferrable,
+            log_tail_lines=log_tail_lines,
+            **kwargs,
+        )
+        self.pbs_conn_id = pbs_conn_id
+        self.pbs_queue = check_name(pbs_queue, "pbs_queue")
+        self._flavour: PbsFlavour | None = None
+
+    def _defaults(self) -> tuple[Any, PbsClusterDefaults]:
+        conn = PbsHook(self.pbs_conn_id).get_conn()
+        return conn, PbsClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson)
+
+    def cluster(self) -> ClusterSettings:
+        conn, defaults = self._defaults()
+        self._flavour = self._flavour or defaults.flavour
+        return ClusterSettings(
+            conn_id=self.pbs_conn_id,
+            target=SshTarget.from_connection(conn),
+            # The queue: the task's queue=, else the connection's default queue, else partition=.
+            partition=None,
+            account=defaults.account,
+            log_dir=defaults.log_dir,
+            poll_interval_s=defaults.poll_interval_s,
+            login_shell=PbsHook.login_shell_default(conn),
+        )
+
+    def job_spec(self, context: Any, cluster: ClusterSettings) -> JobSpec:
+        spec = super().job_spec(context, cluster)
+        _, defaults = self._defaults()
+        queue = self.pbs_queue or defaults.queue or self.job_resources.partition
+        resources = spec.resources.__class__(**{**spec.resources.__dict__, "partition": queue})
+        return JobSpec(**{**spec.__dict__, "resources": resources})
+
+    def resume_from(self, payload: Mapping[str, Any]) -> None:
+        # execute_complete runs on a fresh operator: the trigger's event says which flavour it was.
+        if payload.get("flavour"):
+            self._flavour = PbsFlavour(payload["flavour"])
+
+    def _known_flavour(self) -> PbsFlavour:
+        if self._flavour is None:
+            raise RuntimeError("the PBS flavour is known only once the login node has been asked")
+        return self._flavour
+
+    def dialect(self, cluster: ClusterSettings) -> PbsDialect:
+        return PbsDialect(self._known_flavour(), cluster.log_dir)
+
+    def render(self, spec: JobSpec, cluster: ClusterSettings) -> str:
+        # The flavour may still be unknown here: render again in submit() once it is.
+        return pbs.render_script(
+            spec, self._flavour or PbsFlavour.TORQUE, script=self.script, exit_dir=pbs.exit_dir(cluster.log_dir)
+        )
+
+    async def submit(
+        self, transport: SshTransport, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings
+    ) -> Submitted:
+        if self._flavour is None:
+            self._flavour = await detect_flavour(transport)
+            self.log.info("%s runs %s", cluster.conn_id, self._flavour.value)
+            batch_script = self.render(spec, cluster)
+        outcome = await submit_job(
+            transport, spec, batch_script, self._flavour, key=key, log_dir=cluster.log_dir, env=self.job_env()
+        )
+        return Submitted(
+            job_id=outcome.job_id,
+            adopted=outcome.adopted,
+            state=outcome.state,
+            log_path=pbs.log_path(cluster.log_dir, key.task_digest, outcome.try_number),
+            cursor_path=pbs.cursor_path(cluster.log_dir, key.task_digest, outcome.try_number),
+        )
+
+    def trigger(
+        self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None
+    ) -> PbsJobTrigger:
+        assert job.job_id is not None
+        return PbsJobTrigger(
+            conn_id=cluster.conn_id,
+            job_id=job.job_id,
+            log_path=job.log_path,
+            cursor_path=job.cursor_path,
+            poll_interval=interval_s,
+            deadline=deadline,
+            flavour=self._known_flavour().value,
+            log_dir=cluster.log_dir,
+        )

@@ -1,0 +1,31 @@
+"""The trigger a deferred ``PbsOperator`` waits on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_hpc_provider.dialects.pbs import PbsDialect, PbsFlavour
+from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
+
+
+class PbsJobTrigger(SshJobTrigger):
+    """Watches one PBS job through the process's shared PBS poller (see :class:`SshJobTrigger`).
+
+    :param flavour: ``pbs_pro`` or ``torque``: which qstat format and exit codes to read.
+    :param log_dir: the connection's log directory, where job scripts record their exit status.
+    """
+
+    def __init__(self, *, flavour: str, log_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.flavour = PbsFlavour(flavour)
+        self.log_dir = log_dir
+
+    def dialect(self) -> PbsDialect:
+        return PbsDialect(self.flavour, self.log_dir)
+
+    def event_extras(self) -> dict[str, Any]:
+        return {"flavour": self.flavour.value}
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        classpath, kwargs = super().serialize()
+        return classpath, {**kwargs, "flavour": self.flavour.value, "log_dir": self.log_dir}
