@@ -79,15 +79,28 @@ def get_provider_info() -> dict[str, Any]:
         "versions": ["0.1.0"],
         "integrations": [
             {"integration-name": "Slurm", "external-doc-url": "https://slurm.schedmd.com/", "tags": ["software"]},
+            {"integration-name": "PBS", "external-doc-url": "https://www.openpbs.org/", "tags": ["software"]},
+            {"integration-name": "AWS Batch", "external-doc-url": "https://aws.amazon.com/batch/", "tags": ["aws"]},
         ],
         "operators": [
             {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.operators.slurm"]},
+            {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.operators.pbs"]},
+            {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.operators.batch"]},
         ],
         "hooks": [
             {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.hooks.slurm"]},
+            {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.hooks.pbs"]},
+            {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.hooks.batch"]},
         ],
         "triggers": [
             {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.triggers.slurm"]},
+            {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.triggers.pbs"]},
+            {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.triggers.batch"]},
+        ],
+        # AWS Batch uses the amazon provider's standard "aws" connection type; no new type here.
+        "extra-links": [
+            "airflow_hpc_provider.links.batch.BatchJobLink",
+            "airflow_hpc_provider.links.batch.BatchLogLink",
         ],
         "connection-types": [
             {
@@ -98,6 +111,26 @@ def get_provider_info() -> dict[str, Any]:
                     **SSH_FIELDS,
                     "partition": _text("Default partition", "Partition used when a task names none."),
                     **CLUSTER_FIELDS,
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": HIDDEN,
+                    "relabeling": {"host": "Login node", "login": "User", "password": "Password (if no key)"},
+                    "placeholders": {"host": "login.cluster.example.org", "port": "22"},
+                },
+            },
+            {
+                "connection-type": "pbs",
+                "hook-class-name": "airflow_hpc_provider.hooks.pbs.PbsHook",
+                "hook-name": "PBS / Torque (over SSH)",
+                "conn-fields": {
+                    **SSH_FIELDS,
+                    "flavour": {
+                        "label": "Flavour",
+                        "description": "pbs_pro (PBS Pro, OpenPBS) or torque; empty: ask the login node.",
+                        "schema": {"type": ["string", "null"], "enum": ["", "pbs_pro", "torque"], "default": ""},
+                    },
+                    "queue": _text("Default queue", "Queue used when a task names none (overrides a Slurm partition)."),
+                    **{name: field for name, field in CLUSTER_FIELDS.items() if name != "max_concurrent_jobs"},
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": HIDDEN,

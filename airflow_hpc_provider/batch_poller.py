@@ -1,0 +1,374 @@
+"""Shared, batched AWS Batch polling: N watched jobs cost ceil(N/100) DescribeJobs per interval.
+
+Inside one process all watchers of one (aws connection, region) on one event loop share one
+:class:`BatchPoller`, reference-counted like the SSH cluster poller (``poller.py``), whose event
+types it reuses. Each interval it asks DescribeJobs about every watched job, 100 ids per call, and
+reads the new CloudWatch lines of running jobs with FilterLogEvents, 100 streams per call.
+
+Rules:
+
+* only DescribeJobs ends a watch: SUCCEEDED is success, FAILED carries statusReason and the exit
+  code (``None`` when Batch reports none, never 0);
+* a job DescribeJobs does not know is never a success: after ``missing_grace_s`` it is ``LOST``;
+* throttling (and any failed call) concludes nothing: the poller backs off, with jitter, and
+  tells the watchers; only credentials refused outright end the watches (the jobs are left alone);
+* the final lines are read in the same poll that sees the job end, before ``JobEnded``.
+
+boto3 is blocking, so every call runs in a worker thread; the event loop only sorts answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from airflow_hpc_provider.batch_logs import LogPosition
+from airflow_hpc_provider.dialects import batch
+from airflow_hpc_provider.dialects.batch import LogStream
+from airflow_hpc_provider.hooks.batch import AUTH_CODES, THROTTLING_CODES, BatchHook, error_code, error_text
+from airflow_hpc_provider.jobs import JobState, JobStatus
+from airflow_hpc_provider.poller import (
+    MIN_POLL_SPACING_S,
+    JobEnded,
+    Notice,
+    OutputLines,
+    StatusChanged,
+    WatchEvent,
+    WatchFailed,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchTarget:
+    """Which AWS account and region a job lives in: the poller is shared per target."""
+
+    aws_conn_id: str | None
+    region_name: str | None = None
+
+    def hook(self) -> BatchHook:
+        return BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+
+
+@dataclass(frozen=True)
+class LogProgress:
+    """The lines sent before this event reach up to ``position``: save it once they are logged."""
+
+    position: dict[str, Any]
+
+
+BatchWatchEvent = WatchEvent | LogProgress
+
+
+@dataclass(frozen=True)
+class BatchPollerSettings:
+    interval_s: float = 10.0
+    missing_grace_s: float = 300.0
+    max_backoff_s: float = 120.0
+    max_log_pages: int = 20  # per FilterLogEvents chunk per poll; the rest comes next poll
+
+
+class Throttled(Exception):
+    """AWS asked us to slow down; nothing is concluded from this poll."""
+
+
+@dataclass
+class _Track:
+    job_id: str
+    include_children: bool
+    position: LogPosition
+    queues: list[asyncio.Queue[BatchWatchEvent]] = field(default_factory=list)
+    last: JobStatus | None = None
+    missing_since: float | None = None
+    children: list[str] = field(default_factory=list)
+    warned_states: set[str] = field(default_factory=set)
+
+    def send(self, event: BatchWatchEvent) -> None:
+        for queue in self.queues:
+            queue.put_nowait(event)
+
+
+class BatchPoller:
+    """Watches many Batch jobs of one account and region with batched calls, one poll per interval."""
+
+    def __init__(self, target: BatchTarget, settings: BatchPollerSettings, hook: BatchHook | None = None) -> None:
+        self.target = target
+        self.settings = settings
+        self._hook = hook
+        self._tracks: dict[str, _Track] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.polls = 0
+        self._failures = 0  # consecutive failed polls, for the backoff
+        self.describe_calls = 0
+        self.log_calls = 0
+
+    # -- watching ----------------------------------------------------------------------------------
+
+    async def watch(
+        self, job_id: str, *, include_children: bool = False, position: LogPosition | None = None
+    ) -> AsyncGenerator[BatchWatchEvent, None]:
+        queue: asyncio.Queue[BatchWatchEvent] = asyncio.Queue()
+        track = self._tracks.get(job_id)
+        if track is None:
+            track = self._tracks[job_id] = _Track(job_id, include_children, position or LogPosition())
+        track.include_children = track.include_children or include_children
+        track.queues.append(queue)
+        self._ensure_running()
+        self._wake.set()
+        try:
+            while True:
+                event = await queue.get()
+                yield event
+                if isinstance(event, JobEnded | WatchFailed):
+                    return
+        finally:
+            if queue in track.queues:
+                track.queues.remove(queue)
+            if not track.queues and self._tracks.get(job_id) is track:
+                del self._tracks[job_id]
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="hpc-batch-poller")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _call(self, service: str, operation: str, **kwargs: Any) -> dict[str, Any]:
+        if self._hook is None:
+            self._hook = await asyncio.to_thread(self.target.hook)
+        hook = self._hook
+
+        def call() -> dict[str, Any]:
+            result: dict[str, Any] = getattr(hook.client(service), operation)(**kwargs)
+            return result
+
+        try:
+            return await asyncio.to_thread(call)
+        except ClientError as error:
+            if error_code(error) in THROTTLING_CODES:
+                raise Throttled(f"{operation}: {error_text(error)}") from error
+            raise
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while self._tracks:
+            delay = self.settings.interval_s
+            started = time.monotonic()
+            self._wake.clear()
+            try:
+                await self.poll_once()
+            except ClientError as error:
+                if error_code(error) in AUTH_CODES:
+                    for track in list(self._tracks.values()):
+                        track.send(WatchFailed(f"AWS refused the credentials of {self._where()}: {error_text(error)}"))
+                    return
+                self._failures += 1
+                delay = self._backoff(self._failures)
+                self._tell_all(Notice(f"AWS Batch query failed: {error_text(error)}; again in {delay:.0f}s"))
+            except (Throttled, BotoCoreError, OSError) as error:
+                self._failures += 1
+                delay = self._backoff(self._failures)
+                self._tell_all(Notice(f"AWS throttled or unreachable ({error}); again in {delay:.0f}s"))
+            except Exception as error:  # a bug or an answer we cannot read: keep watching, say so
+                log.exception("AWS Batch poll of %s failed", self._where())
+                self._failures += 1
+                delay = self._backoff(self._failures)
+                self._tell_all(Notice(f"AWS Batch poll failed: {error!r}"))
+            if self._failures:
+                await asyncio.sleep(delay)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            await asyncio.sleep(max(0.0, MIN_POLL_SPACING_S - (time.monotonic() - started)))
+
+    def _backoff(self, failures: int) -> float:
+        # Exponential with jitter: many triggerers throttled together must not retry in step.
+        delay = min(self.settings.max_backoff_s, self.settings.interval_s * 2.0 ** (failures - 1))
+        return delay * random.uniform(0.8, 1.2)
+
+    def _where(self) -> str:
+        return f"connection {self.target.aws_conn_id}, region {self.target.region_name or 'default'}"
+
+    def _tell_all(self, event: BatchWatchEvent) -> None:
+        for track in self._tracks.values():
+            track.send(event)
+
+    async def describe(self, job_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Every id, 100 per DescribeJobs call, the calls made concurrently."""
+        chunks = [list(job_ids[i : i + batch.DESCRIBE_BATCH]) for i in range(0, len(job_ids), batch.DESCRIBE_BATCH)]
+        self.describe_calls += len(chunks)
+        answers = await asyncio.gather(*(self._call("batch", "describe_jobs", jobs=chunk) for chunk in chunks))
+        return {str(job["jobId"]): job for answer in answers for job in answer.get("jobs", [])}
+
+    async def poll_once(self) -> None:
+        tracks = dict(self._tracks)
+        if not tracks:
+            return
+        ids = list(tracks)
+        ids += [child for track in tracks.values() if track.include_children for child in track.children]
+        found = await self.describe(ids)
+        self.polls += 1
+        if self._failures:  # said before any job ends, so every watcher that was warned hears it
+            self._tell_all(Notice("AWS Batch status queries work again"))
+            self._failures = 0
+        now = time.monotonic()
+        ended: list[tuple[_Track, JobStatus]] = []
+        reads: list[tuple[_Track, LogStream]] = []
+        for job_id, track in tracks.items():
+            description = found.get(job_id)
+            final = self._settle(track, description, now)
+            if description is None:
+                if final is not None:
+                    ended.append((track, final))
+                continue
+            if track.include_children:
+                size = batch.array_size_of(description)
+                track.children = [f"{job_id}:{index}" for index in range(size)]
+                missing = [child for child in track.children if child not in found]
+                if final is not None and missing:  # ended before its children were ever asked about
+                    found.update(await self.describe(missing))
+            streams = batch.log_streams_of(description)
+            for index, child in enumerate(track.children if track.include_children else []):
+                if child in found:
+                    streams += batch.log_streams_of(found[child], child_index=index)
+            running = track.last is not None and track.last.state is JobState.RUNNING
+            if streams and (final is not None or running or track.include_children):
+                reads += [(track, stream) for stream in streams]
+            if final is not None:
+                ended.append((track, final))
+        await self._read_logs(reads)
+        for track, status in ended:
+            track.send(JobEnded(status))
+
+    def _settle(self, track: _Track, description: Mapping[str, Any] | None, now: float) -> JobStatus | None:
+        if description is None:
+            if track.missing_since is None:
+                track.missing_since = now
+            if now - track.missing_since >= self.settings.missing_grace_s:
+                return JobStatus(
+                    job_id=track.job_id,
+                    state=JobState.LOST,
+                    native_state="LOST",
+                    reason=f"unknown to DescribeJobs for {now - track.missing_since:.0f}s",
+                )
+            return None
+        track.missing_since = None
+        status = batch.status_of(description)
+        if status.state is JobState.UNKNOWN and status.native_state not in track.warned_states:
+            track.warned_states.add(status.native_state)
+            track.send(Notice(f"AWS Batch reports state {status.native_state!r}, unknown here; still watching"))
+        if track.last is None or (track.last.native_state, track.last.reason) != (status.native_state, status.reason):
+            track.send(StatusChanged(status))
+        track.last = status
+        return status if status.native_state in ("SUCCEEDED", "FAILED") else None
+
+    # -- CloudWatch --------------------------------------------------------------------------------
+
+    async def _read_logs(self, reads: list[tuple[_Track, LogStream]]) -> None:
+        if not reads:
+            return
+        by_group: dict[str, list[tuple[_Track, LogStream]]] = {}
+        for track, stream in reads:
+            by_group.setdefault(stream.group, []).append((track, stream))
+        lines: dict[str, list[str]] = {}
+        touched: dict[str, _Track] = {}
+        for group, items in by_group.items():
+            for start in range(0, len(items), batch.LOG_STREAMS_PER_CALL):
+                chunk = items[start : start + batch.LOG_STREAMS_PER_CALL]
+                events = await self._filter(group, chunk)
+                owners = {stream.name: (track, stream) for track, stream in chunk}
+                for event in events:
+                    owner = owners.get(str(event.get("logStreamName")))
+                    if owner is None:
+                        continue
+                    track, stream = owner
+                    position = track.position.of(f"{group}|{stream.name}")
+                    if position.accept(int(event["timestamp"]), str(event["eventId"])):
+                        text = str(event.get("message", "")).rstrip("\n")
+                        lines.setdefault(track.job_id, []).extend(stream.label + line for line in text.split("\n"))
+                        touched[track.job_id] = track
+        for job_id, track in touched.items():
+            track.send(OutputLines(tuple(lines[job_id])))
+            track.send(LogProgress(track.position.to_dict()))
+
+    async def _filter(self, group: str, chunk: list[tuple[_Track, LogStream]]) -> list[dict[str, Any]]:
+        """New events of up to 100 streams, from the oldest position among them, oldest first."""
+        start = min(track.position.of(f"{group}|{stream.name}").timestamp for track, stream in chunk)
+        names = sorted({stream.name for _, stream in chunk})
+        try:
+            return await self._filter_pages(group, names, start)
+        except ClientError as error:
+            if error_code(error) != "ResourceNotFoundException":
+                raise
+        # A stream not created yet (the container is starting) spoils the batch: ask one by one.
+        events: list[dict[str, Any]] = []
+        for name in names:
+            try:
+                events += await self._filter_pages(group, [name], start)
+            except ClientError as error:
+                if error_code(error) != "ResourceNotFoundException":
+                    raise
+        return events
+
+    async def _filter_pages(self, group: str, names: list[str], start: int) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        token: str | None = None
+        for _ in range(self.settings.max_log_pages):
+            request: dict[str, Any] = {"logGroupName": group, "logStreamNames": names, "startTime": start}
+            if token:
+                request["nextToken"] = token
+            self.log_calls += 1
+            answer = await self._call("logs", "filter_log_events", **request)
+            events += answer.get("events", [])
+            token = answer.get("nextToken")
+            if not token:
+                break
+        # Oldest first per stream; sorted() is stable, so CloudWatch's order of equal times stays.
+        return sorted(events, key=lambda e: int(e.get("timestamp", 0)))
+
+
+# --- sharing within a process ---------------------------------------------------------------------
+
+
+@dataclass
+class _Shared:
+    poller: BatchPoller
+    users: int
+
+
+_shared: dict[tuple[int, str | None, str | None], _Shared] = {}
+
+
+@contextlib.asynccontextmanager
+async def shared_batch_poller(target: BatchTarget, settings: BatchPollerSettings) -> AsyncIterator[BatchPoller]:
+    """The process's Batch poller for this connection and region on this loop, released on exit."""
+    key = (id(asyncio.get_running_loop()), target.aws_conn_id, target.region_name)
+    shared = _shared.get(key)
+    if shared is None:
+        shared = _shared[key] = _Shared(BatchPoller(target, settings), 0)
+    elif settings.interval_s < shared.poller.settings.interval_s:
+        shared.poller.settings = settings
+    shared.users += 1
+    try:
+        yield shared.poller
+    finally:
+        shared.users -= 1
+        if shared.users == 0 and _shared.get(key) is shared:
+            del _shared[key]
+            await shared.poller.close()

@@ -1,0 +1,287 @@
+"""AWS Batch through the amazon provider's ``AwsBaseHook``: the standard ``aws`` connection decides
+credentials, role assumption, region and ``endpoint_url``. Calls here are blocking boto3 calls; the
+poller runs them in a thread so the triggerer's event loop never waits on the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+from botocore.exceptions import ClientError
+
+from airflow_hpc_provider.dialects import batch
+from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError, SubmissionError
+from airflow_hpc_provider.jobs import JobKey
+
+log = logging.getLogger(__name__)
+
+THROTTLING_CODES = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "ThrottledException"}
+)
+AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidClientTokenId",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidSignatureException",
+        "SignatureDoesNotMatch",
+    }
+)
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def error_text(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Message", "")) or str(error)
+
+
+@dataclass(frozen=True)
+class ResolvedDefinition:
+    """The job definition a job is submitted against, and whether this task registered it."""
+
+    arn: str
+    name: str
+    revision: int
+    image: str | None
+    registered: bool = False
+
+
+@dataclass(frozen=True)
+class LiveJob:
+    job_id: str
+    job_name: str
+    status: str
+
+
+@dataclass(frozen=True)
+class StoredScript:
+    uri: str
+    sha256: str
+    encryption: str | None
+
+
+class BatchHook(AwsBaseHook):
+    """Job definitions, submission, adoption, termination and script upload for AWS Batch.
+
+    :param aws_conn_id: an Airflow connection of type ``aws``. Besides the amazon provider's own
+        extras (``region_name``, ``role_arn``, ``endpoint_url``...), ``job_queue`` in the extra is
+        the queue used when a task names none.
+    :param region_name: overrides the connection's region.
+    """
+
+    def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> None:
+        super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, client_type="batch")
+        self._clients: dict[str, Any] = {}
+
+    # -- clients -----------------------------------------------------------------------------------
+
+    def client(self, service: str = "batch") -> Any:
+        """A boto3 client for ``service`` from the connection's session (same credentials and role)."""
+        if service not in self._clients:
+            session = self.get_session(region_name=self.region_name)
+            self._clients[service] = session.client(
+                service_name=service,
+                endpoint_url=self.conn_config.get_service_endpoint_url(service_name=service),
+                config=self._get_config(None),
+                verify=self.verify,
+            )
+        return self._clients[service]
+
+    def default_queue(self) -> str | None:
+        value = self.conn_config.extra_config.get("job_queue")
+        return str(value) if value else None
+
+    def where(self) -> str:
+        return f"connection {self.aws_conn_id}, region {self.client().meta.region_name}"
+
+    # -- job definitions ---------------------------------------------------------------------------
+
+    def _revisions(self, name: str) -> list[dict[str, Any]]:
+        # By name, not "name:rev": moto returns nothing for jobDefinitions=["name:2"] (AWS accepts
+        # it), and one call by name answers every question asked here.
+        pages = self.client().get_paginator("describe_job_definitions").paginate(jobDefinitionName=name)
+        found: list[dict[str, Any]] = []
+        for page in pages:
+            found.extend(page.get("jobDefinitions", []))
+        return sorted(found, key=lambda d: int(d.get("revision", 0)))
+
+    @staticmethod
+    def _resolved(definition: Mapping[str, Any], registered: bool = False) -> ResolvedDefinition:
+        return ResolvedDefinition(
+            arn=str(definition["jobDefinitionArn"]),
+            name=str(definition["jobDefinitionName"]),
+            revision=int(definition["revision"]),
+            image=batch.image_of(definition),
+            registered=registered,
+        )
+
+    def find_definition(self, ref: str) -> dict[str, Any]:
+        """The definition ``ref`` names (latest ACTIVE revision for a bare name), or a clear error."""
+        name, revision = batch.parse_definition_ref(ref)
+        revisions = self._revisions(name)
+        if not revisions:
+            raise JobSpecError(f"job definition {name!r} does not exist ({self.where()})")
+        if revision is not None:
+            match = [d for d in revisions if int(d["revision"]) == revision]
+            if not match:
+                known = ", ".join(str(d["revision"]) for d in revisions)
+                raise JobSpecError(f"job definition {name}:{revision} does not exist; known revisions: {known}")
+            if match[0].get("status") != "ACTIVE":
+                raise JobSpecError(
+                    f"job definition {name}:{revision} is {match[0].get('status')} (deregistered); "
+                    "Batch refuses new jobs on it. Name an ACTIVE revision, or give the bare name for the latest"
+                )
+            return match[0]
+        active = [d for d in revisions if d.get("status") == "ACTIVE"]
+        if not active:
+            raise JobSpecError(
+                f"job definition {name!r} has no ACTIVE revision (all {len(revisions)} are deregistered)"
+            )
+        return active[-1]
+
+    def locked(self, ref: str) -> ResolvedDefinition:
+        return self._resolved(self.find_definition(ref))
+
+    def check_roles(self, roles: Mapping[str, str | None]) -> None:
+        """RegisterJobDefinition refuses another account's roles: say so before AWS does, and why."""
+        named = {kind: arn for kind, arn in roles.items() if arn}
+        if not named:
+            return
+        account = self.account_id
+        for kind, arn in named.items():
+            owner = batch.role_account(arn)
+            if owner is None:
+                raise JobSpecError(f"{kind}={arn!r} is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)")
+            if owner != account:
+                raise JobSpecError(batch.cross_account_message(arn, kind, account))
+
+    def ensure_definition(self, name: str, body: Mapping[str, Any]) -> ResolvedDefinition:
+        """An ACTIVE revision of ``name`` with exactly ``body``: found by its content tag, else registered.
+
+        The content hash is stored as a tag on the revision, so any process finds it again before
+        registering. Two processes that race both register; both then use the lowest revision
+        carrying the hash, so every later task converges on one revision.
+        """
+        digest = batch.content_hash(body)
+        existing = self._with_content(name, digest)
+        if existing is not None:
+            return self._resolved(existing)
+        container = body.get("containerProperties") or {}
+        self.check_roles(
+            {"job_role_arn": container.get("jobRoleArn"), "execution_role_arn": container.get("executionRoleArn")}
+        )
+        request = {**body, "jobDefinitionName": name, "tags": {**(body.get("tags") or {}), batch.CONTENT_TAG: digest}}
+        try:
+            answer = self.client().register_job_definition(**request)
+        except ClientError as error:
+            raise SubmissionError(
+                f"RegisterJobDefinition of {name}", self.where(), None, f"{error_code(error)}: {error_text(error)}"
+            ) from error
+        log.info("Registered job definition %s:%s (content %s)", name, answer["revision"], digest)
+        winner = self._with_content(name, digest)
+        if winner is not None:
+            return self._resolved(winner, registered=int(winner["revision"]) == int(answer["revision"]))
+        return ResolvedDefinition(
+            arn=answer["jobDefinitionArn"], name=name, revision=int(answer["revision"]), image=None, registered=True
+        )
+
+    def _with_content(self, name: str, digest: str) -> dict[str, Any] | None:
+        for definition in self._revisions(name):  # lowest revision first
+            if definition.get("status") == "ACTIVE" and (definition.get("tags") or {}).get(batch.CONTENT_TAG) == digest:
+                return definition
+        return None
+
+    def revision_for_image(self, template_ref: str, image: str) -> ResolvedDefinition:
+        template = self.find_definition(template_ref)
+        if batch.image_of(template) == image:
+            return self._resolved(template)
+        return self.ensure_definition(str(template["jobDefinitionName"]), batch.revision_body(template, image))
+
+    # -- jobs --------------------------------------------------------------------------------------
+
+    def submit(self, request: Mapping[str, Any]) -> str:
+        try:
+            answer = self.client().submit_job(**request)
+        except ClientError as error:
+            raise SubmissionError(
+                f"SubmitJob of {request.get('jobName')} to {request.get('jobQueue')}",
+                self.where(),
+                None,
+                f"{error_code(error)}: {error_text(error)}",
+            ) from error
+        return str(answer["jobId"])
+
+    def find_live_job(self, queue: str, base: str, key: JobKey) -> LiveJob | None:
+        """A job of an earlier try of this task instance that is still queued or running."""
+        pages = (
+            self.client()
+            .get_paginator("list_jobs")
+            .paginate(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [batch.job_name_pattern(base, key)]}])
+        )
+        candidates = [
+            summary
+            for page in pages
+            for summary in page.get("jobSummaryList", [])
+            if summary.get("status") in batch.LIVE_STATES
+        ]
+        if not candidates:
+            return None
+        # The name is only a filter; the key tag says for sure whose job it is.
+        described = self.describe_jobs([str(c["jobId"]) for c in candidates])
+        for job in sorted(described, key=lambda d: int(d.get("createdAt", 0))):
+            tag = (job.get("tags") or {}).get(batch.KEY_TAG, "")
+            if JobKey.task_digest_of(tag) == key.task_digest and job.get("status") in batch.LIVE_STATES:
+                return LiveJob(job_id=str(job["jobId"]), job_name=str(job["jobName"]), status=str(job["status"]))
+        return None
+
+    def describe_jobs(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(job_ids), batch.DESCRIBE_BATCH):
+            found.extend(self.client().describe_jobs(jobs=list(job_ids[start : start + batch.DESCRIBE_BATCH]))["jobs"])
+        return found
+
+    def terminate(self, job_id: str, reason: str) -> None:
+        self.client().terminate_job(jobId=job_id, reason=reason)
+
+    # -- scripts too large for SubmitJob ------------------------------------------------------------
+
+    def store_script(self, bucket: str, key: str, script: str) -> StoredScript:
+        """Upload with the bucket's own default encryption stated explicitly.
+
+        Buckets whose policy demands an encryption header on every PutObject refuse a plain upload,
+        so the bucket's default (SSE-S3 or SSE-KMS with its key) is read and sent along.
+        """
+        s3 = self.client("s3")
+        extra: dict[str, Any] = {}
+        try:
+            rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+        except ClientError as error:
+            if error_code(error) not in ("ServerSideEncryptionConfigurationNotFoundError", "AccessDenied"):
+                raise ConnectionConfigError(f"cannot read s3://{bucket}: {error_text(error)}") from error
+            rules = []
+        if rules:
+            default = rules[0].get("ApplyServerSideEncryptionByDefault") or {}
+            algorithm = default.get("SSEAlgorithm")
+            if algorithm:
+                extra["ServerSideEncryption"] = algorithm
+            if default.get("KMSMasterKeyID"):
+                extra["SSEKMSKeyId"] = default["KMSMasterKeyID"]
+            if rules[0].get("BucketKeyEnabled"):
+                extra["BucketKeyEnabled"] = True
+        data = script.encode()
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/x-shellscript", **extra)
+        return StoredScript(
+            uri=f"s3://{bucket}/{key}",
+            sha256=hashlib.sha256(data).hexdigest(),
+            encryption=extra.get("ServerSideEncryption"),
+        )

@@ -1,0 +1,439 @@
+"""``BatchRevisionOperator``: run a command as an AWS Batch job, watched without holding a worker slot."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowTaskTimeout
+from airflow.triggers.base import TriggerEvent
+
+from airflow_hpc_provider.batch_logs import MemoryPositionStore
+from airflow_hpc_provider.batch_poller import BatchTarget
+from airflow_hpc_provider.batch_watch import watch_batch_job
+from airflow_hpc_provider.dialects import batch
+from airflow_hpc_provider.dialects.batch import ContainerRequest, GitCheckout
+from airflow_hpc_provider.errors import ConnectionConfigError, JobFailedError, JobSpecError
+from airflow_hpc_provider.hooks.batch import BatchHook, ResolvedDefinition
+from airflow_hpc_provider.jobs import JobKey, JobStatus, format_duration
+from airflow_hpc_provider.links.batch import LINK_XCOM_KEY, BatchJobLink, BatchLogLink
+from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
+from airflow_hpc_provider.triggers.batch import BatchJobTrigger
+from airflow_hpc_provider.watch import WatchOutcome
+
+DEFAULT_POLL_INTERVAL_S = 10.0
+MODES = ("locked", "revisions", "auto")
+PLATFORMS = ("EC2", "FARGATE")
+TIMEOUT_REASON = "Stopped from Airflow: the task passed its execution_timeout"
+KILL_REASON = "Stopped from Airflow: the worker running the task was told to stop"
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+# Images warned about in locked mode, per process: "warn once", not once per task.
+_warned_images: set[tuple[str, str]] = set()
+
+
+class BatchRevisionOperator(BaseOperator):
+    """Submit an AWS Batch job and wait for it, deferred by default.
+
+    Job definition modes (``job_definition_mode``):
+
+    * ``locked``: submit against ``job_definition`` (a name, ``name:revision`` or ARN) as it is.
+      An ``image`` that differs from the registered one is warned about once; the registered image
+      wins (``strict_image=True`` makes that an error).
+    * ``revisions``: ``job_definition`` is a template: its latest ACTIVE revision is copied with
+      ``image`` swapped in and registered as a new revision of the same name, unless a revision with
+      exactly that content exists (found by a content-hash tag, so any worker finds it).
+    * ``auto``: no definition is named; a generic one, named from a hash of the image, roles and
+      log group, is found or registered.
+
+    :param command: shell commands, run as ``bash -c <script>``; templated.
+    :param job_id: watch this existing job instead of submitting one; templated.
+    :param image: the container image (``revisions`` and ``auto``; checked in ``locked``).
+    :param job_definition: name, ``name:revision`` or ARN.
+    :param job_definition_mode: ``locked``, ``revisions`` or ``auto`` (default: ``locked`` when a
+        definition is named, else ``auto``).
+    :param job_queue: the Batch job queue; default: the connection extra ``job_queue``. (``queue`` is
+        Airflow's own executor queue, so it is not used for this.)
+    :param vcpus: vCPUs (fractions on Fargate only).
+    :param memory: MiB as an int, or ``"4G"``/``"512M"``.
+    :param gpus: GPUs.
+    :param env: environment variables, sent through ``containerOverrides.environment``; templated.
+    :param timeout: ``attemptDurationSeconds`` (timedelta or seconds, at least 60).
+    :param retry_attempts: Batch attempts, 1-10.
+    :param tags: tags on the job (the operator adds its key tag).
+    :param share_identifier: fair-share identifier.
+    :param scheduling_priority: fair-share scheduling priority override.
+    :param array_size: run an array job of this many children (2-10000).
+    :param array_child_logs: also stream the logs of an array job's children.
+    :param job_name: the base of the job name; default ``<dag_id>-<task_id>``.
+    :param git: ``{"repo": url, "ref": "main", "path": "/tmp/src"}``: clone and check out the commit
+        ``ref`` points at when the task starts.
+    :param script_bucket: S3 bucket for scripts too large for SubmitJob.
+    :param script_prefix: key prefix in ``script_bucket``.
+    :param offload_threshold_bytes: scripts larger than this go to S3.
+    :param job_role_arn: job role (``auto``); must be in the definition's account.
+    :param execution_role_arn: execution role (``auto``, needed on Fargate).
+    :param log_group: CloudWatch log group of ``auto`` definitions (default ``/aws/batch/job``).
+    :param platform: ``EC2`` or ``FARGATE``.
+    :param strict_image: in ``locked`` mode, fail instead of warning when ``image`` differs.
+    :param wait_for_completion: wait for the job (default) or return its id once submitted.
+    :param poll_interval: seconds between status rounds (one DescribeJobs per 100 jobs, shared).
+    :param deferrable: wait in the triggerer (default) or on the worker.
+    :param aws_conn_id: Airflow connection of type ``aws``.
+    :param region_name: overrides the connection's region.
+    """
+
+    template_fields: Sequence[str] = ("command", "job_id", "image", "env", "job_name", "tags")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "env": "json", "tags": "json"}
+    operator_extra_links = (BatchJobLink(), BatchLogLink())
+    ui_color = "#fdf1e6"
+
+    def __init__(
+        self,
+        *,
+        command: str | None = None,
+        job_id: str | None = None,
+        image: str | None = None,
+        job_definition: str | None = None,
+        job_definition_mode: str | None = None,
+        job_queue: str | None = None,
+        vcpus: float | None = None,
+        memory: int | str | None = None,
+        gpus: int | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: timedelta | int | None = None,
+        retry_attempts: int | None = None,
+        tags: Mapping[str, str] | None = None,
+        share_identifier: str | None = None,
+        scheduling_priority: int | None = None,
+        array_size: int | None = None,
+        array_child_logs: bool = False,
+        job_name: str | None = None,
+        git: Mapping[str, str] | None = None,
+        script_bucket: str | None = None,
+        script_prefix: str = "airflow-hpc/scripts",
+        offload_threshold_bytes: int = batch.DEFAULT_OFFLOAD_THRESHOLD_BYTES,
+        job_role_arn: str | None = None,
+        execution_role_arn: str | None = None,
+        log_group: str | None = None,
+        platform: str = "EC2",
+        strict_image: bool = False,
+        wait_for_completion: bool = True,
+        poll_interval: float | None = None,
+        deferrable: bool = True,
+        aws_conn_id: str | None = "aws_default",
+        region_name: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        mode = job_definition_mode or ("locked" if job_definition else "auto")
+        if (command is None) == (job_id is None):
+            raise JobSpecError(f"{self.task_id}: give exactly one of command= (submit) or job_id= (watch)")
+        if mode not in MODES:
+            raise JobSpecError(f"job_definition_mode={mode!r}: use one of {', '.join(MODES)}")
+        if platform not in PLATFORMS:
+            raise JobSpecError(f"platform={platform!r}: use EC2 or FARGATE")
+        if command is not None:
+            if mode in ("locked", "revisions") and not job_definition:
+                raise JobSpecError(f"job_definition_mode={mode!r} needs job_definition=")
+            if mode == "auto" and job_definition:
+                raise JobSpecError("job_definition_mode='auto' registers its own definition: drop job_definition=")
+            if mode in ("revisions", "auto") and not image:
+                raise JobSpecError(f"job_definition_mode={mode!r} needs image=")
+            if job_definition:
+                batch.parse_definition_ref(job_definition)
+        if poll_interval is not None and poll_interval <= 0:
+            raise JobSpecError(f"poll_interval={poll_interval!r} must be more than zero")
+        if array_size is not None:
+            batch.check_range(array_size, "array_size", 2, 10000)
+        if git is not None and not git.get("repo"):
+            raise JobSpecError("git= needs at least {'repo': <url>} (and optionally 'ref', 'path')")
+        self.command = command
+        self.job_id = job_id
+        self.image = image
+        self.job_definition = job_definition
+        self.job_definition_mode = mode
+        self.job_queue = check_name(job_queue, "job_queue")
+        # Checked now so a bad value fails the DAG at parse time, not in the triggerer hours later.
+        self.vcpus = batch.check_vcpus(vcpus, platform)
+        self.memory_mb = batch.check_memory_mb(parse_memory_mb(memory))
+        self.gpus = batch.check_range(gpus, "gpus", 1, 1024)
+        self.env = dict(env or {})
+        check_env_names(tuple(self.env))
+        self.timeout_s = batch.check_timeout(timeout)
+        self.retry_attempts = batch.check_range(retry_attempts, "retry_attempts", 1, 10)
+        self.tags = dict(tags or {})
+        self.share_identifier = share_identifier
+        self.scheduling_priority = batch.check_range(scheduling_priority, "scheduling_priority", 0, 9999)
+        self.array_size = array_size
+        self.array_child_logs = array_child_logs
+        self.job_name = job_name
+        self.git = dict(git) if git is not None else None
+        self.script_bucket = script_bucket
+        self.script_prefix = script_prefix.strip("/")
+        self.offload_threshold_bytes = offload_threshold_bytes
+        self.job_role_arn = job_role_arn
+        self.execution_role_arn = execution_role_arn
+        self.log_group = log_group
+        self.platform = platform
+        self.strict_image = strict_image
+        self.wait_for_completion = wait_for_completion
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self.aws_conn_id = aws_conn_id
+        self.region_name = region_name
+        self._submitted: str | None = None  # a job this task started (or adopted): ours to terminate
+
+    # -- building the request ----------------------------------------------------------------------
+
+    def _definition(self, hook: BatchHook) -> ResolvedDefinition:
+        if self.job_definition_mode == "auto":
+            assert self.image is not None  # checked in __init__
+            hook.check_roles({"job_role_arn": self.job_role_arn, "execution_role_arn": self.execution_role_arn})
+            name, body = batch.auto_body(
+                self.image,
+                job_role_arn=self.job_role_arn,
+                execution_role_arn=self.execution_role_arn,
+                log_group=self.log_group,
+                platform=self.platform,
+            )
+            return hook.ensure_definition(name, body)
+        assert self.job_definition is not None
+        if self.job_definition_mode == "revisions":
+            assert self.image is not None
+            return hook.revision_for_image(self.job_definition, self.image)
+        resolved = hook.locked(self.job_definition)
+        if self.image and resolved.image and self.image != resolved.image:
+            message = (
+                f"job_definition_mode='locked': {resolved.name}:{resolved.revision} runs {resolved.image}, "
+                f"not {self.image}; AWS Batch cannot override an image at submission, so the registered "
+                "image runs. Use job_definition_mode='revisions' to run the task's image"
+            )
+            if self.strict_image:
+                raise JobSpecError(message)
+            if (resolved.arn, self.image) not in _warned_images:
+                _warned_images.add((resolved.arn, self.image))
+                self.log.warning("%s", message)
+        return resolved
+
+    def _git(self) -> GitCheckout | None:
+        if self.git is None:
+            return None
+        repo, ref = self.git["repo"], self.git.get("ref", "HEAD")
+        path = self.git.get("path", "/tmp/airflow-hpc-src")
+        if _SHA.match(ref):
+            return GitCheckout(repo=repo, sha=ref, path=path)
+        # Resolved here, when the task starts, so every attempt and child runs the same commit.
+        result = subprocess.run(["git", "ls-remote", "--", repo, ref], capture_output=True, text=True, timeout=60)
+        shas = [line.split("\t", 1)[0] for line in result.stdout.splitlines() if "\t" in line]
+        if result.returncode != 0 or not shas:
+            raise JobSpecError(f"git: cannot resolve {ref!r} in {repo}: {result.stderr.strip() or 'no such ref'}")
+        return GitCheckout(repo=repo, sha=shas[0], path=path)
+
+    def _command_script(self, hook: BatchHook, key: JobKey, env: Mapping[str, str]) -> str:
+        script = batch.render_script(self.command or "", tuple(env), self._git())
+        if len(script.encode()) <= self.offload_threshold_bytes:
+            return script
+        if not self.script_bucket:
+            raise JobSpecError(
+                f"the script is {len(script.encode())} bytes, more than SubmitJob takes "
+                f"(offload_threshold_bytes={self.offload_threshold_bytes}); give script_bucket= so it goes to S3"
+            )
+        stored = hook.store_script(
+            self.script_bucket, f"{self.script_prefix}/{key.task_digest}/try{key.try_number}.sh", script
+        )
+        self.log.info(
+            "Script (%d bytes) stored at %s (encryption: %s)", len(script), stored.uri, stored.encryption or "none"
+        )
+        return batch.render_bootstrap(stored.uri, stored.sha256)
+
+    def _request(
+        self, name: str, queue: str, definition: ResolvedDefinition, script: str, key: JobKey
+    ) -> dict[str, Any]:
+        env = {str(k): str(v) for k, v in self.env.items()}
+        request: dict[str, Any] = {
+            "jobName": name,
+            "jobQueue": queue,
+            "jobDefinition": definition.arn,
+            "containerOverrides": batch.container_overrides(
+                script, env, ContainerRequest(vcpus=self.vcpus, memory_mb=self.memory_mb, gpus=self.gpus)
+            ),
+            "tags": {**{str(k): str(v) for k, v in self.tags.items()}, batch.KEY_TAG: key.tag},
+        }
+        if self.timeout_s is not None:
+            request["timeout"] = {"attemptDurationSeconds": self.timeout_s}
+        if self.retry_attempts is not None:
+            request["retryStrategy"] = {"attempts": self.retry_attempts}
+        if self.share_identifier:
+            request["shareIdentifier"] = self.share_identifier
+        if self.scheduling_priority is not None:
+            request["schedulingPriorityOverride"] = self.scheduling_priority
+        if self.array_size:
+            request["arrayProperties"] = {"size": self.array_size}
+        return request
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> str:
+        hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        region = str(hook.client().meta.region_name)
+        ti = context["ti"]
+        if self.job_id is not None:  # watch only: not ours to terminate
+            job_id = str(self.job_id)
+            self.log.info("Watching AWS Batch job %s (%s); this task did not submit it", job_id, hook.where())
+        else:
+            job_id = self._submit(hook, context)
+            self._submitted = job_id
+        ti.xcom_push(key="batch_job_id", value=job_id)
+        ti.xcom_push(key=LINK_XCOM_KEY, value={"job_id": job_id, "region": region})
+        if not self.wait_for_completion:
+            return job_id
+        interval = self.poll_interval or DEFAULT_POLL_INTERVAL_S
+        deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
+        if self.deferrable:
+            self.defer(
+                trigger=BatchJobTrigger(
+                    job_id=job_id,
+                    aws_conn_id=self.aws_conn_id,
+                    region_name=self.region_name,
+                    poll_interval=interval,
+                    deadline=deadline,
+                    terminate_on_kill=self._submitted is not None,
+                    include_children=self.array_child_logs,
+                    dag_id=ti.dag_id,
+                    task_id=ti.task_id,
+                    run_id=ti.run_id,
+                    map_index=-1 if ti.map_index is None else ti.map_index,
+                ),
+                method_name="execute_complete",
+            )
+        # On the worker, Airflow's own execution_timeout applies (and calls on_kill, which terminates).
+        outcome = asyncio.run(
+            watch_batch_job(
+                BatchTarget(self.aws_conn_id, self.region_name),
+                job_id,
+                MemoryPositionStore(),
+                self.log,
+                interval_s=interval,
+                deadline=None,
+                include_children=self.array_child_logs,
+            )
+        )
+        return self.execute_complete(
+            context, {**outcome.to_dict(), "aws_conn_id": self.aws_conn_id, "owned": self._submitted is not None}
+        )
+
+    def _submit(self, hook: BatchHook, context: Context) -> str:
+        ti = context["ti"]
+        queue = self.job_queue or hook.default_queue()
+        if not queue:
+            raise ConnectionConfigError(
+                f"no job queue: give job_queue= or set job_queue in the extra of connection {self.aws_conn_id}"
+            )
+        key = JobKey.for_task_instance(
+            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
+        )
+        base = batch.job_name_base(ti.dag_id, ti.task_id, self.job_name)
+        live = hook.find_live_job(queue, base, key)
+        if live is not None:
+            self.log.info(
+                "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it is still %s",
+                live.job_id,
+                live.job_name,
+                live.status,
+            )
+            return live.job_id
+        definition = self._definition(hook)
+        env = {str(k): str(v) for k, v in self.env.items()}
+        script = self._command_script(hook, key, env)
+        request = self._request(batch.job_name_for(base, key), queue, definition, script, key)
+        job_id = hook.submit(request)
+        origin = "registered by this task" if definition.registered else "existing"
+        self.log.info(
+            "Submitted AWS Batch job %s (%s) to queue %s with %s:%s (%s)",
+            job_id,
+            request["jobName"],
+            queue,
+            definition.name,
+            definition.revision,
+            origin,
+        )
+        self.log.info("Script:\n%s", script)
+        return job_id
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
+        payload = event.payload if isinstance(event, TriggerEvent) else event
+        outcome = WatchOutcome.from_dict(payload)
+        self._push_log_stream(context, outcome.job_id)
+        if outcome.kind == "timeout":
+            if not payload.get("owned", True):  # watch-only: not ours to stop
+                raise AirflowTaskTimeout(f"AWS Batch job {outcome.job_id}: {outcome.message} (left running)")
+            self.log.error("AWS Batch job %s passed the task's time limit: terminating it", outcome.job_id)
+            self._terminate(outcome.job_id, TIMEOUT_REASON)
+            raise AirflowTaskTimeout(f"AWS Batch job {outcome.job_id} was terminated: {outcome.message}")
+        if outcome.kind == "error" or outcome.status is None:
+            raise JobFailedError(
+                f"lost track of AWS Batch job {outcome.job_id}: {outcome.message} "
+                "(the job was not terminated and may still be running)",
+                None,
+            )
+        status = outcome.status
+        self.log.info("%s", self._summary(status))
+        if status.state.is_success:
+            return outcome.job_id
+        raise JobFailedError(self._summary(status), status)
+
+    @staticmethod
+    def _summary(status: JobStatus) -> str:
+        """``AWS Batch job 1f2e ended FAILED (exit 3) after 00:00:12, reason: ...``."""
+        exit_text = "unknown" if status.exit_code is None else str(status.exit_code)
+        text = f"AWS Batch job {status.job_id} ended {status.native_state} (exit {exit_text})"
+        if status.state.value not in (status.native_state, "COMPLETED"):
+            text += f" [{status.state.value}]"
+        if status.elapsed is not None:
+            text += f" after {format_duration(status.elapsed)}"
+        if status.reason:
+            text += f", reason: {status.reason}"
+        return text
+
+    def _push_log_stream(self, context: Context, job_id: str) -> None:
+        """Give the log link its stream once the job has one; a failure here must not fail the task."""
+        try:
+            hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            described = hook.describe_jobs([job_id])
+            streams = batch.log_streams_of(described[0]) if described else []
+            info: dict[str, Any] = {"job_id": job_id, "region": str(hook.client().meta.region_name)}
+            if streams:
+                info |= {"log_group": streams[-1].group, "log_stream": streams[-1].name}
+            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=info)
+        except Exception as error:
+            self.log.warning("could not record the job's log stream for its link: %s", error)
+
+    def _terminate(self, job_id: str, reason: str) -> None:
+        # on_kill may run while this thread's event loop is busy watching: call from a fresh thread.
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).terminate(job_id, reason)
+            except BaseException as error:
+                errors.append(error)
+
+        worker = threading.Thread(target=run, name="batch-terminate")
+        worker.start()
+        worker.join(timeout=60)
+        if errors:
+            self.log.error("TerminateJob of %s failed: %s", job_id, errors[0])
+        else:
+            self.log.info("Terminated AWS Batch job %s", job_id)
+
+    def on_kill(self) -> None:
+        """Worker-side kill (non-deferrable path, or the worker's own timeout): terminate our job."""
+        if self._submitted is not None:
+            self._terminate(self._submitted, KILL_REASON)

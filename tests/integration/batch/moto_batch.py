@@ -1,0 +1,146 @@
+"""moto in server mode for the Batch tests, plus the one test-only hook this needs.
+
+moto without Docker marks a job SUCCEEDED inside the SubmitJob call. To test streaming, cancel and
+adoption, :class:`HeldJobs` wraps moto's ``BatchSimpleBackend._mark_job_as_finished`` in the test
+process (where ``ThreadedMotoServer`` runs): jobs sent to a queue it holds start RUNNING and stay so
+until the test finishes them, or until TerminateJob fails them as AWS does. Only moto is patched;
+the provider's code runs unchanged and reaches moto over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import requests
+from moto.batch.models import Job, batch_backends
+from moto.batch_simple.models import BatchSimpleBackend
+from moto.server import ThreadedMotoServer
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class HeldJobs:
+    queues: set[str] = field(default_factory=set)
+    terminated: dict[str, str] = field(default_factory=dict)
+
+    def install(self) -> Iterator[None]:
+        original_finish = BatchSimpleBackend._mark_job_as_finished
+        original_terminate = Job.terminate
+        held = self
+
+        def finish(backend: Any, include_start_attempt: bool, job: Job) -> None:
+            if job.job_queue.name not in held.queues:
+                original_finish(backend, include_start_attempt, job)
+                return
+            backend.backend._jobs[job.job_id] = job
+            job.job_started_at = datetime.datetime.now()
+            job.log_stream_name = job._stream_name
+            if include_start_attempt:
+                job._start_attempt()
+            job.status = "RUNNING"
+
+        def terminate(job: Job, reason: str) -> None:
+            held.terminated[job.job_id] = reason
+            if job.job_queue.name in held.queues and not job.job_stopped:
+                job.job_stopped_reason = reason
+                job._mark_stopped(success=False)
+            else:
+                original_terminate(job, reason)
+
+        BatchSimpleBackend._mark_job_as_finished = finish  # type: ignore[method-assign]
+        Job.terminate = terminate  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            BatchSimpleBackend._mark_job_as_finished = original_finish  # type: ignore[method-assign]
+            Job.terminate = original_terminate  # type: ignore[method-assign]
+
+    @staticmethod
+    def job(job_id: str) -> Job:
+        return batch_backends[ACCOUNT][REGION]._jobs[job_id]
+
+    def finish(self, job_id: str, *, success: bool, exit_code: int | None = None, reason: str | None = None) -> None:
+        job = self.job(job_id)
+        if job.latest_attempt is not None and exit_code is not None:
+            job.latest_attempt["container"]["exitCode"] = exit_code
+        job.exit_code = exit_code
+        job.job_stopped_reason = reason
+        job._mark_stopped(success=success)
+
+
+@dataclass
+class MotoAws:
+    url: str
+    held: HeldJobs
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            region_name=REGION,
+            endpoint_url=self.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def connection_uri(self, **extra: Any) -> str:
+        return json.dumps(
+            {
+                "conn_type": "aws",
+                "login": "testing",
+                "password": "testing",
+                "extra": {"region_name": REGION, "endpoint_url": self.url, **extra},
+            }
+        )
+
+    def make_queue(self, name: str, *, held: bool = False) -> str:
+        iam, batch = self.client("iam"), self.client("batch")
+        try:
+            role = iam.create_role(RoleName="batch-service", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+        except iam.exceptions.EntityAlreadyExistsException:
+            role = iam.get_role(RoleName="batch-service")["Role"]["Arn"]
+        env = batch.create_compute_environment(
+            computeEnvironmentName=f"ce-{name}", type="UNMANAGED", state="ENABLED", serviceRole=role
+        )["computeEnvironmentArn"]
+        batch.create_job_queue(
+            jobQueueName=name,
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env}],
+        )
+        if held:
+            self.held.queues.add(name)
+        return name
+
+    def put_lines(self, stream: str, lines: list[tuple[int, str]], group: str = "/aws/batch/job") -> None:
+        logs = self.client("logs")
+        with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+            logs.create_log_group(logGroupName=group)
+        with contextlib.suppress(logs.exceptions.ResourceAlreadyExistsException):
+            logs.create_log_stream(logGroupName=group, logStreamName=stream)
+        logs.put_log_events(
+            logGroupName=group, logStreamName=stream, logEvents=[{"timestamp": t, "message": m} for t, m in lines]
+        )
+
+
+def start_server() -> tuple[ThreadedMotoServer, str]:
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    requests.post(f"{url}/moto-api/config", json={"batch": {"use_docker": False}}, timeout=10).raise_for_status()
+    return server, url
