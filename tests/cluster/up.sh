@@ -10,13 +10,14 @@
 # It ends by writing $HPC_CLUSTER_DIR/airflow.env: the Airflow connection `slurm_local`.
 #   HPCINFRA_DBD=1|0        mariadb+slurmdbd so sacct works (default 1)
 #   HPCINFRA_CGROUP=auto|1|0 proctrack/task cgroup v1 (OOM, step cleanup) (default auto)
-#   HPCINFRA_CPUS=N         CPUs advertised for the node (config_overrides; default 2)
+#   HPCINFRA_CPUS=N         CPUs advertised for the node (config_overrides; default 32, far more than
+#                           the machine has, so tests' mostly idle jobs run at once instead of queueing)
 #   HPCINFRA_MEM=MB         RealMemory advertised (default 16000)
 #   HPCINFRA_USER=name      non-root ssh/job user, created if missing (default hpcuser)
 set -euo pipefail
 B=${HPC_CLUSTER_DIR:-/tmp/airflow-hpc-cluster}
 DBD=${HPCINFRA_DBD:-1}; CG=${HPCINFRA_CGROUP:-auto}
-CPUS=${HPCINFRA_CPUS:-2}; MEM=${HPCINFRA_MEM:-16000}; TUSER=${HPCINFRA_USER:-hpcuser}
+CPUS=${HPCINFRA_CPUS:-32}; MEM=${HPCINFRA_MEM:-16000}; TUSER=${HPCINFRA_USER:-hpcuser}
 SSH_PORT=2222; DB_PORT=3307; HOST=$(hostname -s)
 export SLURM_CONF=$B/slurm/etc/slurm.conf
 T0=${EPOCHREALTIME/./}
