@@ -44,6 +44,7 @@ from airflow_hpc_provider.poller import (
     WatchEvent,
     WatchFailed,
 )
+from airflow_hpc_provider.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
 
@@ -346,29 +347,12 @@ class BatchPoller:
 # --- sharing within a process ---------------------------------------------------------------------
 
 
-@dataclass
-class _Shared:
-    poller: BatchPoller
-    users: int
-
-
-_shared: dict[tuple[int, str | None, str | None], _Shared] = {}
+_shared: SharedPollers[BatchPoller] = SharedPollers()
 
 
 @contextlib.asynccontextmanager
 async def shared_batch_poller(target: BatchTarget, settings: BatchPollerSettings) -> AsyncIterator[BatchPoller]:
-    """The process's Batch poller for this connection and region on this loop, released on exit."""
-    key = (id(asyncio.get_running_loop()), target.aws_conn_id, target.region_name)
-    shared = _shared.get(key)
-    if shared is None:
-        shared = _shared[key] = _Shared(BatchPoller(target, settings), 0)
-    elif settings.interval_s < shared.poller.settings.interval_s:
-        shared.poller.settings = settings
-    shared.users += 1
-    try:
-        yield shared.poller
-    finally:
-        shared.users -= 1
-        if shared.users == 0 and _shared.get(key) is shared:
-            del _shared[key]
-            await shared.poller.close()
+    """The process's Batch poller for this connection and region on this loop (see :mod:`sharing`)."""
+    key = (target.aws_conn_id, target.region_name)
+    async with _shared.use(key, lambda: BatchPoller(target, settings), settings) as poller:
+        yield poller

@@ -31,6 +31,7 @@ from airflow_hpc_provider.dialects.remote_shell import LogRead, parse_framed, ra
 from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError, RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob
+from airflow_hpc_provider.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
 
@@ -367,34 +368,15 @@ def _shown(status: JobStatus) -> tuple[str, str | None, str | None]:
 # --- sharing within a process ---------------------------------------------------------------------
 
 
-@dataclass
-class _Shared:
-    poller: ClusterPoller
-    users: int
-
-
-_shared: dict[tuple[int, str], _Shared] = {}
+_shared: SharedPollers[ClusterPoller] = SharedPollers()
 
 
 @contextlib.asynccontextmanager
 async def shared_poller(
     target: SshTarget, dialect: SchedulerDialect, settings: PollerSettings
 ) -> AsyncIterator[ClusterPoller]:
-    """The process's poller for this connection on this event loop, released on exit.
-
-    The first user's settings win; later users with a shorter interval make it poll faster.
-    """
-    key = (id(asyncio.get_running_loop()), target.conn_id)
-    shared = _shared.get(key)
-    if shared is None:
-        shared = _shared[key] = _Shared(ClusterPoller(SshTransport(target), dialect, settings), 0)
-    elif settings.interval_s < shared.poller.settings.interval_s:
-        shared.poller.settings = settings
-    shared.users += 1
-    try:
-        yield shared.poller
-    finally:
-        shared.users -= 1
-        if shared.users == 0 and _shared.get(key) is shared:
-            del _shared[key]
-            await shared.poller.close()
+    """The process's poller for this connection on this event loop (see :mod:`sharing`)."""
+    async with _shared.use(
+        target.conn_id, lambda: ClusterPoller(SshTransport(target), dialect, settings), settings
+    ) as poller:
+        yield poller

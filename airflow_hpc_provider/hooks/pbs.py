@@ -6,12 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow.sdk import BaseHook
-
 from airflow_hpc_provider.dialects import pbs
 from airflow_hpc_provider.dialects.pbs import PbsFlavour
 from airflow_hpc_provider.errors import ConnectionConfigError, SubmissionError
-from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport, _flag, _number
+from airflow_hpc_provider.hooks.ssh import SshClusterHook, SshTransport, _number
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.resources import check_name
 
@@ -46,7 +44,7 @@ class PbsClusterDefaults:
             raise ConnectionConfigError(f"connection {conn_id!r}: {error}") from None
 
 
-class PbsHook(BaseHook):
+class PbsHook(SshClusterHook):
     """Reach a PBS cluster's login node over SSH (asyncssh), host keys verified by default.
 
     :param pbs_conn_id: an Airflow connection of type ``pbs`` (or the SSH provider's ``ssh``).
@@ -58,18 +56,8 @@ class PbsHook(BaseHook):
     hook_name = "PBS / Torque (over SSH)"
 
     def __init__(self, pbs_conn_id: str = default_conn_name) -> None:
-        super().__init__()
+        super().__init__(pbs_conn_id)
         self.pbs_conn_id = pbs_conn_id
-
-    def get_conn(self) -> Any:
-        return self.get_connection(self.pbs_conn_id)
-
-    def get_target(self) -> SshTarget:
-        return SshTarget.from_connection(self.get_conn())
-
-    @staticmethod
-    def login_shell_default(conn: Any) -> bool:
-        return _flag(conn.extra_dejson, "login_shell", False)
 
 
 async def detect_flavour(transport: SshTransport) -> PbsFlavour:

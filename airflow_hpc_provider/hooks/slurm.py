@@ -10,11 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from airflow.sdk import BaseHook
-
 from airflow_hpc_provider.dialects import slurm
 from airflow_hpc_provider.errors import ConnectionConfigError, SubmissionError
-from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport, _flag, _number
+from airflow_hpc_provider.hooks.ssh import SshClusterHook, SshTransport, _number
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.resources import check_name
 
@@ -56,7 +54,7 @@ class ClusterDefaults:
             raise ConnectionConfigError(f"connection {conn_id!r}: {error}") from None
 
 
-class SlurmHook(BaseHook):
+class SlurmHook(SshClusterHook):
     """Reach a Slurm cluster's login node over SSH (asyncssh), with host keys verified by default.
 
     :param slurm_conn_id: an Airflow connection of type ``slurm`` (or the SSH provider's ``ssh``).
@@ -68,22 +66,8 @@ class SlurmHook(BaseHook):
     hook_name = "Slurm (over SSH)"
 
     def __init__(self, slurm_conn_id: str = default_conn_name) -> None:
-        super().__init__()
+        super().__init__(slurm_conn_id)
         self.slurm_conn_id = slurm_conn_id
-
-    def get_conn(self) -> Any:
-        return self.get_connection(self.slurm_conn_id)
-
-    def get_target(self) -> SshTarget:
-        return SshTarget.from_connection(self.get_conn())
-
-    def get_defaults(self) -> ClusterDefaults:
-        conn = self.get_conn()
-        return ClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson)
-
-    @staticmethod
-    def login_shell_default(conn: Any) -> bool:
-        return _flag(conn.extra_dejson, "login_shell", False)
 
 
 async def submit_job(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncssh
+from airflow.sdk import BaseHook
 
 from airflow_hpc_provider.errors import (
     ClusterAuthError,
@@ -208,6 +209,24 @@ class SshTarget:
         if keys is not None:
             options["client_keys"] = keys
         return options
+
+
+class SshClusterHook(BaseHook):
+    """Base of the hooks whose connection names a cluster's login node reached over SSH."""
+
+    def __init__(self, conn_id: str) -> None:
+        super().__init__()
+        self.conn_id = conn_id
+
+    def get_conn(self) -> Any:
+        return self.get_connection(self.conn_id)
+
+    def get_target(self) -> SshTarget:
+        return SshTarget.from_connection(self.get_conn())
+
+    @staticmethod
+    def login_shell_default(conn: Any) -> bool:
+        return _flag(conn.extra_dejson, "login_shell", False)
 
 
 @dataclass(frozen=True)
