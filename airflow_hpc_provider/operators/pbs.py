@@ -172,6 +172,11 @@ class PbsOperator(SshBatchJobOperator):
         self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None
     ) -> PbsJobTrigger:
         assert job.job_id is not None
+        if self._known_flavour() is PbsFlavour.PBS_PRO:
+            self.log.info(
+                "PBS Pro often copies a job's output back only when the job ends: if no lines appear "
+                "while it runs, they will when it finishes"
+            )
         return PbsJobTrigger(
             conn_id=cluster.conn_id,
             job_id=job.job_id,
