@@ -83,17 +83,32 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "AWS Batch", "external-doc-url": "https://aws.amazon.com/batch/", "tags": ["aws"]},
         ],
         "operators": [
-            {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.operators.slurm"]},
+            {
+                "integration-name": "Slurm",
+                "python-modules": [
+                    "airflow_hpc_provider.operators.slurm",
+                    "airflow_hpc_provider.operators.slurm_tenant",
+                ],
+            },
             {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.operators.pbs"]},
             {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.operators.batch"]},
         ],
         "hooks": [
-            {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.hooks.slurm"]},
+            {
+                "integration-name": "Slurm",
+                "python-modules": ["airflow_hpc_provider.hooks.slurm", "airflow_hpc_provider.hooks.slurm_tenant"],
+            },
             {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.hooks.pbs"]},
             {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.hooks.batch"]},
         ],
         "triggers": [
-            {"integration-name": "Slurm", "python-modules": ["airflow_hpc_provider.triggers.slurm"]},
+            {
+                "integration-name": "Slurm",
+                "python-modules": [
+                    "airflow_hpc_provider.triggers.slurm",
+                    "airflow_hpc_provider.triggers.slurm_tenant",
+                ],
+            },
             {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.triggers.pbs"]},
             {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.triggers.batch"]},
         ],

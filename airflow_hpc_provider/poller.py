@@ -375,8 +375,10 @@ _shared: SharedPollers[ClusterPoller] = SharedPollers()
 async def shared_poller(
     target: SshTarget, dialect: SchedulerDialect, settings: PollerSettings
 ) -> AsyncIterator[ClusterPoller]:
-    """The process's poller for this connection on this event loop (see :mod:`sharing`)."""
-    async with _shared.use(
-        target.conn_id, lambda: ClusterPoller(SshTransport(target), dialect, settings), settings
-    ) as poller:
+    """The process's poller for this connection and dialect on this event loop (see :mod:`sharing`).
+
+    Keyed by the dialect too: Slurm jobs and tenants on one cluster are polled by different scripts.
+    """
+    key = (target.conn_id, dialect.name)
+    async with _shared.use(key, lambda: ClusterPoller(SshTransport(target), dialect, settings), settings) as poller:
         yield poller

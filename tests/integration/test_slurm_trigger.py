@@ -141,7 +141,7 @@ async def test_a_connection_dropped_between_polls_is_reopened_and_the_job_still_
     log = collected(trigger)
     running = asyncio.create_task(first_event(trigger))
     await log.wait_for("^tick 2$")
-    shared = next(s for (loop_id, conn_id), s in poller._shared.items() if conn_id == slurm_connection)
+    shared = next(s for (_loop, (conn_id, _dialect)), s in poller._shared.items() if conn_id == slurm_connection)
     connection = shared.poller.transport._conn
     assert connection is not None
     os.kill(_sshd_serving(connection.get_extra_info("sockname")[1]), signal.SIGKILL)
@@ -236,3 +236,23 @@ async def test_a_login_node_with_another_host_key_is_refused_with_a_clear_error(
     assert payload["kind"] == "error"
     assert "connection slurm_impostor" in payload["message"]
     assert "host key" in payload["message"].lower()
+
+
+async def test_a_login_node_behind_a_jump_host_is_reached_through_it(
+    cluster_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The local sshd plays both the bastion and the login node; both host keys are verified."""
+    conn = json.loads(cluster_env["AIRFLOW_CONN_SLURM_LOCAL"])
+    conn["extra"]["jump_host"] = f"{cluster.USER}@127.0.0.1:{cluster.SSH_PORT}"
+    monkeypatch.setenv("AIRFLOW_CONN_SLURM_BEHIND_BASTION", json.dumps(conn))
+    transport = SshTransport(SlurmHook("slurm_behind_bastion").get_target())
+    try:
+        result = await transport.run("id -un\n")
+        assert transport._jump is not None and not transport._jump.is_closed(), "no jump connection"
+        # The login node's connection runs inside the bastion's: it has no socket of its own.
+        assert transport._conn is not None
+        inner = transport._conn.get_extra_info("socket")
+        assert inner is None or inner.getsockname() == transport._jump.get_extra_info("socket").getsockname()
+    finally:
+        await transport.close()
+    assert result.exit_status == 0 and result.text.strip() == cluster.USER

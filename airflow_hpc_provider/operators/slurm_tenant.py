@@ -1,0 +1,499 @@
+"""Many tasks inside one long Slurm allocation: book it, run tenants in it, release it.
+
+* :class:`SlurmAllocationOperator` books a *reservation*: a batch job, named after it, whose main
+  process is a tmux server. Optionally persistent: it resubmits itself before its time limit.
+* :class:`SlurmTenantOperator` starts a task's command as a tmux session inside the reservation's
+  running allocation (one SSH round trip, no queue wait) and waits for it, deferred by default.
+* :class:`SlurmReleaseOperator` cancels the reservation's job(s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar, TypeVar
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowTaskTimeout
+from airflow.triggers.base import TriggerEvent
+
+from airflow_hpc_provider.dialects import slurm_tenant
+from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
+from airflow_hpc_provider.errors import JobFailedError, JobSpecError
+from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
+from airflow_hpc_provider.hooks.slurm_tenant import (
+    AllocationError,
+    book_allocation,
+    find_allocation,
+    launch_tenant,
+    read_log_tail,
+    release_allocation,
+    stop_tenants,
+)
+from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
+from airflow_hpc_provider.resources import (
+    build_resources,
+    check_env_names,
+    check_positive,
+    check_single_line,
+    parse_memory_mb,
+)
+from airflow_hpc_provider.triggers.slurm_tenant import SlurmTenantTrigger, watched_tenant
+from airflow_hpc_provider.watch import WatchOutcome, watch_job
+
+DEFAULT_POLL_INTERVAL_S = 10.0
+T = TypeVar("T")
+
+
+def _on_cluster(target: SshTarget, work: Callable[[SshTransport], Awaitable[T]]) -> T:
+    """Run one piece of remote work over a fresh connection, closed afterwards, in a fresh loop."""
+
+    async def run() -> T:
+        transport = SshTransport(target)
+        try:
+            return await work(transport)
+        finally:
+            await transport.close()
+
+    return asyncio.run(run())
+
+
+def _keep_trailing_newline(operator: BaseOperator, context: Context, jinja_env: Any) -> None:
+    # Jinja drops a template's final newline by default; commands and env values must arrive as
+    # written, so render through an overlay that keeps it (the DAG's own environment is untouched).
+    env = jinja_env or operator.get_template_env(operator.dag if operator.has_dag() else None)
+    BaseOperator.render_template_fields(operator, context, env.overlay(keep_trailing_newline=True))
+
+
+class SlurmAllocationOperator(BaseOperator):
+    """Book a reservation: an allocation whose main process is a tmux server tenants start in.
+
+    Booking is idempotent by name: if a queued or running allocation of yours already has this
+    reservation name, it is adopted, not booked twice. Returns the allocation's Slurm job id.
+
+    :param reservation: the friendly name (the Slurm job name); templated.
+    :param slurm_conn_id: Airflow connection of type ``slurm``.
+    :param partition: partition name(s).
+    :param account: account to charge.
+    :param cpus: CPUs for the whole allocation (``--cpus-per-task``), shared by its tenants.
+    :param memory: memory of the allocation: MiB as an int, or ``"4G"``.
+    :param time_limit: the allocation's time limit (timedelta, minutes, or a Slurm string).
+    :param nodes: number of nodes (tenants run on the first).
+    :param gres: generic resources, e.g. ``"gpu:a100:2"``.
+    :param extra_options: more ``#SBATCH`` options.
+    :param setup: lines the allocation's script runs before starting the tmux server.
+    :param persistent_lead: with a value, the allocation asks Slurm for ``USR1`` this long before
+        its time limit (``--signal=B:USR1@...``) and then resubmits itself; the reservation name
+        points at the newest job from then on. Slurm may send the signal up to a minute early.
+    :param wait_until_running: wait (on the worker) until the allocation runs, so tenants can start.
+    :param wait_timeout: give up waiting after this long (the allocation stays booked).
+    """
+
+    template_fields: Sequence[str] = ("reservation", "setup")
+    ui_color = "#dfe9f7"
+
+    def __init__(
+        self,
+        *,
+        reservation: str,
+        slurm_conn_id: str = SlurmHook.default_conn_name,
+        partition: str | None = None,
+        account: str | None = None,
+        cpus: int | None = None,
+        memory: int | str | None = None,
+        time_limit: timedelta | str | int | None = None,
+        nodes: int | None = None,
+        gres: str | None = None,
+        extra_options: Sequence[str] = (),
+        setup: Sequence[str] = (),
+        login_shell: bool | None = None,
+        persistent_lead: timedelta | int | None = None,
+        wait_until_running: bool = True,
+        wait_timeout: timedelta = timedelta(hours=1),
+        poll_interval: float = 5.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if "{{" not in reservation:
+            slurm_tenant.check_reservation(reservation)
+        self.reservation = reservation
+        self.slurm_conn_id = slurm_conn_id
+        self.job_resources = build_resources(
+            partition=partition,
+            account=account,
+            nodes=nodes,
+            cpus=cpus,
+            memory=memory,
+            time_limit=time_limit,
+            gres=gres,
+        )
+        for option in extra_options:
+            check_single_line(option, "extra_options")
+            if not option.startswith("-") or option.split("=", 1)[0] in ("--job-name", "-J", "--comment", "--signal"):
+                raise JobSpecError(f"extra_options: {option!r} is not an sbatch option this operator leaves to you")
+        self.extra_options = tuple(extra_options)
+        self.setup = list(setup)
+        self.login_shell = login_shell
+        if isinstance(persistent_lead, int) and not isinstance(persistent_lead, bool):
+            persistent_lead = timedelta(seconds=persistent_lead)
+        if persistent_lead is not None:
+            if not isinstance(persistent_lead, timedelta) or persistent_lead.total_seconds() < 1:
+                raise JobSpecError(f"persistent_lead={persistent_lead!r} must be a positive timedelta or seconds")
+            if self.job_resources.time_limit is None:
+                raise JobSpecError("persistent_lead needs a time_limit: the lead is counted back from it")
+            if persistent_lead >= self.job_resources.time_limit:
+                raise JobSpecError(
+                    f"persistent_lead={persistent_lead} must be shorter than time_limit={self.job_resources.time_limit}"
+                )
+        self.persistent_lead = persistent_lead
+        self.wait_until_running = wait_until_running
+        self.wait_timeout = wait_timeout
+        self.poll_interval = poll_interval
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        _keep_trailing_newline(self, context, jinja_env)
+
+    def execute(self, context: Context) -> str:
+        reservation = slurm_tenant.check_reservation(self.reservation)
+        hook = SlurmHook(self.slurm_conn_id)
+        conn = hook.get_conn()
+        target = SshTarget.from_connection(conn)
+        defaults = ClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson)
+        res = self.job_resources
+        resources = build_resources(
+            partition=res.partition or defaults.partition,
+            account=res.account or defaults.account,
+            nodes=res.nodes,
+            cpus=res.cpus,
+            memory=res.memory_mb,
+            time_limit=res.time_limit,
+            gres=res.gres,
+        )
+        login_shell = self.login_shell if self.login_shell is not None else hook.login_shell_default(conn)
+        spec = AllocationSpec(
+            reservation=reservation,
+            job=JobSpec(
+                command="",
+                job_name=reservation,
+                resources=resources,
+                setup=tuple(check_single_line(line, "setup") for line in self.setup),
+                login_shell=login_shell,
+                extra_directives=self.extra_options,
+            ),
+            persistent_lead_s=None if self.persistent_lead is None else int(self.persistent_lead.total_seconds()),
+        )
+        found = _on_cluster(target, lambda t: book_allocation(t, spec, log_dir=defaults.log_dir))
+        if found.submitted:
+            self.log.info(
+                "Booked reservation %r as Slurm job %s on %s (%s)",
+                reservation,
+                found.job_id,
+                self.slurm_conn_id,
+                found.state,
+            )
+        else:
+            self.log.info(
+                "Reservation %r is already booked as Slurm job %s on %s (%s): using it",
+                reservation,
+                found.job_id,
+                self.slurm_conn_id,
+                found.state,
+            )
+        if self.wait_until_running and not found.running:
+            found = self._wait_running(target, reservation)
+        job_id = str(found.job_id)
+        context["ti"].xcom_push(key="slurm_allocation_job_id", value=job_id)
+        return job_id
+
+    def _wait_running(self, target: SshTarget, reservation: str) -> AllocationFound:
+        deadline = time.monotonic() + self.wait_timeout.total_seconds()
+        last: str | None = None
+        while True:
+            found = _on_cluster(target, lambda t: find_allocation(t, reservation))
+            if found.job_id is None:
+                raise AllocationError(
+                    f"reservation {reservation!r} disappeared from the queue before it ran "
+                    "(cancelled, or refused by the scheduler): see the allocation's output under the log directory",
+                    reservation=reservation,
+                )
+            shown = f"{found.state} ({found.reason})" if found.reason and found.reason != "None" else found.state
+            if shown != last:
+                self.log.info("Reservation %r: Slurm job %s is %s", reservation, found.job_id, shown)
+                last = shown
+            if found.running:
+                return found
+            if time.monotonic() > deadline:
+                raise AllocationError(
+                    f"reservation {reservation!r} (Slurm job {found.job_id}) is still {shown} after "
+                    f"{self.wait_timeout}; it stays booked",
+                    reservation=reservation,
+                    job_id=found.job_id,
+                )
+            time.sleep(self.poll_interval)
+
+
+class SlurmReleaseOperator(BaseOperator):
+    """Release a reservation: cancel its allocation (and a persistent one's queued successor).
+
+    Runs whatever became of the tenants (``trigger_rule="all_done"`` unless you say otherwise), so
+    a failed tenant does not leave the allocation burning its time. Jobs with the same name that
+    this provider did not book are left alone and named in the log.
+
+    :param reservation: the friendly name given at booking; templated.
+    :param slurm_conn_id: Airflow connection of type ``slurm``.
+    """
+
+    template_fields: Sequence[str] = ("reservation",)
+    ui_color = "#f7e8df"
+
+    def __init__(self, *, reservation: str, slurm_conn_id: str = SlurmHook.default_conn_name, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "all_done")
+        super().__init__(**kwargs)
+        if "{{" not in reservation:
+            slurm_tenant.check_reservation(reservation)
+        self.reservation = reservation
+        self.slurm_conn_id = slurm_conn_id
+
+    def execute(self, context: Context) -> list[str]:
+        reservation = slurm_tenant.check_reservation(self.reservation)
+        target = SlurmHook(self.slurm_conn_id).get_target()
+        released = _on_cluster(target, lambda t: release_allocation(t, reservation))
+        if released.job_ids:
+            self.log.info(
+                "Released reservation %r: cancelled Slurm job(s) %s on %s",
+                reservation,
+                ", ".join(released.job_ids),
+                self.slurm_conn_id,
+            )
+        else:
+            self.log.info("Reservation %r had no queued or running allocation on %s", reservation, self.slurm_conn_id)
+        if released.foreign:
+            self.log.warning(
+                "Left alone job(s) %s named %r: not booked by this provider", ", ".join(released.foreign), reservation
+            )
+        return list(released.job_ids)
+
+
+class SlurmTenantOperator(BaseOperator):
+    """Run a command as a tenant of a booked allocation and wait for it, deferred by default.
+
+    The command starts at once in the reservation's running allocation (one SSH round trip, no
+    queue wait) as a tmux session of its own, with its own log file and exit status. A retry of
+    the same task instance adopts the session an earlier try left running. Stopping the task
+    (mark failed, timeout, worker kill) stops only this tenant; the allocation lives on.
+
+    If the allocation ends (time limit, scancel, node failure) while the tenant runs, the task
+    fails with the allocation's state as the reason. With a persistent allocation, a retry of the
+    task starts in the newest allocation of the reservation.
+
+    :param reservation: the reservation to run in; templated.
+    :param command: shell command(s) run by bash; templated.
+    :param slurm_conn_id: Airflow connection of type ``slurm``.
+    :param cpus: CPUs for this tenant. With it, the command runs as a job step of exactly that many
+        CPUs and waits while other tenants hold the allocation's CPUs; without it, tenants share
+        the allocation's CPUs freely.
+    :param memory: memory of the tenant's step (only with ``cpus``): MiB or ``"512M"``.
+    :param env: environment variables; templated. Values travel in a file only the user can read,
+        never on a command line.
+    :param setup: lines run before the command; templated.
+    :param working_dir: the command's working directory; templated.
+    :param login_shell: run the command under ``bash -l``; default: the connection's setting.
+    :param poll_interval: seconds between polls (one query per cluster for all tenants).
+    :param deferrable: wait in the triggerer (default) or on the worker.
+    :param log_tail_lines: lines of the tenant's log quoted in the error when it fails.
+    """
+
+    template_fields: Sequence[str] = ("reservation", "command", "env", "setup", "working_dir")
+    template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "env": "json"}
+    ui_color = "#e8f7ee"
+
+    def __init__(
+        self,
+        *,
+        reservation: str,
+        command: str,
+        slurm_conn_id: str = SlurmHook.default_conn_name,
+        cpus: int | None = None,
+        memory: int | str | None = None,
+        env: Mapping[str, str] | None = None,
+        setup: Sequence[str] = (),
+        working_dir: str | None = None,
+        login_shell: bool | None = None,
+        poll_interval: float | None = None,
+        deferrable: bool = True,
+        log_tail_lines: int = 20,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if "{{" not in reservation:
+            slurm_tenant.check_reservation(reservation)
+        if not isinstance(command, str) or not command.strip():
+            raise JobSpecError(f"{self.task_id}: command must be a non-empty string")
+        if poll_interval is not None and poll_interval <= 0:
+            raise JobSpecError(f"{self.task_id}: poll_interval={poll_interval!r} must be more than zero")
+        self.reservation = reservation
+        self.command = command
+        self.slurm_conn_id = slurm_conn_id
+        self.cpus = check_positive(cpus, "cpus")
+        self.memory_mb = parse_memory_mb(memory)
+        if self.memory_mb is not None and self.cpus is None:
+            raise JobSpecError("memory= applies to the tenant's own job step: give cpus= with it")
+        self.env = dict(env or {})
+        check_env_names(tuple(self.env))
+        self.setup = list(setup)
+        self.working_dir = working_dir
+        self.login_shell = login_shell
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self.log_tail_lines = log_tail_lines
+        self._tenant_id: str | None = None
+        self._log_dir: str | None = None
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        _keep_trailing_newline(self, context, jinja_env)
+
+    def _spec(self, login_shell: bool) -> TenantSpec:
+        env = {str(name): str(value) for name, value in self.env.items()}
+        check_env_names(tuple(env))
+        if not isinstance(self.command, str):
+            raise JobSpecError(f"command must be a string, not {type(self.command).__name__}")
+        return TenantSpec(
+            command=self.command,
+            setup=tuple(check_single_line(line, "setup") for line in self.setup),
+            login_shell=login_shell,
+            working_dir=self.working_dir,
+            cpus=self.cpus,
+            memory_mb=self.memory_mb,
+            env=env,
+        )
+
+    def execute(self, context: Context) -> str:
+        reservation = slurm_tenant.check_reservation(self.reservation)
+        hook = SlurmHook(self.slurm_conn_id)
+        conn = hook.get_conn()
+        target = SshTarget.from_connection(conn)
+        defaults = ClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson)
+        login_shell = self.login_shell if self.login_shell is not None else hook.login_shell_default(conn)
+        spec = self._spec(login_shell)
+        ti = context["ti"]
+        key = JobKey.for_task_instance(
+            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
+        )
+        launched = _on_cluster(target, lambda t: launch_tenant(t, reservation, spec, key=key, log_dir=defaults.log_dir))
+        assert launched.allocation_id is not None and launched.try_number is not None  # STARTED/ADOPTED/DONE
+        tenant = slurm_tenant.tenant_id(launched.allocation_id, key, launched.try_number)
+        self._tenant_id, self._log_dir = tenant, defaults.log_dir
+        where = f"allocation {launched.allocation_id} (reservation {reservation!r}) on {self.slurm_conn_id}"
+        if launched.word == "STARTED":
+            self.log.info("Started Slurm tenant %s in %s", tenant, where)
+        elif launched.word == "ADOPTED":
+            self.log.info(
+                "Adopted Slurm tenant %s in %s: try %s of this task started it", tenant, where, launched.try_number
+            )
+        else:
+            self.log.info("Slurm tenant %s in %s already ended; reading its outcome", tenant, where)
+        ti.xcom_push(key="slurm_tenant_id", value=tenant)
+        ti.xcom_push(key="slurm_allocation_job_id", value=launched.allocation_id)
+
+        interval = self.poll_interval or defaults.poll_interval_s or DEFAULT_POLL_INTERVAL_S
+        deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
+        if self.deferrable:
+            self.defer(
+                trigger=SlurmTenantTrigger(
+                    slurm_conn_id=self.slurm_conn_id,
+                    tenant_id=tenant,
+                    log_dir=defaults.log_dir,
+                    poll_interval=interval,
+                    deadline=deadline,
+                ),
+                method_name="execute_complete",
+            )
+        watched = watched_tenant(tenant, defaults.log_dir)
+        # On the worker, Airflow's own execution_timeout applies (and calls on_kill, which stops it).
+        result = asyncio.run(
+            watch_job(
+                target,
+                SlurmTenantDialect(defaults.log_dir),
+                watched,
+                self.log,
+                interval_s=interval,
+                deadline=None,
+            )
+        )
+        return self.execute_complete(
+            context, {**result.to_dict(), "slurm_conn_id": self.slurm_conn_id, "log_path": watched.log_path}
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
+        payload = event.payload if isinstance(event, TriggerEvent) else event
+        outcome = WatchOutcome.from_dict(payload)
+        conn_id = payload.get("slurm_conn_id", self.slurm_conn_id)
+        self._tenant_id = outcome.job_id
+        if outcome.kind == "timeout":
+            self.log.error("Slurm tenant %s passed the task's time limit: stopping it", outcome.job_id)
+            self._stop_now(conn_id, outcome.job_id)
+            raise AirflowTaskTimeout(f"Slurm tenant {outcome.job_id} on {conn_id} was stopped: {outcome.message}")
+        if outcome.kind == "error" or outcome.status is None:
+            raise JobFailedError(
+                f"lost track of Slurm tenant {outcome.job_id} on {conn_id}: {outcome.message} "
+                "(the tenant was not stopped and may still be running)",
+                None,
+            )
+        status = outcome.status
+        message = summary(status)
+        self.log.info("%s", message)
+        if status.state.is_success:
+            return outcome.job_id
+        tail = self._tail(conn_id, str(payload.get("log_path", "")))
+        if tail.strip():
+            message += f"\nlast lines of the tenant's log:\n{tail.rstrip()}"
+        raise JobFailedError(message, status)
+
+    def _tail(self, conn_id: str, log_path: str) -> str:
+        if not log_path or self.log_tail_lines <= 0:
+            return ""
+        try:
+            return _on_cluster(
+                SlurmHook(conn_id).get_target(), lambda t: read_log_tail(t, log_path, self.log_tail_lines)
+            )
+        except Exception as error:  # the failure itself matters more than its last lines
+            self.log.warning("could not read the tenant's last lines: %s", error)
+            return ""
+
+    def _stop_now(self, conn_id: str, tenant: str) -> None:
+        # on_kill may run while this thread's event loop is busy watching: stop from a fresh thread.
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                said = _on_cluster(SlurmHook(conn_id).get_target(), lambda t: stop_tenants(t, [tenant]))
+                self.log.info("Stopping Slurm tenant %s on %s: %s", tenant, conn_id, said.strip())
+            except BaseException as error:
+                errors.append(error)
+
+        worker = threading.Thread(target=run, name="slurm-tenant-stop")
+        worker.start()
+        worker.join(timeout=60)
+        if errors:
+            self.log.error("could not stop Slurm tenant %s: %s", tenant, errors[0])
+
+    def on_kill(self) -> None:
+        """Worker-side kill (non-deferrable path, or the worker's own timeout): stop our tenant only."""
+        if self._tenant_id is not None:
+            self._stop_now(self.slurm_conn_id, self._tenant_id)
+
+
+def summary(status: JobStatus) -> str:
+    """``Slurm tenant 12:ab..:1 ended FAILED (exit 3:0)``, plus the reason when there is one."""
+    exit_text = "unknown" if status.exit_code is None else f"{status.exit_code}:{status.signal or 0}"
+    text = f"Slurm tenant {status.job_id} ended {status.native_state} (exit {exit_text})"
+    if status.reason and status.reason not in ("None", "(null)"):
+        text += f", reason: {status.reason}"
+    return text
+
+
+__all__ = ["SlurmAllocationOperator", "SlurmReleaseOperator", "SlurmTenantOperator"]

@@ -1,0 +1,98 @@
+"""The trigger a deferred ``SlurmTenantOperator`` waits on: one tenant, watched through the shared poller.
+
+All tenants on one cluster share one poller (one SSH connection, one script per interval that asks
+``squeue`` about every allocation and reads every tenant's exit sentinel).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.sdk import BaseHook
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_hpc_provider.dialects.slurm_tenant import SlurmTenantDialect, TenantRef
+from airflow_hpc_provider.hooks.ssh import SshTarget
+from airflow_hpc_provider.jobs import WatchedJob
+from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
+
+
+class SlurmTenantTrigger(BaseTrigger):
+    """Streams a tenant's log into the task log and fires once when its exit status appears
+    (or its allocation ends under it).
+
+    :param slurm_conn_id: the connection the tenant was launched through.
+    :param tenant_id: ``<allocation job id>:<task digest>:<try>``.
+    :param log_dir: the connection's log directory on the cluster (tenant files live below it).
+    :param poll_interval: seconds between polls (shared by every tenant on the cluster).
+    :param deadline: epoch seconds; past it the trigger fires ``timeout`` and the operator stops the tenant.
+    """
+
+    def __init__(
+        self,
+        slurm_conn_id: str,
+        tenant_id: str,
+        log_dir: str,
+        poll_interval: float = 10.0,
+        deadline: float | None = None,
+    ) -> None:
+        super().__init__()
+        TenantRef.parse(tenant_id)  # a bad id fails here, not in the middle of a shared poll
+        self.slurm_conn_id = slurm_conn_id
+        self.tenant_id = tenant_id
+        self.log_dir = log_dir
+        self.poll_interval = poll_interval
+        self.deadline = deadline
+        self._ended = False
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "slurm_conn_id": self.slurm_conn_id,
+                "tenant_id": self.tenant_id,
+                "log_dir": self.log_dir,
+                "poll_interval": self.poll_interval,
+                "deadline": self.deadline,
+            },
+        )
+
+    @property
+    def watched(self) -> WatchedJob:
+        return watched_tenant(self.tenant_id, self.log_dir)
+
+    async def _target(self) -> SshTarget:
+        target = SshTarget.from_connection(await BaseHook.aget_connection(self.slurm_conn_id))
+        return target
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        outcome: WatchOutcome = await watch_job(
+            await self._target(),
+            SlurmTenantDialect(self.log_dir),
+            self.watched,
+            self.log,
+            interval_s=self.poll_interval,
+            deadline=self.deadline,
+        )
+        self._ended = outcome.kind == "ended"
+        yield TriggerEvent(
+            {**outcome.to_dict(), "slurm_conn_id": self.slurm_conn_id, "log_path": self.watched.log_path}
+        )
+
+    async def on_kill(self) -> None:
+        """A user marked the task failed/success or cleared it: stop this tenant's session only.
+
+        Airflow calls this only on such a user action, not on a triggerer restart, so a restart
+        stops nothing; the allocation and its other tenants are never touched.
+        """
+        if self._ended:
+            return
+        self.log.info("Stopping Slurm tenant %s on %s (task stopped by a user)", self.tenant_id, self.slurm_conn_id)
+        await cancel_job(await self._target(), SlurmTenantDialect(self.log_dir), self.tenant_id)
+        self.log.info("Stopped Slurm tenant %s", self.tenant_id)
+
+
+def watched_tenant(tenant_id: str, log_dir: str) -> WatchedJob:
+    directory = TenantRef.parse(tenant_id).directory(log_dir)
+    return WatchedJob(job_id=tenant_id, log_path=f"{directory}/log", cursor_path=f"{directory}/cursor")
