@@ -139,6 +139,7 @@ class ClusterPoller:
         self._tracks: dict[str, _Track] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._last_notices: set[str] = set()
         self.polls = 0
 
     # -- watching ----------------------------------------------------------------------------------
@@ -246,7 +247,7 @@ class ClusterPoller:
         report = self.dialect.read_poll(framed.sections, job_ids)
         if report.failure is not None:
             raise ClusterUnreachableError(f"{self.dialect.name} status query failed: {report.failure}")
-        for notice in report.notices:
+        for notice in self._fresh(report.notices):
             self._tell_all(Notice(notice))
         for job_id, chunk in framed.chunks.items():
             if job_id in tracks:
@@ -264,6 +265,13 @@ class ClusterPoller:
                     track.send(OutputLines((track.partial.decode(errors="replace"),)))
                     track.partial = b""
                 track.send(JobEnded(status))
+
+    def _fresh(self, notices: Sequence[str]) -> list[str]:
+        """The notices the previous poll did not give: the same trouble poll after poll (slurmdbd
+        down, say) reaches the task logs once, and again only once it changes."""
+        fresh = [notice for notice in notices if notice not in self._last_notices]
+        self._last_notices = set(notices)
+        return fresh
 
     def _read_for(self, track: _Track, *, whole_lines: bool) -> LogRead:
         return LogRead(

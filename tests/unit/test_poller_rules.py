@@ -136,3 +136,12 @@ def test_nothing_but_a_final_observation_or_a_grace_period_ends_a_watch(observat
     poller, (job, _) = make_poller(), track()
     assert poller._settle(job, observation, now=0.0) is expected
     assert not any(isinstance(e, JobEnded) for e in drained(job.queues[0]))
+
+
+def test_the_same_trouble_poll_after_poll_is_reported_once_and_again_when_it_changes() -> None:
+    poller = make_poller()
+    down = "sacct exited 1: 'Unable to contact slurmdbd'"
+    assert poller._fresh([down]) == [down]
+    assert poller._fresh([down]) == []
+    assert poller._fresh([]) == []
+    assert poller._fresh([down]) == [down]
