@@ -14,7 +14,9 @@ import logging
 import os
 import re
 import signal
+import socket
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -160,7 +162,7 @@ async def test_a_login_node_gone_for_seconds_is_waited_out_with_backoff_and_no_l
     login_node.start()
     try:
         conn = json.loads(cluster_env["AIRFLOW_CONN_SLURM_LOCAL"])
-        conn["port"] = SecondLoginNode.PORT
+        conn["port"] = login_node.PORT
         # Verified through the SSH provider's style of extra: the login node's public key alone.
         del conn["extra"]["known_hosts"]
         host_key = (cluster.CLUSTER_DIR / "ssh/ssh_host_ed25519_key.pub").read_text().split()
@@ -183,12 +185,13 @@ async def test_a_login_node_gone_for_seconds_is_waited_out_with_backoff_and_no_l
 
 
 class SecondLoginNode:
-    """Another sshd into the same cluster (same config, port 2223), owned and killed by one test."""
-
-    PORT = 2223
+    """Another sshd into the same cluster (same config, a free port), owned and killed by one test."""
 
     def __init__(self, workdir) -> None:
         self.pidfile = workdir / "sshd2.pid"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.PORT = probe.getsockname()[1]
 
     def start(self) -> None:
         subprocess.run(
@@ -205,6 +208,13 @@ class SecondLoginNode:
             ],
             check=True,
         )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # sshd returns once forked, maybe before it listens
+            with socket.socket() as attempt:
+                if attempt.connect_ex(("127.0.0.1", self.PORT)) == 0:
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"the second sshd never listened on {self.PORT}: {self.pidfile.with_suffix('.log')}")
 
     def kill_everything(self) -> None:
         """The listener (by its PID file) and every connection it serves (by their sockets)."""
