@@ -81,6 +81,7 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Slurm", "external-doc-url": "https://slurm.schedmd.com/", "tags": ["software"]},
             {"integration-name": "PBS", "external-doc-url": "https://www.openpbs.org/", "tags": ["software"]},
             {"integration-name": "AWS Batch", "external-doc-url": "https://aws.amazon.com/batch/", "tags": ["aws"]},
+            {"integration-name": "Amazon EC2", "external-doc-url": "https://aws.amazon.com/ec2/", "tags": ["aws"]},
         ],
         "operators": [
             {
@@ -92,6 +93,7 @@ def get_provider_info() -> dict[str, Any]:
             },
             {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.operators.pbs"]},
             {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.operators.batch"]},
+            {"integration-name": "Amazon EC2", "python-modules": ["airflow_hpc_provider.operators.ec2"]},
         ],
         "hooks": [
             {
@@ -100,6 +102,10 @@ def get_provider_info() -> dict[str, Any]:
             },
             {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.hooks.pbs"]},
             {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.hooks.batch"]},
+            {
+                "integration-name": "Amazon EC2",
+                "python-modules": ["airflow_hpc_provider.hooks.ec2", "airflow_hpc_provider.hooks.ssm"],
+            },
         ],
         "triggers": [
             {
@@ -111,8 +117,10 @@ def get_provider_info() -> dict[str, Any]:
             },
             {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.triggers.pbs"]},
             {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.triggers.batch"]},
+            {"integration-name": "Amazon EC2", "python-modules": ["airflow_hpc_provider.triggers.ec2"]},
         ],
-        # AWS Batch uses the amazon provider's standard "aws" connection type; no new type here.
+        # AWS Batch and EC2 use the amazon provider's standard "aws" connection type; no new type here
+        # (EC2 defaults live in its extra under "ec2", see docs/connections/aws_ec2.rst).
         "extra-links": [
             "airflow_hpc_provider.links.batch.BatchJobLink",
             "airflow_hpc_provider.links.batch.BatchLogLink",

@@ -1,0 +1,135 @@
+"""The boot script, executed for real: bash in a scratch directory, with stand-in docker and poweroff."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from airflow_hpc_provider.dialects import ec2
+from tests.integration.ec2.fake_ec2 import SSH_DIR, StandIns, kill_session, remove_scratch, scratch_dir
+
+SECRET = "s3cr3t-$(touch /tmp/pwned)-'quoted'"
+
+
+@pytest.fixture
+def box() -> StandIns:
+    root = scratch_dir()
+    yield StandIns.create(root)  # type: ignore[misc]
+    remove_scratch(root)
+
+
+def boot(box: StandIns, *, limit_s: int = 30, startup_s: int = 30, slack_s: int = 60, image: str = "repo/img:1"):
+    run_dir = str(box.root / "run")
+    user_data = ec2.render_user_data(
+        ec2.RunnerSpec(
+            image=image,
+            run_dir=run_dir,
+            os_user="root",
+            time_limit_s=limit_s,
+            kill_after_s=1,
+            startup_timeout_s=startup_s,
+            idle_slack_s=slack_s,
+            tick_s=0.2,
+        )
+    )
+    (box.root / "user-data").write_text(user_data)
+    env = {
+        **os.environ,
+        "PATH": box.path_with_stand_ins(),
+        "AIRFLOW_HPC_CONSOLE": str(box.root / "console"),
+        "AIRFLOW_HPC_HOST_KEY_DIR": str(SSH_DIR),
+        "AIRFLOW_HPC_TEST_INSTANCE": "i-test",
+    }
+    process = subprocess.Popen(["bash", str(box.root / "user-data")], env=env, start_new_session=True)
+    return Path(run_dir), process, user_data
+
+
+def deliver(run_dir: Path, script: str, env: dict[str, str]) -> None:
+    for _ in range(100):
+        if (run_dir / "payload").is_dir():
+            break
+        time.sleep(0.05)
+    done = subprocess.run(
+        ["sh", "-s"], input=ec2.render_payload(str(run_dir), script, env), text=True, capture_output=True
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "delivered", done.stderr
+
+
+def wait_for(path: Path, timeout_s: float = 20) -> str:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def test_a_successful_container_leaves_its_log_and_exit_code_zero(box: StandIns) -> None:
+    run_dir, process, user_data = boot(box)
+    deliver(run_dir, 'echo "hello $GREETING"\necho to-stderr >&2\n', {"GREETING": SECRET})
+    assert wait_for(run_dir / "exit_code").strip() == "0"
+    log = (run_dir / "job.log").read_text()
+    assert f"hello {SECRET}" in log and "to-stderr" in log and "pulled repo/img:1" in log
+    assert (run_dir / "phase").read_text().strip() == "done"
+    assert not (run_dir / "payload" / "env.sh").exists()  # values removed once the container ended
+    assert not Path("/tmp/pwned").exists()
+    # The secret is in no command line and not in the boot script.
+    assert SECRET not in user_data and SECRET not in (box.state / "docker-calls.log").read_text()
+    assert "-e GREETING" in (box.state / "docker-calls.log").read_text()
+    assert "AIRFLOW_HPC_HOST_KEY ssh-ed25519" in (box.root / "console").read_text()
+    kill_session(process)
+
+
+def test_a_failing_container_reports_its_exit_code(box: StandIns) -> None:
+    run_dir, process, _ = boot(box)
+    deliver(run_dir, "echo failing\nexit 3\n", {})
+    assert wait_for(run_dir / "exit_code").strip() == "3"
+    kill_session(process)
+
+
+def test_a_runaway_container_is_killed_at_the_time_limit(box: StandIns) -> None:
+    run_dir, process, _ = boot(box, limit_s=1)
+    started = time.monotonic()
+    deliver(run_dir, "trap '' TERM\necho started\nsleep 30\n", {})
+    assert int(wait_for(run_dir / "exit_code")) in ec2.TIMEOUT_EXIT_CODES
+    assert time.monotonic() - started < 10
+    assert "time limit of 1s reached" in (run_dir / "job.log").read_text()
+    assert any(
+        line.startswith("rm -f airflow-hpc-task") for line in (box.state / "docker-calls.log").read_text().splitlines()
+    )
+    kill_session(process)
+
+
+def test_an_image_that_cannot_be_pulled_ends_with_the_runner_code(box: StandIns) -> None:
+    run_dir, process, _ = boot(box, image="missing/image:1")
+    deliver(run_dir, "echo never\n", {})
+    assert int(wait_for(run_dir / "exit_code")) == ec2.RUNNER_FAILED_EXIT
+    assert "could not pull missing/image:1" in (run_dir / "job.log").read_text()
+    kill_session(process)
+
+
+def test_the_safety_timer_powers_off_when_no_task_ever_arrives(box: StandIns) -> None:
+    run_dir, process, _ = boot(box, startup_s=1, limit_s=1, slack_s=1)
+    assert int(wait_for(run_dir / "exit_code")) == ec2.RUNNER_FAILED_EXIT
+    deadline = time.monotonic() + 15
+    while "i-test" not in box.poweroffs():
+        assert time.monotonic() < deadline, "the safety timer never powered off"
+        time.sleep(0.1)
+    assert "no task arrived" in (run_dir / "job.log").read_text()
+    kill_session(process)
+
+
+def test_the_safety_timer_powers_off_an_idle_slack_after_the_task_ended(box: StandIns) -> None:
+    run_dir, process, _ = boot(box, slack_s=2)
+    deliver(run_dir, "echo quick\n", {})
+    wait_for(run_dir / "exit_code")
+    ended = time.monotonic()
+    while "i-test" not in box.poweroffs():
+        assert time.monotonic() - ended < 15
+        time.sleep(0.1)
+    assert time.monotonic() - ended >= 1
+    assert "safety timer: powering off" in (run_dir / "job.log").read_text()
+    kill_session(process)
