@@ -218,6 +218,9 @@ class SecondLoginNode:
 
     def kill_everything(self) -> None:
         """The listener (by its PID file) and every connection it serves (by their sockets)."""
+        deadline = time.monotonic() + 5
+        while not self.pidfile.exists() and time.monotonic() < deadline:  # written once it is up
+            time.sleep(0.05)
         if self.pidfile.exists():
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(self.pidfile.read_text().strip()), signal.SIGKILL)
