@@ -200,11 +200,22 @@ class LogChunk:
 
 @dataclass(frozen=True)
 class WatchedJob:
-    """What the poller needs to follow one job: its id and where its output lands."""
+    """What the poller needs to follow one job: its id and where its output lands.
+
+    ``claimed_by_trigger``: a trigger watches it, so the poller leaves :func:`claim_marker` beside
+    the cursor. A later try of the task must then submit afresh rather than adopt the job (the
+    task was cleared or failed while deferred, and the old trigger's on_kill is cancelling it);
+    a job no trigger ever watched is one a crashed worker left, and that one is adopted.
+    """
 
     job_id: str
     log_path: str
     cursor_path: str
+    claimed_by_trigger: bool = False
+
+
+def claim_marker(cursor_path: str) -> str:
+    return cursor_path + ".watched"
 
 
 def format_duration(value: timedelta | None) -> str:

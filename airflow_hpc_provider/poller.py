@@ -27,10 +27,10 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from airflow_hpc_provider.dialects.remote_shell import LogRead, parse_framed, random_token
+from airflow_hpc_provider.dialects.remote_shell import LogRead, parse_framed, quote, random_token
 from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError, RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob
+from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob, claim_marker
 from airflow_hpc_provider.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class _Track:
     unsettled_since: float | None = None
     pending_final: JobStatus | None = None
     warned_states: set[str] = field(default_factory=set)
+    claim_written: bool = False
 
     def send(self, event: WatchEvent) -> None:
         for queue in self.queues:
@@ -241,8 +242,13 @@ class ClusterPoller:
             if track.last is not None and track.last.state in _WRITING
         ]
         token = random_token()
-        result = await self.transport.run(self.dialect.poll_script(token, job_ids, reads))
+        claims = [t for t in tracks.values() if t.job.claimed_by_trigger and not t.claim_written]
+        # A shell redirect, no extra process or round trip: see WatchedJob.claimed_by_trigger.
+        claim_lines = "".join(f": > {quote(claim_marker(t.job.cursor_path))}\n" for t in claims)
+        result = await self.transport.run(claim_lines + self.dialect.poll_script(token, job_ids, reads))
         self.polls += 1
+        for track in claims:
+            track.claim_written = True
         framed = parse_framed(result.stdout, token)
         report = self.dialect.read_poll(framed.sections, job_ids)
         if report.failure is not None:

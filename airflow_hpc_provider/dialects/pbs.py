@@ -344,6 +344,7 @@ def submit_script(
             f"log directory {log_dir!r}: use only letters, digits and '_./+~-' (qsub hands it to a shell)"
         )
     name = job_name(spec, key)
+    claimed = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}-try")
     out = remote_shell.home_relative(log_path(log_dir, key.task_digest, key.try_number))
     batch_file = remote_shell.home_relative(script_path(log_dir, key))
     lock = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}.lock")
@@ -370,7 +371,12 @@ def submit_script(
         # The wrapper exits 153 when there is no job at all; that is an answer, not a failure.
         "_q=$(qstat -f 2>&1); _rc=$?\n"
         'case $_rc in 0|153) ;; *) printf \'qstat exited %s: %s\\n\' "$_rc" "$_q" >&2; exit 1;; esac\n'
-        f"_live=$({find_live})\n"
+        # The first live job of this task that no trigger watches (see WatchedJob.claimed_by_trigger).
+        f"_live=; set -- $({find_live})\n"
+        "while [ $# -ge 2 ]; do\n"
+        f'  [ -e {claimed}"$2".cursor.watched ] || {{ _live="$1 $2"; break; }}\n'
+        "  shift 2\n"
+        "done\n"
         'if [ -n "$_live" ]; then\n'
         "  printf 'ADOPTED %s\\n' \"$_live\"; _id=${_live%% *}\n"
         "else\n"
@@ -391,7 +397,7 @@ def submit_script(
     )
 
 
-# Reads `qstat -f` text; prints "<id> <try>" of the first live job of ours whose name ends with
+# Reads `qstat -f` text; prints "<id> <try>" of every live job of ours whose name ends with
 # `want` followed by the try number. Attribute lines are indented `key = value` (four spaces on
 # PBS, a tab on the wrapper); other tab-led lines continue the previous value.
 _ADOPT_AWK = r"""
@@ -401,7 +407,7 @@ function check(   n, tail) {
   if (n == 0) return
   tail = substr(name, n + length(want))
   if (tail !~ /^[0-9]+$/ || substr(name, n) != want tail) return
-  print id, tail; found = 1; exit
+  print id, tail
 }
 /^Job Id:/ { check(); id = $0; sub(/^Job Id:[ \t]*/, "", id); name = ""; own = 0; live = 0; last = ""; next }
 /^[ \t]+[A-Za-z_][A-Za-z0-9_.]* = / {
@@ -412,7 +418,7 @@ function check(   n, tail) {
   next
 }
 /^\t/ { if (last == "Job_Name") { c = $0; sub(/^\t/, "", c); name = name c }; next }
-END { if (!found) check() }
+END { check() }
 """
 
 

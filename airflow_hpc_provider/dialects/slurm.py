@@ -179,6 +179,7 @@ def submit_script(
     )
     ours = quote(JobKey.PREFIX + ":")
     mine = quote(JobKey.PREFIX + ":" + key.task_digest + ":")
+    claimed = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}-")
     limit = ""
     if max_concurrent_jobs is not None:
         limit = (
@@ -190,7 +191,11 @@ def submit_script(
         f"exec 9>>{lock}\n"
         "flock -w 120 9 || { echo 'could not take the submission lock' >&2; exit 1; }\n"
         f"_q=$(squeue -h -u \"$(id -un)\" -t {ALIVE_STATES} -O 'JobID:|,Comment:|') || exit 1\n"
-        f"_live=$(printf '%s\\n' \"$_q\" | awk -F'|' -v p={mine} 'index($2, p) == 1 {{ print $1; exit }}')\n"
+        # The first live job of this task that no trigger watches (see WatchedJob.claimed_by_trigger).
+        "_live=\n"
+        f"for _j in $(printf '%s\\n' \"$_q\" | awk -F'|' -v p={mine} 'index($2, p) == 1 {{ print $1 }}'); do\n"
+        f'  [ -e {claimed}"$_j".cursor.watched ] || {{ _live=$_j; break; }}\n'
+        "done\n"
         'if [ -n "$_live" ]; then\n'
         "  printf 'ADOPTED %s\\n' \"$_live\"; _id=$_live\n"
         "else\n"

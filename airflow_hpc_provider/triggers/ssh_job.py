@@ -67,7 +67,9 @@ class SshJobTrigger(BaseTrigger):
         return SshTarget.from_connection(await BaseHook.aget_connection(self.conn_id))
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        job = WatchedJob(job_id=self.job_id, log_path=self.log_path, cursor_path=self.cursor_path)
+        job = WatchedJob(
+            job_id=self.job_id, log_path=self.log_path, cursor_path=self.cursor_path, claimed_by_trigger=True
+        )
         outcome = await watch_job(
             await self._target(), self.dialect(), job, self.log, interval_s=self.poll_interval, deadline=self.deadline
         )

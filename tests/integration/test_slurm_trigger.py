@@ -61,9 +61,10 @@ def collected(trigger: SlurmJobTrigger) -> LineCollector:
     return collector
 
 
-async def submit(conn_id: str, command: str) -> SlurmJobTrigger:
-    """Submit a job as the operator would and return the trigger it would defer to."""
-    key = JobKey.for_task_instance("trigger_tests", "job", uuid.uuid4().hex, -1, 1)
+async def submit(conn_id: str, command: str, key: JobKey | None = None) -> SlurmJobTrigger:
+    """Submit a job as the operator would (adopting a live one of the same task if it may) and
+    return the trigger it would defer to."""
+    key = key or JobKey.for_task_instance("trigger_tests", "job", uuid.uuid4().hex, -1, 1)
     spec = JobSpec(command=command, job_name="trigger-test")
     transport = SshTransport(SlurmHook(conn_id).get_target())
     try:
@@ -269,3 +270,30 @@ async def test_a_login_node_behind_a_jump_host_is_reached_through_it(
     finally:
         await transport.close()
     assert result.exit_status == 0 and result.text.strip() == cluster.USER
+
+
+async def test_after_a_clear_the_next_try_submits_afresh_instead_of_adopting_the_job_being_cancelled(
+    slurm_connection: str,
+) -> None:
+    """Airflow queues the next try at once; the old trigger's on_kill comes a moment later."""
+    run_id = uuid.uuid4().hex
+    first = await submit(
+        slurm_connection, 'echo "first try"; sleep 300', JobKey.for_task_instance("clear", "job", run_id, -1, 1)
+    )
+    log = collected(first)
+    watching = asyncio.create_task(first_event(first))
+    await log.wait_for("^first try$")
+    watching.cancel()  # the user cleared the task: TriggerRunner cancels, then calls on_kill
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
+
+    second = await submit(
+        slurm_connection, 'echo "second try"; sleep 300', JobKey.for_task_instance("clear", "job", run_id, -1, 2)
+    )
+    try:
+        assert second.job_id != first.job_id, "the next try adopted the job its cleared try is cancelling"
+        await first.on_kill()
+        assert await asyncio.to_thread(cluster.wait_for, first.job_id, {"CANCELLED"}, 30) == "CANCELLED"
+        assert await asyncio.to_thread(cluster.wait_for, second.job_id, {"RUNNING", "PENDING"}, 30)
+    finally:
+        cluster.ssh(f"scancel {second.job_id}", check=False)
