@@ -150,9 +150,9 @@ def test_clearing_a_deferred_task_cancels_its_job_within_thirty_seconds(one_trig
         cleared = time.monotonic()
         stack.clear_task(dag_id, run_id, "job")
         took = wait_cancelled(stack, first, cleared)
-        # The cleared task runs again (try 2). Known provider race (see the report of issue 7): try 2
-        # may adopt the job that try 1's on_kill is cancelling, and then fail with it. Recorded, not
-        # asserted, because which side wins is a matter of timing.
+        # The cleared task runs again (try 2), queued before try 1's on_kill has cancelled the job:
+        # it must submit a job of its own, not adopt the one being cancelled (a job a trigger
+        # watched is never adopted; see WatchedJob.claimed_by_trigger).
         ti = stack.wait(
             lambda: (
                 (ti := stack.task_instance(dag_id, run_id, "job"))["try_number"] == 2
@@ -168,6 +168,8 @@ def test_clearing_a_deferred_task_cancels_its_job_within_thirty_seconds(one_trig
             f"\n{dag_id}: job {first} CANCELLED {took:.1f}s after the REST clear; try 2 is {ti['state']}, "
             f"{'ADOPTED the cancelled job' if adopted else 'submitted a new job'}"
         )
+        assert not adopted, f"try 2 adopted job {first}, which the clear was cancelling"
+        assert ti["state"] in ("deferred", "success"), f"try 2 ended {ti['state']}"
         if ti["state"] == "deferred":
             stack.set_task_state(dag_id, run_id, "job", "failed")
     finally:
