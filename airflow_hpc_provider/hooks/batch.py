@@ -11,11 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.exceptions import ClientError
 
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError, SubmissionError
+from airflow_hpc_provider.hooks.aws import MultiServiceAwsHook
 from airflow_hpc_provider.jobs import JobKey
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ class StoredScript:
     encryption: str | None
 
 
-class BatchHook(AwsBaseHook):
+class BatchHook(MultiServiceAwsHook):
     """Job definitions, submission, adoption, termination and script upload for AWS Batch.
 
     :param aws_conn_id: an Airflow connection of type ``aws``. Besides the amazon provider's own
@@ -80,22 +80,7 @@ class BatchHook(AwsBaseHook):
     """
 
     def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> None:
-        super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, client_type="batch")
-        self._clients: dict[str, Any] = {}
-
-    # -- clients -----------------------------------------------------------------------------------
-
-    def client(self, service: str = "batch") -> Any:
-        """A boto3 client for ``service`` from the connection's session (same credentials and role)."""
-        if service not in self._clients:
-            session = self.get_session(region_name=self.region_name)
-            self._clients[service] = session.client(
-                service_name=service,
-                endpoint_url=self.conn_config.get_service_endpoint_url(service_name=service),
-                config=self._get_config(None),
-                verify=self.verify,
-            )
-        return self._clients[service]
+        super().__init__(aws_conn_id, region_name, client_type="batch")
 
     def default_queue(self) -> str | None:
         value = self.conn_config.extra_config.get("job_queue")

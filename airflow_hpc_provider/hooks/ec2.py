@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
 from botocore.exceptions import ClientError
 
 from airflow_hpc_provider.dialects import ec2
 from airflow_hpc_provider.errors import ConnectionConfigError, SubmissionError
+from airflow_hpc_provider.hooks.aws import MultiServiceAwsHook
 from airflow_hpc_provider.hooks.batch import AUTH_CODES, error_code, error_text
 
 log = logging.getLogger(__name__)
@@ -87,23 +87,11 @@ class LaunchRequest:
         return params
 
 
-class Ec2InstanceHook(AwsBaseHook):
+class Ec2InstanceHook(MultiServiceAwsHook):
     """Launch, find, describe and terminate the operator's instances; read their consoles."""
 
     def __init__(self, aws_conn_id: str | None = "aws_default", region_name: str | None = None) -> None:
-        super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, client_type="ec2")
-        self._clients: dict[str, Any] = {}
-
-    def client(self, service: str = "ec2") -> Any:
-        if service not in self._clients:
-            session = self.get_session(region_name=self.region_name)
-            self._clients[service] = session.client(
-                service_name=service,
-                endpoint_url=self.conn_config.get_service_endpoint_url(service_name=service),
-                config=self._get_config(None),
-                verify=self.verify,
-            )
-        return self._clients[service]
+        super().__init__(aws_conn_id, region_name, client_type="ec2")
 
     @property
     def region(self) -> str:

@@ -1,0 +1,33 @@
+"""What the AWS hooks share: boto3 clients for several services from one ``aws`` connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+
+class MultiServiceAwsHook(AwsBaseHook):
+    """An ``AwsBaseHook`` whose operations span services (Batch + S3 + Logs, EC2 + Instance Connect).
+
+    Every client comes from the connection's own session, so the role, region and per-service
+    ``endpoint_url`` of the ``aws`` connection hold for all of them; each is built once.
+    """
+
+    def __init__(self, aws_conn_id: str | None, region_name: str | None, client_type: str) -> None:
+        super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, client_type=client_type)
+        self.default_service = client_type
+        self._clients: dict[str, Any] = {}
+
+    def client(self, service: str | None = None) -> Any:
+        """A boto3 client for ``service`` (default: the hook's own)."""
+        name = service or self.default_service
+        if name not in self._clients:
+            session = self.get_session(region_name=self.region_name)
+            self._clients[name] = session.client(
+                service_name=name,
+                endpoint_url=self.conn_config.get_service_endpoint_url(service_name=name),
+                config=self._get_config(None),
+                verify=self.verify,
+            )
+        return self._clients[name]
