@@ -91,7 +91,6 @@ def test_cluster_defaults_are_read_and_checked() -> None:
 
 def test_the_admin_ui_gets_every_slurm_field_with_secrets_marked_sensitive() -> None:
     from airflow.providers_manager import ProvidersManager
-
     from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
     assert {"slurm", "pbs"} <= set(ProvidersManagerTaskRuntime().hooks)
