@@ -43,6 +43,7 @@ from airflow_hpc_provider.poller import (
     StatusChanged,
     WatchEvent,
     WatchFailed,
+    until_the_end,
 )
 from airflow_hpc_provider.sharing import SharedPollers
 
@@ -126,17 +127,15 @@ class BatchPoller:
         track.queues.append(queue)
         self._ensure_running()
         self._wake.set()
-        try:
-            while True:
-                event = await queue.get()
-                yield event
-                if isinstance(event, JobEnded | WatchFailed):
-                    return
-        finally:
+
+        def leave() -> None:
             if queue in track.queues:
                 track.queues.remove(queue)
             if not track.queues and self._tracks.get(job_id) is track:
                 del self._tracks[job_id]
+
+        async for event in until_the_end(queue, leave):
+            yield event
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():

@@ -23,9 +23,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from airflow_hpc_provider.dialects.remote_shell import LogRead, parse_framed, quote, random_token
 from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError, RemoteCommandError
@@ -101,6 +101,21 @@ class WatchFailed:
 
 WatchEvent = StatusChanged | OutputLines | Notice | JobEnded | WatchFailed
 
+E = TypeVar("E")
+
+
+async def until_the_end(queue: asyncio.Queue[E], leave: Callable[[], None]) -> AsyncGenerator[E, None]:
+    """A watcher's events from its queue, up to and including ``JobEnded`` or ``WatchFailed``;
+    ``leave`` unsubscribes it however the watch ends (finished, cancelled, or closed early)."""
+    try:
+        while True:
+            event = await queue.get()
+            yield event
+            if isinstance(event, JobEnded | WatchFailed):
+                return
+    finally:
+        leave()
+
 
 @dataclass
 class _Track:
@@ -154,17 +169,15 @@ class ClusterPoller:
         track.queues.append(queue)
         self._ensure_running()
         self._wake.set()  # a new job is polled at once, not an interval later
-        try:
-            while True:
-                event = await queue.get()
-                yield event
-                if isinstance(event, JobEnded | WatchFailed):
-                    return
-        finally:
+
+        def leave() -> None:
             if queue in track.queues:
                 track.queues.remove(queue)
             if not track.queues and self._tracks.get(job.job_id) is track:
                 del self._tracks[job.job_id]
+
+        async for event in until_the_end(queue, leave):
+            yield event
 
     async def cancel(self, job_ids: Sequence[str]) -> None:
         result = await self.transport.run(self.dialect.cancel_script(job_ids))
