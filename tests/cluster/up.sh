@@ -1,22 +1,26 @@
 #!/bin/bash
 # tests/cluster/up.sh -- bring up the project's local test cluster, idempotently, as root:
 # munge, MariaDB + slurmdbd (so sacct answers), slurmctld + slurmd, the Torque-style
-# qsub/qstat/qdel wrappers, tmux, and an OpenSSH sshd on 127.0.0.1:2222 that plays the
+# qsub/qstat/qdel wrappers, tmux, an OpenSSH sshd on 127.0.0.1:2222 that plays the
 # login node (key-only, unprivileged user, OpenSSH's default MaxStartups/MaxSessions so
-# the provider is tested against the limits a real login node keeps).
+# the provider is tested against the limits a real login node keeps), and a single-node
+# Grid Engine (sge_qmaster + sge_execd, tests/cluster/gridengine.sh) for its own test user.
 # Everything lives under $HPC_CLUSTER_DIR (default /tmp/airflow-hpc-cluster); every
-# daemon binds 127.0.0.1 and is stopped by tests/cluster/down.sh through its PID file.
+# daemon binds 127.0.0.1 (Grid Engine's cannot be told to: see gridengine.sh) and is stopped
+# by tests/cluster/down.sh through its PID file.
 # Running it again leaves live daemons alone and restarts one only if its config changed.
-# It ends by writing $HPC_CLUSTER_DIR/airflow.env: the Airflow connection `slurm_local`.
+# It ends by writing $HPC_CLUSTER_DIR/airflow.env: the Airflow connections `slurm_local`,
+# `pbs_local` and `sge_local`.
 #   HPCINFRA_DBD=1|0        mariadb+slurmdbd so sacct works (default 1)
 #   HPCINFRA_CGROUP=auto|1|0 proctrack/task cgroup v1 (OOM, step cleanup) (default auto)
 #   HPCINFRA_CPUS=N         CPUs advertised for the node (config_overrides; default 32, far more than
 #                           the machine has, so tests' mostly idle jobs run at once instead of queueing)
 #   HPCINFRA_MEM=MB         RealMemory advertised (default 16000)
 #   HPCINFRA_USER=name      non-root ssh/job user, created if missing (default hpcuser)
+#   HPCINFRA_SGE=1|0        Grid Engine (default 1; its other settings: tests/cluster/gridengine.sh)
 set -euo pipefail
 B=${HPC_CLUSTER_DIR:-/tmp/airflow-hpc-cluster}
-DBD=${HPCINFRA_DBD:-1}; CG=${HPCINFRA_CGROUP:-auto}
+DBD=${HPCINFRA_DBD:-1}; CG=${HPCINFRA_CGROUP:-auto}; GE=${HPCINFRA_SGE:-1}
 CPUS=${HPCINFRA_CPUS:-32}; MEM=${HPCINFRA_MEM:-16000}; TUSER=${HPCINFRA_USER:-hpcuser}
 SSH_PORT=2222; DB_PORT=3307; HOST=$(hostname -s)
 export SLURM_CONF=$B/slurm/etc/slurm.conf
@@ -33,6 +37,9 @@ put()   { local f=$1 tmp; tmp=$(mktemp); cat >"$tmp"; if [ -f "$f" ] && cmp -s "
 # ---------- 0. packages (only if missing) ----------
 pkgs=(slurmctld slurmd slurm-client slurm-wlm-torque munge tmux openssh-server)
 [ "$DBD" = 1 ] && pkgs+=(slurmdbd mariadb-server)
+# Grid Engine's own packages conflict with slurm-wlm-torque and are unpacked instead (gridengine.sh);
+# these are the libraries its binaries link
+[ "$GE" = 1 ] && pkgs+=(libjemalloc2 libhwloc15 libtirpc3 libmunge2)
 missing=(); for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing: ${missing[*]}"
@@ -260,13 +267,22 @@ if ! alive sshd.pid; then
 fi
 cd - >/dev/null
 
-# the Airflow connection the example DAGs, tests and benchmarks use: host key verified
-put $B/airflow.env <<EOF || true
+# ---------- 7. Grid Engine ----------
+if [ "$GE" = 1 ]; then . "$(dirname "${BASH_SOURCE[0]}")/gridengine.sh"; fi
+
+# the Airflow connections the example DAGs, tests and benchmarks use: host keys verified
+{ cat <<EOF
 AIRFLOW_CONN_SLURM_LOCAL='{"conn_type": "slurm", "host": "127.0.0.1", "port": $SSH_PORT, "login": "$TUSER", "extra": {"key_file": "$B/ssh/id_ed25519", "known_hosts": "$B/ssh/known_hosts", "account": "myacct", "partition": "debug"}}'
 AIRFLOW_CONN_PBS_LOCAL='{"conn_type": "pbs", "host": "127.0.0.1", "port": $SSH_PORT, "login": "$TUSER", "extra": {"key_file": "$B/ssh/id_ed25519", "known_hosts": "$B/ssh/known_hosts", "flavour": "torque"}}'
+EOF
+  [ "$GE" = 1 ] && cat <<EOF
+AIRFLOW_CONN_SGE_LOCAL='{"conn_type": "sge", "host": "127.0.0.1", "port": $SSH_PORT, "login": "$SGE_USER", "extra": {"key_file": "$B/ssh/id_ed25519", "known_hosts": "$B/ssh/known_hosts", "queue": "all.q"}}'
+EOF
+  cat <<EOF
 HPC_CLUSTER_DIR=$B
 SLURM_CONF=$SLURM_CONF
 EOF
+} | put $B/airflow.env || true
 
 log "ready"
 cat <<EOF
@@ -278,6 +294,7 @@ key:        $B/ssh/id_ed25519   known_hosts: $B/ssh/known_hosts
 asyncssh:   asyncssh.connect('127.0.0.1', port=$SSH_PORT, username='$TUSER', client_keys=['$B/ssh/id_ed25519'], known_hosts='$B/ssh/known_hosts')
 slurmctld:  127.0.0.1:6817   slurmd: 127.0.0.1:6818   partitions: debug(default), long   node: $HOST
 $( [ "$DBD" = 1 ] && echo "slurmdbd:   127.0.0.1:6819   mariadb: 127.0.0.1:$DB_PORT (socket $B/mysql/run/mysqld.sock)   accounts: myacct, testacct")
-airflow:    $B/airflow.env (connections slurm_local, pbs_local)
+$( [ "$GE" = 1 ] && echo "gridengine: sge_qmaster :$SGE_PORT  sge_execd :$((SGE_PORT + 1))  queue all.q ($SGE_SLOTS slots)  pe smp  project testproj  user $SGE_USER (SGE_ROOT $SGE)")
+airflow:    $B/airflow.env (connections slurm_local, pbs_local$([ "$GE" = 1 ] && echo ", sge_local"))
 logs:       $B/slurm/log/   stop: tests/cluster/down.sh [--purge]
 EOF
