@@ -25,6 +25,8 @@ from airflow_hpc_provider.dialects.remote_shell import LogRead
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, Resources, claim_marker
 
+pytestmark = [pytest.mark.cluster, pytest.mark.asyncio]
+
 LOG_DIR = ".airflow-hpc/sge-tests"
 WRITING = {JobState.RUNNING, JobState.COMPLETING, JobState.SUSPENDED}
 
@@ -120,7 +122,6 @@ async def cancel(transport: SshTransport, *job_ids: str) -> None:
 # --- the tests ------------------------------------------------------------------------------------
 
 
-@pytest.mark.asyncio
 async def test_jobs_stream_their_output_while_running_and_end_with_their_exit_code(transport):
     lines = 'for i in $(seq 1 12); do echo "line $i"; sleep 0.3; done'
     success = JobSpec(command=lines, job_name="sge stream", resources=Resources(time_limit=timedelta(minutes=2)))
@@ -137,7 +138,6 @@ async def test_jobs_stream_their_output_while_running_and_end_with_their_exit_co
     assert bad.output == b"about to fail\n"  # stderr joins the log (-j y)
 
 
-@pytest.mark.asyncio
 async def test_values_with_quotes_substitutions_backticks_and_newlines_arrive_verbatim(transport):
     env = {
         "QUOTES": "it's \"double\" and 'single'",
@@ -160,7 +160,6 @@ async def test_values_with_quotes_substitutions_backticks_and_newlines_arrive_ve
     assert names.text.strip() == sge.job_name(spec, key) == f"it_s___nasty___name_-{key.task_digest}-try1"
 
 
-@pytest.mark.asyncio
 async def test_qdel_of_a_running_and_a_pending_job_ends_both_as_cancelled(transport):
     running = JobSpec(command="echo started; sleep 300", job_name="sge qdel running")
     pending = JobSpec(command="echo never", job_name="sge qdel pending", resources=Resources(cpus=100))
@@ -183,7 +182,6 @@ async def test_qdel_of_a_running_and_a_pending_job_ends_both_as_cancelled(transp
     await cancel(transport, first.job_id)  # again, once it is gone: nothing left to cancel is no error
 
 
-@pytest.mark.asyncio
 async def test_a_job_over_its_h_rt_ends_as_timeout(transport):
     limit = Resources(time_limit=timedelta(seconds=2))
     spec = JobSpec(command="echo start; sleep 120", job_name="sge h_rt", resources=limit)
@@ -195,7 +193,6 @@ async def test_a_job_over_its_h_rt_ends_as_timeout(transport):
     assert watched.output == b"start\n"
 
 
-@pytest.mark.asyncio
 async def test_a_live_job_is_adopted_by_its_key_until_a_trigger_claims_it(transport):
     spec = JobSpec(command="echo adopted", job_name="sge adopt", extra_directives=("-h",))  # held: stays put
     key = key_for("adopt")
@@ -214,7 +211,6 @@ async def test_a_live_job_is_adopted_by_its_key_until_a_trigger_claims_it(transp
         assert (await watch(transport, job_id, key)).final.state is JobState.CANCELLED
 
 
-@pytest.mark.asyncio
 async def test_queue_project_slots_memory_and_working_dir_reach_the_job(transport):
     spec = JobSpec(
         command='echo "slots=$NSLOTS queue=$QUEUE pwd=$PWD vmem=$(ulimit -v)"',
@@ -234,7 +230,6 @@ async def test_queue_project_slots_memory_and_working_dir_reach_the_job(transpor
     assert project.text.strip() == "testproj"
 
 
-@pytest.mark.asyncio
 async def test_a_job_that_cannot_start_waits_in_error_with_the_reason_until_cancelled(transport):
     spec = JobSpec(command="echo never", job_name="sge no dir", working_dir="/nonexistent/sge-test-dir")
     key = key_for("eqw")
@@ -256,7 +251,6 @@ async def test_a_job_that_cannot_start_waits_in_error_with_the_reason_until_canc
     assert (await watch(transport, outcome.job_id, key)).final.state is JobState.CANCELLED
 
 
-@pytest.mark.asyncio
 async def test_a_refused_submission_fails_with_qsubs_words_and_queues_nothing(transport):
     spec = JobSpec(command="echo x", job_name="sge refused", resources=Resources(partition="nosuch.q"))
     result = await transport.run(
