@@ -8,6 +8,7 @@ from urllib.parse import quote
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
+import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.dialects.batch import DEFAULT_LOG_GROUP
 
 LINK_XCOM_KEY = "batch_job"

@@ -15,6 +15,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
+import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.batch_logs import MemoryPositionStore
 from airflow_hpc_provider.batch_poller import BatchTarget
 from airflow_hpc_provider.batch_watch import watch_batch_job

@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator, Context, conf
 from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
+import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.dialects import ec2
 from airflow_hpc_provider.ec2_watch import follow_instance
 from airflow_hpc_provider.errors import (
