@@ -77,12 +77,17 @@ CLUSTER_FIELDS: dict[str, Any] = {
         "(deferred) and try again.",
         minimum=1,
     ),
+    # No default here: the form would save it into every connection, hiding [hpc] remote_log_dir.
     "log_dir": _text(
         "Job log directory",
-        "Where job output is written on the cluster; relative to the login home.",
-        default=".airflow-hpc/logs",
+        "Where job output is written on the cluster; relative to the login home. "
+        "Empty: [hpc] remote_log_dir of the Airflow configuration (.airflow-hpc/logs).",
     ),
-    "poll_interval": _number("Poll interval (s)", "Seconds between status queries for this cluster.", minimum=1),
+    "poll_interval": _number(
+        "Poll interval (s)",
+        "Seconds between status queries for this cluster. Empty: [hpc] default_poll_interval (10).",
+        minimum=1,
+    ),
 }
 
 HIDDEN = ["schema", "extra"]

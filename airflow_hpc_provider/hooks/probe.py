@@ -122,7 +122,16 @@ def _run_to_completion(work: Coroutine[Any, Any, T]) -> T:
 
 
 def check_cluster_connection(hook: SshClusterHook) -> tuple[bool, str]:
-    """``(ok, message)`` as Airflow's connection test expects; never raises for a cluster problem."""
+    """``(ok, message)`` as Airflow's connection test expects; never raises for a cluster problem.
+
+    The message names the login node as ``user@host:port`` only: the UI and the REST API test a
+    connection under a random, temporary id, which would mean nothing to the person reading it.
+    """
+    ok, message = _check(hook)
+    return ok, message.replace(f" (connection {hook.conn_id})", "")
+
+
+def _check(hook: SshClusterHook) -> tuple[bool, str]:
     try:
         conn = hook.get_conn()
         target = SshTarget.from_connection(conn)
