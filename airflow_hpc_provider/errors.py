@@ -3,16 +3,24 @@
 ::
 
     HpcProviderError
-    ├── JobSpecError            bad input, raised at DAG parse time where possible (also a ValueError)
-    ├── ConnectionConfigError   an Airflow connection that cannot describe a cluster (also a ValueError)
-    ├── RemoteCommandError      a command on the cluster exited non-zero: says where, and shows its stderr
-    │   └── SubmissionError     the scheduler refused the job (sbatch/qsub)
-    ├── ClusterUnreachableError SSH could not connect or the link dropped; worth retrying
-    │   └── ClusterAuthError    authentication or host key verification failed; retrying will not help
-    └── JobFailedError          the job ended in any state but success (carries the final status)
+    ├── JobSpecError*             bad input, raised at DAG parse time where possible (also a ValueError)
+    ├── ConnectionConfigError*    an Airflow connection that cannot describe a cluster (also a ValueError)
+    ├── RemoteCommandError        a command on the cluster exited non-zero: says where, and shows its stderr
+    │   └── SubmissionError       sbatch/qsub failed (the controller may just be busy: worth retrying)
+    │       └── SubmissionRefusedError*  the scheduler refused the job itself (account, partition, QoS...)
+    ├── ClusterUnreachableError   SSH could not connect or the link dropped; worth retrying
+    │   └── ClusterAuthError*     authentication failed: the login node refused the key or password
+    │       └── HostKeyMismatchError*  the login node's host key is not the one the connection trusts
+    └── JobFailedError            the job ended in any state but success (carries the final status)
+
+The starred errors are *final*: also an Airflow ``AirflowFailException``, so a task that raises it fails at once
+without using its ``retries`` -- no retry can fix a wrong key, an unknown account or a bad argument.
+A job that ran and failed (:class:`JobFailedError`) stays retryable.
 """
 
 from __future__ import annotations
+
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_hpc_provider.jobs import JobStatus
 
@@ -21,11 +29,15 @@ class HpcProviderError(Exception):
     """Base of every error this provider raises on purpose."""
 
 
-class JobSpecError(HpcProviderError, ValueError):
+class FinalError(AirflowFailException):
+    """Mixed into the errors no retry can fix: Airflow fails the task without using its retries."""
+
+
+class JobSpecError(HpcProviderError, FinalError, ValueError):
     """The task asks for something invalid; the message names the argument and the value."""
 
 
-class ConnectionConfigError(HpcProviderError, ValueError):
+class ConnectionConfigError(HpcProviderError, FinalError, ValueError):
     """The Airflow connection is missing something or holds a value that cannot work."""
 
 
@@ -40,15 +52,23 @@ class RemoteCommandError(HpcProviderError):
 
 
 class SubmissionError(RemoteCommandError):
-    """The scheduler refused the submission; nothing was queued."""
+    """The submission failed; nothing was queued. The scheduler may only have been busy."""
+
+
+class SubmissionRefusedError(SubmissionError, FinalError):
+    """The scheduler refused the job as asked (invalid account, partition, QoS, resources)."""
 
 
 class ClusterUnreachableError(HpcProviderError):
     """The cluster could not be reached over SSH; the job itself may be fine."""
 
 
-class ClusterAuthError(ClusterUnreachableError):
+class ClusterAuthError(ClusterUnreachableError, FinalError):
     """SSH reached the host but it refused us, or it is not the host we know: no retry helps."""
+
+
+class HostKeyMismatchError(ClusterAuthError):
+    """The login node's host key is unknown or differs from the one the connection trusts."""
 
 
 class JobFailedError(HpcProviderError):

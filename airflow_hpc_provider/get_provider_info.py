@@ -2,11 +2,22 @@
 
 The Airflow 3 UI builds custom connection fields only from ``conn-fields`` here (a hook's
 ``get_connection_form_widgets`` is not used by it). Every field lands in the connection's extra.
+
+The AWS parts (Batch, EC2) are listed only where the ``aws`` extra is installed: a Slurm-only
+installation has no amazon provider, and Airflow would log an import error for every AWS module
+it was told about.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
+
+from airflow_hpc_provider import __version__
+
+# Also [project.urls] Documentation in pyproject.toml, which Airflow's Providers page links to;
+# `airflow providers list` shows only the description, so the description names it too.
+DOCS_URL = "https://airflow-hpc-provider.readthedocs.io/"
 
 
 def _text(label: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -24,7 +35,13 @@ def _number(label: str, description: str, **schema: Any) -> dict[str, Any]:
 # What every SSH-reached cluster connection (slurm, pbs) offers.
 SSH_FIELDS: dict[str, Any] = {
     "key_file": _text("Private key file", "Path to the private key on the Airflow hosts."),
-    "private_key": _text("Private key (pasted)", "The private key itself, in OpenSSH or PEM form.", format="password"),
+    # Multi-line, so a pasted key keeps its line breaks (a one-line input drops them). Airflow masks
+    # it by its name (private_key) in logs and API answers; the edit form shows it as ***.
+    "private_key": _text(
+        "Private key (pasted)",
+        "The private key itself, in OpenSSH or PEM form, pasted with its line breaks. Airflow masks it once saved.",
+        format="multiline",
+    ),
     "private_key_passphrase": _text("Key passphrase", "Passphrase of the private key.", format="password"),
     "certificate": _text("SSH certificate", "An OpenSSH certificate for the key: the text or a file path."),
     "known_hosts": _text(
@@ -60,71 +77,124 @@ CLUSTER_FIELDS: dict[str, Any] = {
         "(deferred) and try again.",
         minimum=1,
     ),
+    # No default here: the form would save it into every connection, hiding [hpc] remote_log_dir.
     "log_dir": _text(
         "Job log directory",
-        "Where job output is written on the cluster; relative to the login home.",
-        default=".airflow-hpc/logs",
+        "Where job output is written on the cluster; relative to the login home. "
+        "Empty: [hpc] remote_log_dir of the Airflow configuration (.airflow-hpc/logs).",
     ),
-    "poll_interval": _number("Poll interval (s)", "Seconds between status queries for this cluster.", minimum=1),
+    "poll_interval": _number(
+        "Poll interval (s)",
+        "Seconds between status queries for this cluster. Empty: [hpc] default_poll_interval (10).",
+        minimum=1,
+    ),
 }
 
 HIDDEN = ["schema", "extra"]
 
 
+def _option(description: str, kind: str, default: str | None, example: str | None = None) -> dict[str, Any]:
+    return {"description": description, "version_added": "0.2.0", "type": kind, "example": example, "default": default}
+
+
+# [hpc] in airflow.cfg (AIRFLOW__HPC__...): deployment-wide defaults, read by airflow_hpc_provider.config.
+CONFIG: dict[str, Any] = {
+    "hpc": {
+        "description": "Defaults for the HPC provider's operators. A task's argument wins over a connection's "
+        "extra, which wins over these.",
+        "options": {
+            "default_poll_interval": _option(
+                "Seconds between status polls of a job when neither the task nor its connection says. "
+                "One poll covers every job on one cluster.",
+                "float",
+                "10",
+                "30",
+            ),
+            "remote_log_dir": _option(
+                "Where job output is written on a cluster whose connection names no log directory; "
+                "relative paths start at the login user's home.",
+                "string",
+                ".airflow-hpc/logs",
+                "/scratch/airflow/logs",
+            ),
+            "default_deferrable": _option(
+                "Wait for jobs in the triggerer (True) or on the worker (False) when a task does not say. "
+                "Set False for a deployment without a triggerer. Airflow's own "
+                "[operators] default_deferrable counts only when set through its environment variable "
+                "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE.",
+                "boolean",
+                "True",
+                "False",
+            ),
+        },
+    }
+}
+
+
+def aws_extra_installed() -> bool:
+    """True when ``airflow-hpc-provider[aws]`` (the amazon provider and boto3) is installed here."""
+    return all(importlib.util.find_spec(name) is not None for name in ("boto3", "airflow.providers.amazon"))
+
+
+def _integrations(with_aws: bool) -> list[dict[str, Any]]:
+    found = [
+        {"integration-name": "Slurm", "external-doc-url": "https://slurm.schedmd.com/", "tags": ["software"]},
+        {"integration-name": "PBS", "external-doc-url": "https://www.openpbs.org/", "tags": ["software"]},
+    ]
+    if with_aws:
+        found += [
+            {"integration-name": "AWS Batch", "external-doc-url": "https://aws.amazon.com/batch/", "tags": ["aws"]},
+            {"integration-name": "Amazon EC2", "external-doc-url": "https://aws.amazon.com/ec2/", "tags": ["aws"]},
+        ]
+    return found
+
+
+def _modules(kind: str, with_aws: bool) -> list[dict[str, Any]]:
+    """Which modules hold the operators, hooks or triggers of each integration."""
+    table: dict[str, dict[str, list[str]]] = {
+        "operators": {
+            "Slurm": ["airflow_hpc_provider.operators.slurm", "airflow_hpc_provider.operators.slurm_tenant"],
+            "PBS": ["airflow_hpc_provider.operators.pbs"],
+            "AWS Batch": ["airflow_hpc_provider.operators.batch"],
+            "Amazon EC2": ["airflow_hpc_provider.operators.ec2"],
+        },
+        "hooks": {
+            "Slurm": ["airflow_hpc_provider.hooks.slurm", "airflow_hpc_provider.hooks.slurm_tenant"],
+            "PBS": ["airflow_hpc_provider.hooks.pbs"],
+            "AWS Batch": ["airflow_hpc_provider.hooks.batch"],
+            "Amazon EC2": ["airflow_hpc_provider.hooks.ec2", "airflow_hpc_provider.hooks.ssm"],
+        },
+        "triggers": {
+            "Slurm": ["airflow_hpc_provider.triggers.slurm", "airflow_hpc_provider.triggers.slurm_tenant"],
+            "PBS": ["airflow_hpc_provider.triggers.pbs"],
+            "AWS Batch": ["airflow_hpc_provider.triggers.batch"],
+            "Amazon EC2": ["airflow_hpc_provider.triggers.ec2"],
+        },
+    }
+    names = [integration["integration-name"] for integration in _integrations(with_aws)]
+    return [{"integration-name": name, "python-modules": table[kind][name]} for name in names]
+
+
 def get_provider_info() -> dict[str, Any]:
+    with_aws = aws_extra_installed()
     return {
         "package-name": "airflow-hpc-provider",
         "name": "HPC (Slurm, PBS, AWS Batch, EC2)",
-        "description": "Run Airflow tasks as jobs on HPC clusters and in AWS, watched without holding worker slots.",
-        "versions": ["0.1.0"],
-        "integrations": [
-            {"integration-name": "Slurm", "external-doc-url": "https://slurm.schedmd.com/", "tags": ["software"]},
-            {"integration-name": "PBS", "external-doc-url": "https://www.openpbs.org/", "tags": ["software"]},
-            {"integration-name": "AWS Batch", "external-doc-url": "https://aws.amazon.com/batch/", "tags": ["aws"]},
-            {"integration-name": "Amazon EC2", "external-doc-url": "https://aws.amazon.com/ec2/", "tags": ["aws"]},
-        ],
-        "operators": [
-            {
-                "integration-name": "Slurm",
-                "python-modules": [
-                    "airflow_hpc_provider.operators.slurm",
-                    "airflow_hpc_provider.operators.slurm_tenant",
-                ],
-            },
-            {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.operators.pbs"]},
-            {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.operators.batch"]},
-            {"integration-name": "Amazon EC2", "python-modules": ["airflow_hpc_provider.operators.ec2"]},
-        ],
-        "hooks": [
-            {
-                "integration-name": "Slurm",
-                "python-modules": ["airflow_hpc_provider.hooks.slurm", "airflow_hpc_provider.hooks.slurm_tenant"],
-            },
-            {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.hooks.pbs"]},
-            {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.hooks.batch"]},
-            {
-                "integration-name": "Amazon EC2",
-                "python-modules": ["airflow_hpc_provider.hooks.ec2", "airflow_hpc_provider.hooks.ssm"],
-            },
-        ],
-        "triggers": [
-            {
-                "integration-name": "Slurm",
-                "python-modules": [
-                    "airflow_hpc_provider.triggers.slurm",
-                    "airflow_hpc_provider.triggers.slurm_tenant",
-                ],
-            },
-            {"integration-name": "PBS", "python-modules": ["airflow_hpc_provider.triggers.pbs"]},
-            {"integration-name": "AWS Batch", "python-modules": ["airflow_hpc_provider.triggers.batch"]},
-            {"integration-name": "Amazon EC2", "python-modules": ["airflow_hpc_provider.triggers.ec2"]},
-        ],
+        "description": "Run Airflow tasks as jobs on HPC clusters and in AWS, watched without holding worker slots. "
+        f"Docs: {DOCS_URL}",
+        "versions": [__version__],
+        "integrations": _integrations(with_aws),
+        "operators": _modules("operators", with_aws),
+        "hooks": _modules("hooks", with_aws),
+        "triggers": _modules("triggers", with_aws),
+        "config": CONFIG,
         # AWS Batch and EC2 use the amazon provider's standard "aws" connection type; no new type here
         # (EC2 defaults live in its extra under "ec2", see docs/connections/aws_ec2.rst).
-        "extra-links": [
-            "airflow_hpc_provider.links.batch.BatchJobLink",
-            "airflow_hpc_provider.links.batch.BatchLogLink",
-        ],
+        "extra-links": (
+            ["airflow_hpc_provider.links.batch.BatchJobLink", "airflow_hpc_provider.links.batch.BatchLogLink"]
+            if with_aws
+            else []
+        ),
         "connection-types": [
             {
                 "connection-type": "slurm",

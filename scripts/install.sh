@@ -1,6 +1,7 @@
 #!/bin/bash
-# scripts/install.sh -- the project's Python environment in .venv: Airflow 3.3, the providers, this
-# package (editable) and the test/docs tools. Safe to run again; fast when everything is there.
+# scripts/install.sh -- the project's Python environment in .venv: Airflow 3.3, this package (editable)
+# with every extra the tests, docs and benchmarks use (aws: the amazon provider and boto3; test;
+# docs; bench: the SSH provider the peer benchmark measures). Safe to run again; fast when all is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! python3 -m venv --help >/dev/null 2>&1; then
@@ -12,4 +13,4 @@ if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip >/dev/null
   .venv/bin/python -m pip install -q uv
 fi
-VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install -q -e ".[test,docs]"
+VIRTUAL_ENV=$PWD/.venv .venv/bin/uv pip install -q -e ".[aws,test,docs,bench]"

@@ -6,14 +6,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_hpc_provider.config import BUILTIN_LOG_DIR, default_log_dir
 from airflow_hpc_provider.dialects import pbs
 from airflow_hpc_provider.dialects.pbs import PbsFlavour
-from airflow_hpc_provider.errors import ConnectionConfigError, SubmissionError
-from airflow_hpc_provider.hooks.ssh import SshClusterHook, SshTransport, _number
+from airflow_hpc_provider.errors import ConnectionConfigError
+from airflow_hpc_provider.hooks.probe import SchedulerProbe
+from airflow_hpc_provider.hooks.refusals import PBS_REFUSALS, submission_error
+from airflow_hpc_provider.hooks.ssh import CommandResult, SshClusterHook, SshTransport, _number
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.resources import check_name
 
-DEFAULT_LOG_DIR = ".airflow-hpc/logs"
+DEFAULT_LOG_DIR = BUILTIN_LOG_DIR
 _FLAVOURS = {"pbs_pro": PbsFlavour.PBS_PRO, "openpbs": PbsFlavour.PBS_PRO, "torque": PbsFlavour.TORQUE}
 
 
@@ -37,7 +40,7 @@ class PbsClusterDefaults:
                 queue=check_name(extra.get("queue") or None, "queue"),
                 account=check_name(extra.get("account") or None, "account"),
                 flavour=_FLAVOURS.get(flavour_text),
-                log_dir=str(extra.get("log_dir") or DEFAULT_LOG_DIR),
+                log_dir=str(extra.get("log_dir") or default_log_dir()),
                 poll_interval_s=_number(extra, "poll_interval", 10.0) if extra.get("poll_interval") else None,
             )
         except ValueError as error:
@@ -59,6 +62,42 @@ class PbsHook(SshClusterHook):
         super().__init__(pbs_conn_id)
         self.pbs_conn_id = pbs_conn_id
 
+    def scheduler_probe(self, extra: Mapping[str, Any]) -> SchedulerProbe:
+        return PbsProbe(queue=PbsClusterDefaults.from_extra(self.pbs_conn_id, extra).queue)
+
+
+@dataclass(frozen=True)
+class PbsProbe(SchedulerProbe):
+    """The Test button's look at a PBS login node: which PBS it is and the queues it offers."""
+
+    queue: str | None = None
+    scheduler: str = "PBS"
+    commands: tuple[str, ...] = ("qsub", "qstat", "qdel")
+
+    def script(self) -> str:
+        return self.commands_check() + pbs.FLAVOUR_PROBE + self.section("queues", "qstat -Q 2>&1")
+
+    def judge(self, result: CommandResult, where: str) -> tuple[bool, str]:
+        sections = self.sections(result.text)
+        version_text = sections.get("", "")
+        flavour = pbs.parse_flavour(version_text)
+        version = next((line.strip() for line in version_text.splitlines() if "pbs_version" in line), "")
+        what = f"PBS Pro / OpenPBS ({version})" if flavour is PbsFlavour.PBS_PRO else "Torque-style PBS"
+        queues = _queue_names(sections.get("queues", ""))
+        summary = f"Connected to {where}: {what}. Queues: {', '.join(queues) or 'none listed'}."
+        if self.queue and queues and self.queue not in queues:
+            return False, f"{summary} But the connection's default queue {self.queue!r} is not among them."
+        return True, summary
+
+
+def _queue_names(qstat_q: str) -> list[str]:
+    """The first column of ``qstat -Q`` below its dashed rule (PBS Pro and Torque print the same table)."""
+    lines = qstat_q.splitlines()
+    rule = next((i for i, line in enumerate(lines) if line.startswith("---")), None)
+    if rule is None:
+        return []
+    return [line.split()[0] for line in lines[rule + 1 :] if line.strip()]
+
 
 async def detect_flavour(transport: SshTransport) -> PbsFlavour:
     """Ask the login node which PBS it runs (one round trip), for connections that leave it empty."""
@@ -78,9 +117,10 @@ async def submit_job(
 ) -> pbs.PbsSubmitOutcome:
     """Adopt the live job of this task instance, or submit a new one: one SSH round trip."""
     result = await transport.run(pbs.submit_script(spec, batch_script, flavour, key=key, log_dir=log_dir, env=env))
+    where = transport.target.where
     if result.exit_status != 0:
-        raise SubmissionError("qsub", transport.target.where, result.exit_status, result.error_text or result.text)
+        raise submission_error("qsub", where, result.exit_status, result.error_text or result.text, PBS_REFUSALS)
     try:
         return pbs.parse_submit_output(result.text)
     except ValueError as error:
-        raise SubmissionError("qsub", transport.target.where, result.exit_status, str(error)) from None
+        raise submission_error("qsub", where, result.exit_status, str(error), PBS_REFUSALS) from None

@@ -10,13 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_hpc_provider.config import BUILTIN_LOG_DIR, default_log_dir
 from airflow_hpc_provider.dialects import slurm
-from airflow_hpc_provider.errors import ConnectionConfigError, SubmissionError
-from airflow_hpc_provider.hooks.ssh import SshClusterHook, SshTransport, _number
+from airflow_hpc_provider.errors import ConnectionConfigError
+from airflow_hpc_provider.hooks.probe import SchedulerProbe
+from airflow_hpc_provider.hooks.refusals import SLURM_REFUSALS, submission_error
+from airflow_hpc_provider.hooks.ssh import CommandResult, SshClusterHook, SshTransport, _number
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.resources import check_name
 
-DEFAULT_LOG_DIR = ".airflow-hpc/logs"
+DEFAULT_LOG_DIR = BUILTIN_LOG_DIR
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class ClusterDefaults:
 
     @classmethod
     def from_extra(cls, conn_id: str, extra: Mapping[str, Any]) -> ClusterDefaults:
-        log_dir = str(extra.get("log_dir") or DEFAULT_LOG_DIR)
+        log_dir = str(extra.get("log_dir") or default_log_dir())
         if "%" in log_dir or "\n" in log_dir:
             # sbatch expands %-patterns in output paths; a path with them would not be found again.
             raise ConnectionConfigError(f"connection {conn_id!r}: log_dir={log_dir!r} may not contain % or newlines")
@@ -69,6 +72,54 @@ class SlurmHook(SshClusterHook):
         super().__init__(slurm_conn_id)
         self.slurm_conn_id = slurm_conn_id
 
+    def scheduler_probe(self, extra: Mapping[str, Any]) -> SchedulerProbe:
+        defaults = ClusterDefaults.from_extra(self.slurm_conn_id, extra)
+        return SlurmProbe(partition=defaults.partition, account=defaults.account)
+
+
+@dataclass(frozen=True)
+class SlurmProbe(SchedulerProbe):
+    """The Test button's look at a Slurm login node: version, partitions and accounts the user may use."""
+
+    partition: str | None = None
+    account: str | None = None
+    scheduler: str = "Slurm"
+    commands: tuple[str, ...] = ("sbatch", "squeue", "sacct", "scancel", "sinfo")
+
+    def script(self) -> str:
+        # sinfo lists the partitions this user may submit to (hidden and forbidden ones are left
+        # out); sacctmgr may be absent or refuse without accounting: then accounts are not checked.
+        return (
+            self.commands_check()
+            + "sinfo --version\n"
+            + self.section("partitions", "sinfo -h -o '%P' 2>&1")
+            + self.section("accounts", 'sacctmgr -n -P show assoc user="$(id -un)" format=account 2>/dev/null')
+        )
+
+    def judge(self, result: CommandResult, where: str) -> tuple[bool, str]:
+        sections = self.sections(result.text)
+        version = sections.get("", "").strip() or "unknown version"
+        listed = [name.strip() for name in sections.get("partitions", "").splitlines() if name.strip()]
+        default = next((name.rstrip("*") for name in listed if name.endswith("*")), None)
+        partitions = [name.rstrip("*") for name in listed]
+        accounts = sorted({line.strip() for line in sections.get("accounts", "").splitlines() if line.strip()})
+        shown = ", ".join(f"{name} (default)" if name == default else name for name in partitions) or "none"
+        summary = f"Connected to {where}: {version}. Partitions you may use: {shown}."
+        if accounts:
+            summary += f" Accounts: {', '.join(accounts)}."
+        for wanted in (self.partition or "").split(","):
+            if wanted and partitions and wanted not in partitions:
+                return False, (
+                    f"{summary} But the connection's default partition {wanted!r} is not among them: "
+                    "fix the connection's 'Default partition' or ask the site for access."
+                )
+        if self.account and accounts and self.account not in accounts:
+            return False, (
+                f"{summary} But the connection's default account {self.account!r} is not one of yours: "
+                "Slurm would refuse every job charged to it."
+            )
+        return True, summary
+
 
 async def submit_job(
     transport: SshTransport,
@@ -85,9 +136,10 @@ async def submit_job(
         spec, batch_script, key=key, log_dir=log_dir, env=env, max_concurrent_jobs=max_concurrent_jobs
     )
     result = await transport.run(script)
+    where = transport.target.where
     if result.exit_status != 0:
-        raise SubmissionError("sbatch", transport.target.where, result.exit_status, result.error_text)
+        raise submission_error("sbatch", where, result.exit_status, result.error_text, SLURM_REFUSALS)
     try:
         return slurm.parse_submit_output(result.text)
     except ValueError as error:
-        raise SubmissionError("sbatch", transport.target.where, result.exit_status, str(error)) from None
+        raise submission_error("sbatch", where, result.exit_status, str(error), SLURM_REFUSALS) from None

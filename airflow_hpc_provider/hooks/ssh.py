@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 from airflow.sdk import BaseHook
@@ -26,7 +26,12 @@ from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,
     ConnectionConfigError,
+    HostKeyMismatchError,
 )
+from airflow_hpc_provider.hooks.pasted_key import repair_pasted_key
+
+if TYPE_CHECKING:
+    from airflow_hpc_provider.hooks.probe import SchedulerProbe
 
 # asyncssh logs several INFO lines per command; in a task log they would drown the job's output.
 # Quiet it unless someone configured its logger on purpose.
@@ -150,10 +155,10 @@ class SshTarget:
         keys: list[Any] = []
         try:
             if self.private_key:
-                keys.append(asyncssh.import_private_key(self.private_key, self.passphrase))
+                keys.append(asyncssh.import_private_key(repair_pasted_key(self.private_key), self.passphrase))
             if self.key_file:
                 keys.append(asyncssh.read_private_key(os.path.expanduser(self.key_file), self.passphrase))
-        except (asyncssh.KeyImportError, OSError) as error:
+        except (asyncssh.KeyImportError, OSError, ConnectionConfigError) as error:
             raise ConnectionConfigError(f"connection {self.conn_id!r}: cannot load the private key: {error}") from None
         if self.certificate:
             if not keys:
@@ -212,7 +217,12 @@ class SshTarget:
 
 
 class SshClusterHook(BaseHook):
-    """Base of the hooks whose connection names a cluster's login node reached over SSH."""
+    """Base of the hooks whose connection names a cluster's login node reached over SSH.
+
+    :meth:`test_connection` is what Airflow's *Test* button (UI, REST, ``airflow connections
+    test``) calls: it connects with the connection's own settings, host key checked, and runs the
+    subclass's :class:`SchedulerProbe` on the login node in one round trip.
+    """
 
     def __init__(self, conn_id: str) -> None:
         super().__init__()
@@ -227,6 +237,16 @@ class SshClusterHook(BaseHook):
     @staticmethod
     def login_shell_default(conn: Any) -> bool:
         return _flag(conn.extra_dejson, "login_shell", False)
+
+    def scheduler_probe(self, extra: Mapping[str, Any]) -> SchedulerProbe:
+        """The scheduler check the Test button runs (a subclass says which scheduler)."""
+        raise NotImplementedError
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Connect, check the scheduler's commands, and say in words what is wrong if anything is."""
+        from airflow_hpc_provider.hooks.probe import check_cluster_connection  # it needs SshTransport below
+
+        return check_cluster_connection(self)
 
 
 @dataclass(frozen=True)
@@ -271,7 +291,10 @@ class SshTransport:
                     self._jump = await asyncssh.connect(**jump_options)
                     options["tunnel"] = self._jump
                 self._conn = await asyncssh.connect(**options)
-            except (asyncssh.PermissionDenied, asyncssh.HostKeyNotVerifiable) as error:
+            except asyncssh.HostKeyNotVerifiable as error:
+                await self._drop()
+                raise HostKeyMismatchError(f"SSH to {self.target.where} refused: {error}") from None
+            except asyncssh.PermissionDenied as error:
                 await self._drop()
                 raise ClusterAuthError(f"SSH to {self.target.where} refused: {error}") from None
             except (OSError, asyncssh.Error, TimeoutError) as error:

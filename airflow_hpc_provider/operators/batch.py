@@ -7,28 +7,30 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
+import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.batch_logs import MemoryPositionStore
 from airflow_hpc_provider.batch_poller import BatchTarget
 from airflow_hpc_provider.batch_watch import watch_batch_job
+from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import ContainerRequest, GitCheckout
 from airflow_hpc_provider.errors import ConnectionConfigError, JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.batch import BatchHook, ResolvedDefinition
 from airflow_hpc_provider.jobs import JobKey, JobStatus, format_duration
-from airflow_hpc_provider.links.batch import LINK_XCOM_KEY, BatchJobLink, BatchLogLink
+from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink
+from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
 from airflow_hpc_provider.watch import WatchOutcome
 
-DEFAULT_POLL_INTERVAL_S = 10.0
 MODES = ("locked", "revisions", "auto")
 PLATFORMS = ("EC2", "FARGATE")
 TIMEOUT_REASON = "Stopped from Airflow: the task passed its execution_timeout"
@@ -38,7 +40,7 @@ _SHA = re.compile(r"^[0-9a-f]{40}$")
 _warned_images: set[tuple[str, str]] = set()
 
 
-class BatchRevisionOperator(BaseOperator):
+class BatchRevisionOperator(HpcOperator):
     """Submit an AWS Batch job and wait for it, deferred by default.
 
     Job definition modes (``job_definition_mode``):
@@ -83,13 +85,16 @@ class BatchRevisionOperator(BaseOperator):
     :param platform: ``EC2`` or ``FARGATE``.
     :param strict_image: in ``locked`` mode, fail instead of warning when ``image`` differs.
     :param wait_for_completion: wait for the job (default) or return its id once submitted.
-    :param poll_interval: seconds between status rounds (one DescribeJobs per 100 jobs, shared).
-    :param deferrable: wait in the triggerer (default) or on the worker.
-    :param aws_conn_id: Airflow connection of type ``aws``.
+    :param poll_interval: seconds between status rounds (one DescribeJobs per 100 jobs, shared);
+        default: ``[hpc] default_poll_interval`` (10).
+    :param deferrable: wait in the triggerer or on the worker; default: ``[hpc] default_deferrable``
+        (True).
+    :param aws_conn_id: Airflow connection of type ``aws``; templated.
     :param region_name: overrides the connection's region.
+    :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped.
     """
 
-    template_fields: Sequence[str] = ("command", "job_id", "image", "env", "job_name", "tags")
+    template_fields: Sequence[str] = ("command", "job_id", "image", "env", "job_name", "tags", "aws_conn_id")
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "env": "json", "tags": "json"}
     operator_extra_links = (BatchJobLink(), BatchLogLink())
     ui_color = "#fdf1e6"
@@ -126,12 +131,13 @@ class BatchRevisionOperator(BaseOperator):
         strict_image: bool = False,
         wait_for_completion: bool = True,
         poll_interval: float | None = None,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
+        skip_on_exit_code: int | Iterable[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
         mode = job_definition_mode or ("locked" if job_definition else "auto")
         if (command is None) == (job_id is None):
             raise JobSpecError(f"{self.task_id}: give exactly one of command= (submit) or job_id= (watch)")
@@ -185,7 +191,6 @@ class BatchRevisionOperator(BaseOperator):
         self.strict_image = strict_image
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self._submitted: str | None = None  # a job this task started (or adopted): ours to terminate
@@ -290,11 +295,12 @@ class BatchRevisionOperator(BaseOperator):
         else:
             job_id = self._submit(hook, context)
             self._submitted = job_id
-        ti.xcom_push(key="batch_job_id", value=job_id)
-        ti.xcom_push(key=LINK_XCOM_KEY, value={"job_id": job_id, "region": region})
+        self.push_xcom(context, "batch_job_id", job_id)
+        BatchJobLink.persist(context, self, region, hook.conn_partition, job_id=job_id)
+        BatchLogLink.persist(context, self, region, hook.conn_partition)
         if not self.wait_for_completion:
             return job_id
-        interval = self.poll_interval or DEFAULT_POLL_INTERVAL_S
+        interval = self.poll_interval or default_poll_interval_s()
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
         if self.deferrable:
             self.defer(
@@ -385,6 +391,7 @@ class BatchRevisionOperator(BaseOperator):
             )
         status = outcome.status
         self.log.info("%s", self._summary(status))
+        self.skip_if_asked(status, f"AWS Batch job {outcome.job_id}")
         if status.state.is_success:
             return outcome.job_id
         raise JobFailedError(self._summary(status), status)
@@ -408,10 +415,10 @@ class BatchRevisionOperator(BaseOperator):
             hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
             described = hook.describe_jobs([job_id])
             streams = batch.log_streams_of(described[0]) if described else []
-            info: dict[str, Any] = {"job_id": job_id, "region": str(hook.client().meta.region_name)}
+            region = str(hook.client().meta.region_name)
             if streams:
-                info |= {"log_group": streams[-1].group, "log_stream": streams[-1].name}
-            context["ti"].xcom_push(key=LINK_XCOM_KEY, value=info)
+                stream = {"log_group": streams[-1].group, "log_stream": streams[-1].name}
+                BatchLogLink.persist(context, self, region, hook.conn_partition, **stream)
         except Exception as error:
             self.log.warning("could not record the job's log stream for its link: %s", error)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +23,7 @@ from airflow.sdk import BaseOperator, Context, conf
 from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
+import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.dialects import ec2
 from airflow_hpc_provider.ec2_watch import follow_instance
 from airflow_hpc_provider.errors import (
@@ -37,6 +38,7 @@ from airflow_hpc_provider.errors import (
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook, LaunchRequest
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget, find_tools
 from airflow_hpc_provider.jobs import JobKey, JobStatus
+from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import check_env_names, parse_time_limit
 from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
 from airflow_hpc_provider.watch import WatchOutcome
@@ -77,14 +79,15 @@ class Ec2Settings:
     extra_tags: dict[str, str]
 
 
-class Ec2EphemeralOperator(BaseOperator):
+class Ec2EphemeralOperator(HpcOperator):
     """Run a container on a fresh EC2 instance, watched without holding a worker slot.
 
     Infrastructure (``ami_id``, ``subnet_id``...) may come from the ``aws`` connection's extra, under
     ``"ec2": {...}`` with the same names; an argument given here wins.
 
     :param image: the container image; the instance pulls it.
-    :param command: shell commands, or ``script=``: a whole script; run by ``shell`` in the container,
+    :param command: shell commands, or ``script=``: a whole script (or the path of one ending in
+        ``.sh``/``.bash`` on the DAG's template search path); run by ``shell`` in the container,
         mounted read-only. Templated. It travels over the SSM tunnel, never in user-data.
     :param env: environment for the container; templated. Values travel over the tunnel into a 0600
         file that the boot script reads into ``docker run -e NAME``; never in user-data, trigger
@@ -101,9 +104,13 @@ class Ec2EphemeralOperator(BaseOperator):
     :param tunnel: ``ssh-session`` (``AWS-StartSSHSession``, default) or ``port-forward``.
     :param archive_s3_prefix: ``s3://bucket/prefix``: also upload the whole log there.
     :param extra_tags: more tags on the instance and its volumes.
+    :param deferrable: wait in the triggerer or on the worker; default: ``[hpc] default_deferrable``
+        (True).
+    :param aws_conn_id: Airflow connection of type ``aws``; templated.
+    :param skip_on_exit_code: an exit code of the container, or a list of them, that marks the task skipped.
     """
 
-    template_fields: Sequence[str] = ("command", "script", "env", "image", "extra_tags")
+    template_fields: Sequence[str] = ("command", "script", "env", "image", "extra_tags", "aws_conn_id")
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "script": "bash", "env": "json"}
     ui_color = "#f3e6fd"
 
@@ -135,13 +142,14 @@ class Ec2EphemeralOperator(BaseOperator):
         unreachable_timeout: timedelta = timedelta(minutes=5),
         archive_s3_prefix: str | None = None,
         poll_interval: float = DEFAULT_POLL_INTERVAL_S,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         aws_conn_id: str | None = "aws_default",
         region_name: str | None = None,
         log_tail_lines: int = 20,
+        skip_on_exit_code: int | Iterable[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
         if (command is None) == (script is None):
             raise JobSpecError(f"{self.task_id}: give exactly one of command= or script=")
         if poll_interval <= 0:
@@ -180,7 +188,6 @@ class Ec2EphemeralOperator(BaseOperator):
         self.unreachable_timeout = unreachable_timeout
         self.archive_s3_prefix = archive_s3_prefix
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
         self.aws_conn_id = aws_conn_id
         self.region_name = region_name
         self.log_tail_lines = log_tail_lines
@@ -235,11 +242,6 @@ class Ec2EphemeralOperator(BaseOperator):
         check_env_names(tuple(env))
         return env
 
-    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        # Keep a template's final newline: an env value or a script must arrive exactly as written.
-        env = jinja_env or self.get_template_env(self.dag if self.has_dag() else None)
-        super().render_template_fields(context, env.overlay(keep_trailing_newline=True))
-
     def _tunnel(self, settings: Ec2Settings, instance_id: str, **kwargs: Any) -> SsmTunnelTarget:
         return SsmTunnelTarget(
             instance_id=instance_id,
@@ -262,7 +264,7 @@ class Ec2EphemeralOperator(BaseOperator):
         script, env = self.job_script(), self.job_env()
         instance_id, run_dir = self._adopt_or_launch(hook, settings, context, key)
         self._instance_id = instance_id
-        ti.xcom_push(key="ec2_instance_id", value=instance_id)
+        self.push_xcom(context, "ec2_instance_id", instance_id)
         try:
             host_keys = asyncio.run(self._start_up(hook, settings, instance_id, run_dir, script, env))
         except BaseException as error:
@@ -455,6 +457,7 @@ class Ec2EphemeralOperator(BaseOperator):
         status = outcome.status
         summary = self.summary(status)
         self.log.info("%s", summary)
+        self.skip_if_asked(status, f"The container on EC2 instance {instance_id}")
         if status.state.is_success:
             return instance_id
         tail = self._tail(payload.get("archived") or [])

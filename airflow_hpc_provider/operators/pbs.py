@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +12,7 @@ from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.hooks.pbs import PbsClusterDefaults, PbsHook, detect_flavour, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.operators.base import rendered_text, unless_templated
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
 from airflow_hpc_provider.resources import check_name
 from airflow_hpc_provider.triggers.pbs import PbsJobTrigger
@@ -24,9 +25,13 @@ class PbsOperator(SshBatchJobOperator):
     ``-l nodes=N:ppn=C``). The connection's ``flavour`` says which; left empty, the login node is
     asked once per submission.
 
-    :param pbs_conn_id: Airflow connection of type ``pbs`` (or ``ssh``).
+    The connection id, ``pbs_queue`` and the resource arguments are templated: a literal value is
+    checked when the DAG is parsed, a Jinja one right after it is rendered.
+
+    :param pbs_conn_id: Airflow connection of type ``pbs`` (or ``ssh``); templated.
     :param command: shell command(s) to run; templated.
-    :param script: a whole batch script instead of ``command``; templated.
+    :param script: a whole batch script instead of ``command``, or the path of one (ending in
+        ``.pbs``, ``.sh``, ``.bash``) on the DAG's template search path; templated.
     :param pbs_queue: the PBS queue (``-q``); wins over everything else. (Not ``queue``: that is
         the Airflow executor queue every operator has, often set in ``default_args``.)
     :param partition: for DAGs shared with Slurm: used as the queue when the connection sets no
@@ -35,7 +40,7 @@ class PbsOperator(SshBatchJobOperator):
     :param account: account to charge (``-A``).
     :param cpus: CPUs per node (``ncpus`` / ``ppn``).
     :param memory: memory per node: MiB as an int, or ``"4G"``.
-    :param walltime: a timedelta, minutes as an int, or ``"HH:MM:SS"``.
+    :param walltime: a timedelta, minutes as an int, or ``"HH:MM:SS"`` (templated as ``time_limit``).
     :param gpus: GPUs per node (``ngpus`` / ``gpus``).
     :param nodes: number of nodes (chunks on PBS Pro).
     :param job_name: shown in qstat (shortened, with the task's key appended); templated.
@@ -44,12 +49,16 @@ class PbsOperator(SshBatchJobOperator):
     :param env: environment variables for the job; templated; values never reach a command line.
     :param setup: lines run before the command (``module load ...``); templated.
     :param login_shell: start the job's script as a login shell; default: the connection's.
-    :param poll_interval: seconds between status polls; default: the connection's, else 10.
-    :param deferrable: wait in the triggerer (default) or poll on the worker.
+    :param poll_interval: seconds between status polls; default: the connection's, else
+        ``[hpc] default_poll_interval`` (10).
+    :param deferrable: wait in the triggerer or poll on the worker; default: ``[hpc]
+        default_deferrable`` (True).
     :param log_tail_lines: lines of the job's output quoted in the error when it fails.
+    :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped.
     """
 
     scheduler = "PBS"
+    template_fields: Sequence[str] = (*SshBatchJobOperator.template_fields, "pbs_queue")
     reserved_options = pbs.RESERVED_OPTIONS
     ui_color = "#fdf2e9"
 
@@ -74,12 +83,12 @@ class PbsOperator(SshBatchJobOperator):
         setup: Sequence[str] = (),
         login_shell: bool | None = None,
         poll_interval: float | None = None,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         log_tail_lines: int = 20,
+        skip_on_exit_code: int | Iterable[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        if partition is not None and "," in partition:
-            raise JobSpecError(f"partition={partition!r}: PBS takes one queue, not a list")
+        _check_one_queue(unless_templated(partition))
         super().__init__(
             conn_id=pbs_conn_id,
             command=command,
@@ -100,11 +109,22 @@ class PbsOperator(SshBatchJobOperator):
             poll_interval=poll_interval,
             deferrable=deferrable,
             log_tail_lines=log_tail_lines,
+            skip_on_exit_code=skip_on_exit_code,
             **kwargs,
         )
-        self.pbs_conn_id = pbs_conn_id
-        self.pbs_queue = check_name(pbs_queue, "pbs_queue")
+        check_name(unless_templated(pbs_queue), "pbs_queue")
+        self.pbs_queue = pbs_queue
         self._flavour: PbsFlavour | None = None
+
+    @property
+    def pbs_conn_id(self) -> str:
+        """The connection id, as rendered (templated as ``conn_id``)."""
+        return self.conn_id
+
+    def check_rendered(self) -> None:
+        super().check_rendered()
+        _check_one_queue(rendered_text(self.partition))
+        self.pbs_queue = check_name(rendered_text(self.pbs_queue), "pbs_queue")
 
     def _defaults(self) -> tuple[Any, PbsClusterDefaults]:
         conn = PbsHook(self.pbs_conn_id).get_conn()
@@ -187,3 +207,8 @@ class PbsOperator(SshBatchJobOperator):
             flavour=self._known_flavour().value,
             log_dir=cluster.log_dir,
         )
+
+
+def _check_one_queue(partition: str | None) -> None:
+    if partition is not None and "," in str(partition):
+        raise JobSpecError(f"partition={partition!r}: PBS takes one queue, not a list")

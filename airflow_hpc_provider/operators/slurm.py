@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -22,17 +22,21 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     own shebang and ``#SBATCH`` lines). Resources left out fall back to the connection's defaults
     (``partition``, ``account``) and then to the cluster's.
 
-    :param slurm_conn_id: Airflow connection of type ``slurm`` (or ``ssh``).
+    The connection id and the resource arguments are templated: a literal value is checked when
+    the DAG is parsed, a Jinja one right after it is rendered, with the same messages.
+
+    :param slurm_conn_id: Airflow connection of type ``slurm`` (or ``ssh``); templated.
     :param command: shell command(s) to run; templated.
-    :param script: a whole batch script instead of ``command``; templated.
-    :param partition: partition name(s), comma-separated.
-    :param account: account to charge.
-    :param cpus: CPUs per task (``--cpus-per-task``).
-    :param memory: memory per node: MiB as an int, or ``"4G"``, ``"512M"``.
-    :param time_limit: a timedelta, minutes as an int, or a Slurm string (``"1-12:00:00"``).
-    :param gpus: number of GPUs for the job (``--gpus``).
-    :param gres: generic resources (``--gres``), e.g. ``"gpu:a100:2"``.
-    :param nodes: number of nodes.
+    :param script: a whole batch script instead of ``command``, or the path of one (ending in
+        ``.sbatch``, ``.sh``, ``.bash``) on the DAG's template search path; templated.
+    :param partition: partition name(s), comma-separated; templated.
+    :param account: account to charge; templated.
+    :param cpus: CPUs per task (``--cpus-per-task``); templated.
+    :param memory: memory per node: MiB as an int, or ``"4G"``, ``"512M"``; templated.
+    :param time_limit: a timedelta, minutes as an int, or a Slurm string (``"1-12:00:00"``); templated.
+    :param gpus: number of GPUs for the job (``--gpus``); templated.
+    :param gres: generic resources (``--gres``), e.g. ``"gpu:a100:2"``; templated.
+    :param nodes: number of nodes; templated.
     :param job_name: the Slurm job name; default ``<dag_id>.<task_id>``; templated.
     :param working_dir: the job's working directory (``--chdir``); templated.
     :param extra_options: more ``#SBATCH`` options, e.g. ``["--qos=high", "--constraint=avx2"]``.
@@ -42,9 +46,12 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     :param login_shell: start the job's script as a login shell (``#!/bin/bash -l``); default: the
         connection's ``login_shell``, which also governs the shell the submission runs in.
     :param poll_interval: seconds between status polls (one query per cluster, shared by all tasks);
-        default: the connection's ``poll_interval``, else 10.
-    :param deferrable: wait in the triggerer (default) or poll on the worker.
+        default: the connection's ``poll_interval``, else ``[hpc] default_poll_interval`` (10).
+    :param deferrable: wait in the triggerer or poll on the worker; default: ``[hpc]
+        default_deferrable`` (True), see :func:`airflow_hpc_provider.config.default_deferrable`.
     :param log_tail_lines: lines of the job's output quoted in the error when it fails.
+    :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped instead
+        of failed (or succeeded, for 0) when the job exits with it.
     """
 
     scheduler = "Slurm"
@@ -72,8 +79,9 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         setup: Sequence[str] = (),
         login_shell: bool | None = None,
         poll_interval: float | None = None,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         log_tail_lines: int = 20,
+        skip_on_exit_code: int | Iterable[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -97,9 +105,14 @@ class SlurmSubmitOperator(SshBatchJobOperator):
             poll_interval=poll_interval,
             deferrable=deferrable,
             log_tail_lines=log_tail_lines,
+            skip_on_exit_code=skip_on_exit_code,
             **kwargs,
         )
-        self.slurm_conn_id = slurm_conn_id
+
+    @property
+    def slurm_conn_id(self) -> str:
+        """The connection id, as rendered (templated as ``conn_id``)."""
+        return self.conn_id
 
     def cluster(self) -> ClusterSettings:
         hook = SlurmHook(self.slurm_conn_id)

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
+from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import slurm_tenant
 from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError
@@ -35,6 +36,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
 )
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
+from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import (
     build_resources,
     check_env_names,
@@ -45,7 +47,6 @@ from airflow_hpc_provider.resources import (
 from airflow_hpc_provider.triggers.slurm_tenant import SlurmTenantTrigger, watched_tenant
 from airflow_hpc_provider.watch import WatchOutcome, watch_job
 
-DEFAULT_POLL_INTERVAL_S = 10.0
 T = TypeVar("T")
 
 
@@ -62,21 +63,14 @@ def _on_cluster(target: SshTarget, work: Callable[[SshTransport], Awaitable[T]])
     return asyncio.run(run())
 
 
-def _keep_trailing_newline(operator: BaseOperator, context: Context, jinja_env: Any) -> None:
-    # Jinja drops a template's final newline by default; commands and env values must arrive as
-    # written, so render through an overlay that keeps it (the DAG's own environment is untouched).
-    env = jinja_env or operator.get_template_env(operator.dag if operator.has_dag() else None)
-    BaseOperator.render_template_fields(operator, context, env.overlay(keep_trailing_newline=True))
-
-
-class SlurmAllocationOperator(BaseOperator):
+class SlurmAllocationOperator(HpcOperator):
     """Book a reservation: an allocation whose main process is a tmux server tenants start in.
 
     Booking is idempotent by name: if a queued or running allocation of yours already has this
     reservation name, it is adopted, not booked twice. Returns the allocation's Slurm job id.
 
     :param reservation: the friendly name (the Slurm job name); templated.
-    :param slurm_conn_id: Airflow connection of type ``slurm``.
+    :param slurm_conn_id: Airflow connection of type ``slurm``; templated.
     :param partition: partition name(s).
     :param account: account to charge.
     :param cpus: CPUs for the whole allocation (``--cpus-per-task``), shared by its tenants.
@@ -93,7 +87,7 @@ class SlurmAllocationOperator(BaseOperator):
     :param wait_timeout: give up waiting after this long (the allocation stays booked).
     """
 
-    template_fields: Sequence[str] = ("reservation", "setup")
+    template_fields: Sequence[str] = ("reservation", "setup", "slurm_conn_id")
     ui_color = "#dfe9f7"
 
     def __init__(
@@ -154,9 +148,6 @@ class SlurmAllocationOperator(BaseOperator):
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
 
-    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        _keep_trailing_newline(self, context, jinja_env)
-
     def execute(self, context: Context) -> str:
         reservation = slurm_tenant.check_reservation(self.reservation)
         hook = SlurmHook(self.slurm_conn_id)
@@ -206,7 +197,7 @@ class SlurmAllocationOperator(BaseOperator):
         if self.wait_until_running and not found.running:
             found = self._wait_running(target, reservation)
         job_id = str(found.job_id)
-        context["ti"].xcom_push(key="slurm_allocation_job_id", value=job_id)
+        self.push_xcom(context, "slurm_allocation_job_id", job_id)
         return job_id
 
     def _wait_running(self, target: SshTarget, reservation: str) -> AllocationFound:
@@ -236,7 +227,7 @@ class SlurmAllocationOperator(BaseOperator):
             time.sleep(self.poll_interval)
 
 
-class SlurmReleaseOperator(BaseOperator):
+class SlurmReleaseOperator(HpcOperator):
     """Release a reservation: cancel its allocation (and a persistent one's queued successor).
 
     Runs whatever became of the tenants (``trigger_rule="all_done"`` unless you say otherwise), so
@@ -244,10 +235,10 @@ class SlurmReleaseOperator(BaseOperator):
     this provider did not book are left alone and named in the log.
 
     :param reservation: the friendly name given at booking; templated.
-    :param slurm_conn_id: Airflow connection of type ``slurm``.
+    :param slurm_conn_id: Airflow connection of type ``slurm``; templated.
     """
 
-    template_fields: Sequence[str] = ("reservation",)
+    template_fields: Sequence[str] = ("reservation", "slurm_conn_id")
     ui_color = "#f7e8df"
 
     def __init__(self, *, reservation: str, slurm_conn_id: str = SlurmHook.default_conn_name, **kwargs: Any) -> None:
@@ -278,7 +269,7 @@ class SlurmReleaseOperator(BaseOperator):
         return list(released.job_ids)
 
 
-class SlurmTenantOperator(BaseOperator):
+class SlurmTenantOperator(HpcOperator):
     """Run a command as a tenant of a booked allocation and wait for it, deferred by default.
 
     The command starts at once in the reservation's running allocation (one SSH round trip, no
@@ -292,7 +283,7 @@ class SlurmTenantOperator(BaseOperator):
 
     :param reservation: the reservation to run in; templated.
     :param command: shell command(s) run by bash; templated.
-    :param slurm_conn_id: Airflow connection of type ``slurm``.
+    :param slurm_conn_id: Airflow connection of type ``slurm``; templated.
     :param cpus: CPUs for this tenant. With it, the command runs as a job step of exactly that many
         CPUs and waits while other tenants hold the allocation's CPUs; without it, tenants share
         the allocation's CPUs freely.
@@ -302,12 +293,15 @@ class SlurmTenantOperator(BaseOperator):
     :param setup: lines run before the command; templated.
     :param working_dir: the command's working directory; templated.
     :param login_shell: run the command under ``bash -l``; default: the connection's setting.
-    :param poll_interval: seconds between polls (one query per cluster for all tenants).
-    :param deferrable: wait in the triggerer (default) or on the worker.
+    :param poll_interval: seconds between polls (one query per cluster for all tenants); default:
+        the connection's ``poll_interval``, else ``[hpc] default_poll_interval`` (10).
+    :param deferrable: wait in the triggerer or on the worker; default: ``[hpc] default_deferrable``
+        (True).
     :param log_tail_lines: lines of the tenant's log quoted in the error when it fails.
+    :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped.
     """
 
-    template_fields: Sequence[str] = ("reservation", "command", "env", "setup", "working_dir")
+    template_fields: Sequence[str] = ("reservation", "command", "env", "setup", "working_dir", "slurm_conn_id")
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "env": "json"}
     ui_color = "#e8f7ee"
 
@@ -324,11 +318,12 @@ class SlurmTenantOperator(BaseOperator):
         working_dir: str | None = None,
         login_shell: bool | None = None,
         poll_interval: float | None = None,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         log_tail_lines: int = 20,
+        skip_on_exit_code: int | Iterable[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
         if "{{" not in reservation:
             slurm_tenant.check_reservation(reservation)
         if not isinstance(command, str) or not command.strip():
@@ -348,13 +343,9 @@ class SlurmTenantOperator(BaseOperator):
         self.working_dir = working_dir
         self.login_shell = login_shell
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
         self.log_tail_lines = log_tail_lines
         self._tenant_id: str | None = None
         self._log_dir: str | None = None
-
-    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        _keep_trailing_newline(self, context, jinja_env)
 
     def _spec(self, login_shell: bool) -> TenantSpec:
         env = {str(name): str(value) for name, value in self.env.items()}
@@ -396,10 +387,10 @@ class SlurmTenantOperator(BaseOperator):
             )
         else:
             self.log.info("Slurm tenant %s in %s already ended; reading its outcome", tenant, where)
-        ti.xcom_push(key="slurm_tenant_id", value=tenant)
-        ti.xcom_push(key="slurm_allocation_job_id", value=launched.allocation_id)
+        self.push_xcom(context, "slurm_tenant_id", tenant)
+        self.push_xcom(context, "slurm_allocation_job_id", launched.allocation_id)
 
-        interval = self.poll_interval or defaults.poll_interval_s or DEFAULT_POLL_INTERVAL_S
+        interval = self.poll_interval or defaults.poll_interval_s or default_poll_interval_s()
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
         if self.deferrable:
             self.defer(
@@ -446,6 +437,7 @@ class SlurmTenantOperator(BaseOperator):
         status = outcome.status
         message = summary(status)
         self.log.info("%s", message)
+        self.skip_if_asked(status, f"Slurm tenant {outcome.job_id}")
         if status.state.is_success:
             return outcome.job_id
         tail = self._tail(conn_id, str(payload.get("log_path", "")))

@@ -10,25 +10,28 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, Resources, WatchedJob, format_duration
+from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
 from airflow_hpc_provider.poller import SchedulerDialect
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
-DEFAULT_POLL_INTERVAL_S = 10.0
+# Templated too: literal values are checked at parse time, templates right after rendering.
+RESOURCE_FIELDS = ("partition", "account", "cpus", "memory", "time_limit", "gpus", "gres", "nodes")
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,21 @@ class ClusterSettings:
     max_concurrent_jobs: int | None = None
 
 
-class SshBatchJobOperator(BaseOperator):
+class SshBatchJobOperator(HpcOperator):
     """Base of the operators that submit a batch job over SSH and wait for it (see subclasses)."""
 
     scheduler: ClassVar[str] = ""
     reserved_options: ClassVar[tuple[str, ...]] = ()
-    template_fields: Sequence[str] = ("command", "script", "env", "setup", "job_name", "working_dir")
+    template_fields: Sequence[str] = (
+        "command",
+        "script",
+        "env",
+        "setup",
+        "job_name",
+        "working_dir",
+        "conn_id",
+        *RESOURCE_FIELDS,
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "script": "bash", "env": "json"}
 
     def __init__(
@@ -86,11 +98,12 @@ class SshBatchJobOperator(BaseOperator):
         setup: Sequence[str] = (),
         login_shell: bool | None = None,
         poll_interval: float | None = None,
-        deferrable: bool = True,
+        deferrable: bool | None = None,
         log_tail_lines: int = 20,
+        skip_on_exit_code: int | Iterable[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
         if (command is None) == (script is None):
             raise JobSpecError(f"{self.task_id}: give exactly one of command= or script=")
         if poll_interval is not None and poll_interval <= 0:
@@ -98,17 +111,17 @@ class SshBatchJobOperator(BaseOperator):
         self.conn_id = conn_id
         self.command = command
         self.script = script
-        # Checked now so a bad value fails the DAG at parse time, not in the triggerer hours later.
-        self.job_resources = build_resources(
-            partition=partition,
-            account=account,
-            nodes=nodes,
-            cpus=cpus,
-            memory=memory,
-            time_limit=time_limit,
-            gpus=gpus,
-            gres=gres,
-        )
+        self.partition = partition
+        self.account = account
+        self.cpus = cpus
+        self.memory = memory
+        self.time_limit = time_limit
+        self.gpus = gpus
+        self.gres = gres
+        self.nodes = nodes
+        # Checked now so a bad value fails the DAG at parse time, not in the triggerer hours later;
+        # a templated value is checked once rendered (check_rendered).
+        self.job_resources = self._checked_resources(rendered=False)
         self.extra_options = tuple(self._check_option(option) for option in extra_options)
         self.env = dict(env or {})
         check_env_names(tuple(self.env))
@@ -117,7 +130,6 @@ class SshBatchJobOperator(BaseOperator):
         self.working_dir = working_dir
         self.login_shell = login_shell
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
         self.log_tail_lines = log_tail_lines
         self._job_id: str | None = None
 
@@ -159,11 +171,26 @@ class SshBatchJobOperator(BaseOperator):
             )
         return option
 
-    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        # Jinja drops a template's final newline by default; an env value or a script must arrive
-        # exactly as written, so render with it kept (an overlay: the DAG's own env is untouched).
-        env = jinja_env or self.get_template_env(self.dag if self.has_dag() else None)
-        super().render_template_fields(context, env.overlay(keep_trailing_newline=True))
+    def _checked_resources(self, *, rendered: bool) -> Resources:
+        """The resource arguments, checked: literal ones at parse time, all of them once rendered."""
+        text = rendered_text if rendered else unless_templated
+        number = rendered_number if rendered else unless_templated
+        return build_resources(
+            partition=text(self.partition),
+            account=text(self.account),
+            nodes=number(self.nodes),
+            cpus=number(self.cpus),
+            memory=text(self.memory),
+            time_limit=number(self.time_limit),
+            gpus=number(self.gpus),
+            gres=text(self.gres),
+        )
+
+    def check_rendered(self) -> None:
+        if not isinstance(self.conn_id, str) or not self.conn_id.strip():
+            raise JobSpecError(f"the connection id rendered to {self.conn_id!r}: it must name a connection")
+        self.conn_id = self.conn_id.strip()
+        self.job_resources = self._checked_resources(rendered=True)
 
     def job_env(self) -> dict[str, str]:
         env = {str(name): str(value) for name, value in self.env.items()}
@@ -236,9 +263,9 @@ class SshBatchJobOperator(BaseOperator):
         else:
             self.log.info("Submitted %s job %s on %s (%s)", self.scheduler, job_id, cluster.conn_id, job.state)
             self.log.info("Batch script:\n%s", batch_script)
-        ti.xcom_push(key=f"{self.scheduler.lower()}_job_id", value=job_id)
+        self.push_xcom(context, f"{self.scheduler.lower()}_job_id", job_id)
 
-        interval = self.poll_interval or cluster.poll_interval_s or DEFAULT_POLL_INTERVAL_S
+        interval = self.poll_interval or cluster.poll_interval_s or default_poll_interval_s()
         if self.deferrable:
             deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
             self.defer(trigger=self.trigger(cluster, job, interval, deadline), method_name="execute_complete")
@@ -280,6 +307,7 @@ class SshBatchJobOperator(BaseOperator):
             )
         status = outcome.status
         self.log.info("%s", self.summary(status))
+        self.skip_if_asked(status, what)
         if status.state.is_success:
             return outcome.job_id
         tail = self._tail(str(payload.get("log_path", "")))

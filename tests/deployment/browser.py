@@ -1,26 +1,25 @@
-"""Headless Chromium driven through chromedriver's W3C WebDriver HTTP API (no client library needed).
+"""Headless Chromium for the UI tests, driven by Selenium (PyPI) with Debian's chromium and chromedriver.
 
-chromedriver listens on 127.0.0.1 on a free port, runs in its own session and is stopped by PID;
-Chromium gets a fresh profile directory and the flags that keep it from phoning home.
+Nothing is downloaded: the driver's path is given to Selenium (so Selenium Manager is never asked
+for one) and ``SE_OFFLINE`` forbids it to fetch anything anyway. chromedriver listens on
+127.0.0.1 on a free port and is stopped by Selenium through its PID; Chromium gets a fresh
+profile directory and the flags that keep it from phoning home.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import os
 import shutil
-import signal
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from tests.deployment.stack import free_port
+from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webelement import WebElement
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -33,7 +32,6 @@ CHROMIUM_FLAGS = [
     "--no-first-run",
     "--window-size=1400,3200",
 ]
-ELEMENT = "element-6066-11e4-a52e-4f735466cecf"
 
 
 def chromium_binaries() -> tuple[str, str] | None:
@@ -43,52 +41,45 @@ def chromium_binaries() -> tuple[str, str] | None:
 
 
 class Browser:
-    def __init__(self, base: str, session_id: str) -> None:
-        self.base = base
-        self.session_id = session_id
+    """A Selenium driver with the few waits the UI tests need."""
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(
-            f"{self.base}/session/{self.session_id}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read())["value"]
-        except urllib.error.HTTPError as error:
-            raise AssertionError(f"webdriver {method} {path}: {error.read().decode(errors='replace')}") from None
+    def __init__(self, driver: webdriver.Chrome) -> None:
+        self.driver = driver
 
     def open(self, url: str) -> None:
-        self.call("POST", "/url", {"url": url})
+        self.driver.get(url)
 
-    def find(self, xpath: str) -> list[str]:
-        found = self.call("POST", "/elements", {"using": "xpath", "value": xpath})
-        return [item[ELEMENT] for item in found]
+    def find(self, xpath: str) -> list[WebElement]:
+        return self.driver.find_elements(By.XPATH, xpath)
 
-    def wait_for(self, xpath: str, timeout_s: float = 30) -> str:
+    def wait_for(self, xpath: str, timeout_s: float = 30) -> WebElement:
+        """The first element matching ``xpath`` once there is one (the UI renders asynchronously)."""
         deadline = time.monotonic() + timeout_s
         while True:
-            found = self.find(xpath)
+            found = [element for element in self.find(xpath) if _displayed(element)]
             if found:
                 return found[0]
             if time.monotonic() > deadline:
                 raise AssertionError(f"nothing matches {xpath} after {timeout_s:.0f}s; page text:\n{self.text()}")
-            time.sleep(0.5)
+            time.sleep(0.3)
 
-    def click(self, element: str) -> None:
-        self.call("POST", f"/element/{element}/click", {})
+    def click(self, element: WebElement) -> None:
+        element.click()
 
-    def type(self, element: str, text: str) -> None:
-        self.call("POST", f"/element/{element}/value", {"text": text})
+    def type(self, element: WebElement, text: str) -> None:
+        element.send_keys(text)
 
     def text(self) -> str:
-        return str(self.call("POST", "/execute/sync", {"script": "return document.body.innerText;", "args": []}))
+        return str(self.driver.execute_script("return document.body.innerText;"))
 
     def screenshot(self, path: Path) -> None:
-        path.write_bytes(base64.b64decode(self.call("GET", "/screenshot")))
+        self.driver.save_screenshot(str(path))
+
+
+def _displayed(element: WebElement) -> bool:
+    with contextlib.suppress(WebDriverException):
+        return bool(element.is_displayed())
+    return False
 
 
 @contextlib.contextmanager
@@ -97,54 +88,18 @@ def headless_chromium(profile_dir: Path, log_path: Path) -> Iterator[Browser]:
     if binaries is None:
         raise AssertionError("chromium and chromedriver are missing: run scripts/browser.sh")
     browser_bin, driver_bin = binaries
-    port = free_port()
-    with open(log_path, "ab") as log:
-        driver = subprocess.Popen(
-            [driver_bin, f"--port={port}", "--allowed-ips=127.0.0.1", "--allowed-origins=127.0.0.1"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager: never fetch a browser or a driver
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_bin
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    service = Service(
+        executable_path=driver_bin,
+        service_args=["--allowed-ips=127.0.0.1", "--allowed-origins=127.0.0.1"],
+        log_output=str(log_path),
+    )
+    driver = webdriver.Chrome(options=options, service=service)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/status", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline or driver.poll() is not None:
-                    raise
-                time.sleep(0.2)
-        capabilities = {
-            "capabilities": {
-                "alwaysMatch": {
-                    "browserName": "chrome",
-                    "goog:chromeOptions": {
-                        "binary": browser_bin,
-                        "args": [*CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}"],
-                    },
-                }
-            }
-        }
-        request = urllib.request.Request(
-            f"{base}/session", data=json.dumps(capabilities).encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=120) as response:
-            session_id = json.loads(response.read())["value"]["sessionId"]
-        browser = Browser(base, session_id)
-        try:
-            yield browser
-        finally:
-            with contextlib.suppress(Exception):
-                browser.call("DELETE", "")
+        yield Browser(driver)
     finally:
-        # chromedriver and every Chromium process it started share its process group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(driver.pid, signal.SIGTERM)
-        try:
-            driver.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(driver.pid, signal.SIGKILL)
-            driver.wait(timeout=10)
+        driver.quit()  # ends the session, then stops chromedriver (and its Chromium) by PID

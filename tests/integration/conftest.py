@@ -58,9 +58,11 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory, cluster_env: dict[str
 def run_dag(airflow_home: dict[str, str]):  # type: ignore[no-untyped-def]
     """Run one DAG with ``airflow dags test`` (real task runner, triggers inline); return its output."""
 
-    def run(dag_id: str, *, dags_folder: Path = DAGS, timeout_s: float = 600) -> DagRunResult:
+    def run(
+        dag_id: str, *, dags_folder: Path = DAGS, timeout_s: float = 600, env: dict[str, str] | None = None
+    ) -> DagRunResult:
         command = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
-        env = {**airflow_home, "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder)}
+        env = {**airflow_home, "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder), **(env or {})}
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
         return DagRunResult(result.returncode, result.stdout + result.stderr)
 

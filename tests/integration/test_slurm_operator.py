@@ -40,6 +40,21 @@ def test_the_example_slurm_dag_runs_and_its_output_reaches_the_task_log(run_dag)
     assert result.output.count("step 3 of 3: values reach the job verbatim: $(not run) `nor this`") == 1
 
 
+def test_the_example_script_file_dag_renders_its_sbatch_file_and_templated_resources(run_dag) -> None:
+    result = run_dag("slurm_script_file", dags_folder=EXAMPLE_DAGS)
+    assert result.succeeded, result.output[-4000:]
+    for shard in (1, 2, 3):
+        assert result.output.count(f"preprocessing shard {shard} of 3 for ") == 1
+    job_id = submitted_job_id(result.output)
+    assert cluster.sacct_row(job_id, "JobIDRaw,State,ReqMem,Partition,Timelimit") == [
+        job_id,
+        "COMPLETED",
+        "256M",
+        "debug",
+        "00:05:00",
+    ]
+
+
 def test_a_job_watched_on_the_worker_streams_its_output_too(run_dag) -> None:
     result = run_dag("it_not_deferrable")
     assert result.succeeded, result.output[-4000:]

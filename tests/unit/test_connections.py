@@ -99,10 +99,20 @@ def test_the_admin_ui_gets_every_slurm_field_with_secrets_marked_sensitive() -> 
     fields = {name.removeprefix("extra__slurm__"): info for name, info in widgets.items() if "__slurm__" in name}
     declared = get_provider_info()["connection-types"][0]["conn-fields"]
     assert set(fields) == set(declared)
-    assert {name for name, info in fields.items() if info.is_sensitive} == {"private_key", "private_key_passphrase"}
+    assert {name for name, info in fields.items() if info.is_sensitive} == {"private_key_passphrase"}
     assert fields["no_host_key_check"].field["value"] is False
     behaviour = manager.field_behaviours["slurm"]
     assert behaviour["relabeling"]["host"] == "Login node"
+
+
+def test_a_pasted_private_key_gets_a_multi_line_field_and_is_masked_by_its_name() -> None:
+    from airflow._shared.secrets_masker import redact
+
+    declared = get_provider_info()["connection-types"][0]["conn-fields"]
+    # A one-line (password) input drops a pasted key's line breaks; the form must offer a text area.
+    assert declared["private_key"]["schema"]["format"] == "multiline"
+    extra = {"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret\n", "private_key_passphrase": "pw"}
+    assert redact(extra) == {"private_key": "***", "private_key_passphrase": "***"}
 
 
 def test_the_provider_info_is_what_airflow_validates_against() -> None:
