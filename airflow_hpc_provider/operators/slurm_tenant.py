@@ -294,9 +294,11 @@ class SlurmTenantOperator(BaseOperator):
     :param command: shell command(s) run by bash; templated.
     :param slurm_conn_id: Airflow connection of type ``slurm``.
     :param cpus: CPUs for this tenant. With it, the command runs as a job step of exactly that many
-        CPUs and waits while other tenants hold the allocation's CPUs; without it, tenants share
-        the allocation's CPUs freely.
-    :param memory: memory of the tenant's step (only with ``cpus``): MiB or ``"512M"``.
+        CPUs and a share of the allocation's memory, and waits (saying so in its log) while other
+        tenants hold the allocation's CPUs; without it, tenants share the allocation freely.
+    :param memory: memory of the tenant's step (only with ``cpus``): MiB or ``"512M"``. Default:
+        the allocation's memory per CPU times ``cpus`` (4 CPUs and 8G: 2G for a ``cpus=1`` tenant),
+        so tenants whose CPUs fit always run side by side.
     :param env: environment variables; templated. Values travel in a file only the user can read,
         never on a command line.
     :param setup: lines run before the command; templated.
