@@ -53,6 +53,30 @@ SLURM_STATES: Mapping[str, JobState] = {
 # Held jobs pend with one of these reasons; the shared state says so.
 _HOLD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 
+# The reasons Slurm gives for how a job ended (its FAIL_* reasons). Every other reason says why a
+# job waited, and never explains a later state: sacct keeps the last one it saw (a held, then
+# released and completed job still shows JobHeldUser), so it is shown only while the job waits.
+ENDING_REASONS = frozenset(
+    {
+        "BadConstraints",
+        "BurstBufferOperation",
+        "DeadLine",
+        "DependencyNeverSatisfied",
+        "InactiveLimit",
+        "InvalidAccount",
+        "InvalidQOS",
+        "JobLaunchFailure",
+        "NodeDown",
+        "NonZeroExitCode",
+        "OutOfMemory",
+        "PartitionDown",
+        "RaisedSignal",
+        "SystemFailure",
+        "TimeLimit",
+    }
+)
+_WAITING = frozenset({JobState.PENDING, JobState.HELD})
+
 # Jobs a retry may adopt (and that count against max_concurrent_jobs): alive and not on their way out.
 ALIVE_STATES = "PENDING,CONFIGURING,RUNNING,SUSPENDED,REQUEUED,REQUEUE_HOLD,REQUEUE_FED,RESIZING,STOPPED"
 
@@ -343,7 +367,7 @@ def parse_squeue_lines(text: str, known: Mapping[str, JobStatus] | None = None) 
             job_id=job_id,
             state=state,
             native_state=native,
-            reason=reason or None,
+            reason=reason_for(state, reason),
             nodes=nodes or None,
             exit_code=None if raw is None else (raw >> 8) & 0xFF,
             signal=None if raw is None else raw & 0x7F,
@@ -374,7 +398,7 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
             job_id=job_id,
             state=state,
             native_state=native,
-            reason=reason or None,
+            reason=reason_for(state, reason),
             nodes=None if nodes in ("", "None assigned") else nodes,
             exit_code=code if state.is_terminal else None,
             signal=signal if state.is_terminal else None,
@@ -387,6 +411,20 @@ def _with_rss(status: JobStatus, rss_kb: float | None) -> JobStatus:
     if rss_kb is None:
         return status
     return JobStatus(**{**status.__dict__, "max_rss_mb": round(rss_kb / 1024, 1)})
+
+
+def reason_for(state: JobState, reason: str | None) -> str | None:
+    """The reason, if it belongs to ``state``: why a waiting job waits, or how a job ended.
+
+    A success has no reason; a running or finished job keeps only one of :data:`ENDING_REASONS`.
+    """
+    if not reason or reason in ("None", "(null)"):
+        return None
+    if state in _WAITING:
+        return reason
+    if state is JobState.COMPLETED:
+        return None
+    return reason if reason in ENDING_REASONS else None
 
 
 def map_state(native: str, reason: str | None = None) -> JobState:

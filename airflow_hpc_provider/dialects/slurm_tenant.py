@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from airflow_hpc_provider.dialects import remote_shell, slurm
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import JobSpecError
-from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, signal_of_shell_status
 from airflow_hpc_provider.poller import Observation, PollReport
 
 # The comment of an allocation booked by this provider: the promise that a tmux server runs in it.
@@ -495,15 +495,15 @@ def observe_tenant(
             state, native = JobState.COMPLETED, "COMPLETED"
         else:
             state, native = JobState.FAILED, "FAILED"
-        # A shell reports death by signal N as 128+N: say which signal, as sacct would.
-        signal = code - 128 if code is not None and code > 128 else 0
+        # A shell (and srun) reports death by signal N as 128+N: say which signal, as sacct would.
+        signal = signal_of_shell_status(code)
         return Observation(
             JobStatus(
                 job_id=tenant,
                 state=state,
                 native_state=native,
-                exit_code=code if code is None or code <= 128 else 0,
-                signal=signal if code is not None else None,
+                exit_code=0 if signal else code,
+                signal=(signal or 0) if code is not None else None,
                 reason="stopped" if stopped else None,
             ),
             final=True,
@@ -528,9 +528,8 @@ def observe_tenant(
         )
     # The allocation ended and the tenant wrote no exit status: it went down with it.
     ended = JobState.FAILED if state is JobState.COMPLETED else state
-    why = f"allocation {ref.allocation_id} ended {native}" + (
-        f" ({reason})" if reason and reason not in ("None", "(null)") else ""
-    )
+    ending_reason = slurm.reason_for(state, reason)
+    why = f"allocation {ref.allocation_id} ended {native}" + (f" ({ending_reason})" if ending_reason else "")
     return Observation(
         JobStatus(job_id=tenant, state=ended, native_state=native, reason=why + " while the tenant ran"),
         final=True,

@@ -34,7 +34,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
     stop_tenants,
 )
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, describe_exit
 from airflow_hpc_provider.resources import (
     build_resources,
     check_env_names,
@@ -491,8 +491,8 @@ class SlurmTenantOperator(BaseOperator):
 
 def summary(status: JobStatus) -> str:
     """``Slurm tenant 12:ab..:1 ended FAILED (exit 3:0)``, plus the reason when there is one."""
-    exit_text = "unknown" if status.exit_code is None else f"{status.exit_code}:{status.signal or 0}"
-    text = f"Slurm tenant {status.job_id} ended {status.native_state} (exit {exit_text})"
+    ending = describe_exit(status.exit_code, status.signal or 0)
+    text = f"Slurm tenant {status.job_id} ended {status.native_state} ({ending})"
     if status.reason and status.reason not in ("None", "(null)"):
         text += f", reason: {status.reason}"
     return text

@@ -22,7 +22,15 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, Resources, WatchedJob, format_duration
+from airflow_hpc_provider.jobs import (
+    JobKey,
+    JobSpec,
+    JobStatus,
+    Resources,
+    WatchedJob,
+    describe_exit,
+    format_duration,
+)
 from airflow_hpc_provider.poller import SchedulerDialect
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
@@ -289,9 +297,10 @@ class SshBatchJobOperator(BaseOperator):
         raise JobFailedError(message, status)
 
     def summary(self, status: JobStatus) -> str:
-        """``Slurm job 1234 ended OUT_OF_MEMORY (exit 0:125) after 00:00:12``, plus what is known."""
-        exit_text = "unknown" if status.exit_code is None else f"{status.exit_code}:{status.signal or 0}"
-        text = f"{self.scheduler} job {status.job_id} ended {status.state_words} (exit {exit_text})"
+        """``Slurm job 1234 ended OUT_OF_MEMORY (exit 0:125) after 00:00:12``, plus what is known;
+        ``... ended FAILED (killed by signal 9 (SIGKILL))`` when a signal ended it."""
+        ending = describe_exit(status.exit_code, status.signal or 0)
+        text = f"{self.scheduler} job {status.job_id} ended {status.state_words} ({ending})"
         if status.elapsed is not None:
             text += f" after {format_duration(status.elapsed)}"
         if status.reason and status.reason not in ("None", "(null)"):
