@@ -20,7 +20,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
-from airflow_hpc_provider.dialects import slurm_tenant
+from airflow_hpc_provider.dialects import directives, slurm_tenant
 from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
@@ -47,6 +47,8 @@ from airflow_hpc_provider.watch import WatchOutcome, watch_job
 
 DEFAULT_POLL_INTERVAL_S = 10.0
 T = TypeVar("T")
+# A tenant's env is sourced in the allocation right before its srun step: see directives.
+TENANT_ENV_RULES = directives.SHELL_ENV_RULES + directives.TENANT_ENV_RULES
 
 
 def _on_cluster(target: SshTarget, work: Callable[[SshTransport], Awaitable[T]]) -> T:
@@ -135,6 +137,10 @@ class SlurmAllocationOperator(BaseOperator):
             check_single_line(option, "extra_options")
             if not option.startswith("-") or option.split("=", 1)[0] in ("--job-name", "-J", "--comment", "--signal"):
                 raise JobSpecError(f"extra_options: {option!r} is not an sbatch option this operator leaves to you")
+            if any(use.name in directives.SLURM_ARRAY for use in directives.slurm_options(option, ["--array"])):
+                # Each element would be an allocation of its own under one name: tenants would
+                # land in whichever the lookup picks.
+                raise JobSpecError(f"extra_options: {option!r} asks for a job array; an allocation is one job")
         self.extra_options = tuple(extra_options)
         self.setup = list(setup)
         self.login_shell = login_shell
@@ -346,6 +352,7 @@ class SlurmTenantOperator(BaseOperator):
             raise JobSpecError("memory= applies to the tenant's own job step: give cpus= with it")
         self.env = dict(env or {})
         check_env_names(tuple(self.env))
+        directives.check_env_names(self.env, TENANT_ENV_RULES)
         self.setup = list(setup)
         self.working_dir = working_dir
         self.login_shell = login_shell
@@ -361,6 +368,7 @@ class SlurmTenantOperator(BaseOperator):
     def _spec(self, login_shell: bool) -> TenantSpec:
         env = {str(name): str(value) for name, value in self.env.items()}
         check_env_names(tuple(env))
+        directives.check_env_names(env, TENANT_ENV_RULES)
         if not isinstance(self.command, str):
             raise JobSpecError(f"command must be a string, not {type(self.command).__name__}")
         return TenantSpec(
