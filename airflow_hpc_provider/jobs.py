@@ -218,6 +218,85 @@ def claim_marker(cursor_path: str) -> str:
     return cursor_path + ".watched"
 
 
+# Linux signal numbers (x86, ARM; the clusters this provider reaches), fixed here rather than read from
+# the host's own ``signal`` module: Airflow may run on macOS, where SIGUSR1 is 30, not 10.
+_SIGNAL_NAMES: Mapping[int, str] = {
+    1: "SIGHUP",
+    2: "SIGINT",
+    3: "SIGQUIT",
+    4: "SIGILL",
+    5: "SIGTRAP",
+    6: "SIGABRT",
+    7: "SIGBUS",
+    8: "SIGFPE",
+    9: "SIGKILL",
+    10: "SIGUSR1",
+    11: "SIGSEGV",
+    12: "SIGUSR2",
+    13: "SIGPIPE",
+    14: "SIGALRM",
+    15: "SIGTERM",
+    16: "SIGSTKFLT",
+    17: "SIGCHLD",
+    18: "SIGCONT",
+    19: "SIGSTOP",
+    20: "SIGTSTP",
+    21: "SIGTTIN",
+    22: "SIGTTOU",
+    23: "SIGURG",
+    24: "SIGXCPU",
+    25: "SIGXFSZ",
+    26: "SIGVTALRM",
+    27: "SIGPROF",
+    28: "SIGWINCH",
+    29: "SIGIO",
+    30: "SIGPWR",
+    31: "SIGSYS",
+}
+_SIGNAL_MAX = 64  # the real-time signals end here; a larger "signal" is some other number
+
+
+def signal_name(number: int) -> str:
+    """``9`` -> ``SIGKILL``; real-time signals as ``SIGRTMIN+n``."""
+    if number in _SIGNAL_NAMES:
+        return _SIGNAL_NAMES[number]
+    if 34 <= number <= _SIGNAL_MAX:
+        return f"SIGRTMIN+{number - 34}"
+    return f"signal {number}"
+
+
+def is_signal(number: int | None) -> bool:
+    return number is not None and 1 <= number <= _SIGNAL_MAX
+
+
+def signal_of_shell_status(code: int | None) -> int | None:
+    """The signal behind a shell-style exit status ``128 + N`` (a shell, Docker, srun), else None.
+
+    Only the numbered signals up to 31 count: ``exit 200`` is more likely a program's own code
+    than real-time signal 72 - 128.
+    """
+    if code is not None and 129 <= code <= 128 + 31:
+        return code - 128
+    return None
+
+
+def describe_exit(exit_code: int | None, signal: int | None) -> str:
+    """How a job's command ended, in the words of every summary line of every backend.
+
+    ``killed by signal 9 (SIGKILL)`` when a signal ended it (the dialect decides when a number
+    means a signal, e.g. ``128 + N`` from a shell); otherwise ``exit 3`` (``signal`` None),
+    ``exit 3:0`` (the ``code:signal`` pair Slurm and PBS report), or ``exit unknown``.
+    """
+    if is_signal(signal):
+        assert signal is not None
+        return f"killed by signal {signal} ({signal_name(signal)})"
+    if exit_code is None:
+        return "exit unknown"
+    if signal is None:
+        return f"exit {exit_code}"
+    return f"exit {exit_code}:{signal}"
+
+
 def format_duration(value: timedelta | None) -> str:
     """``01:02:03`` or ``2-01:02:03``: the form schedulers and their users read."""
     if value is None:

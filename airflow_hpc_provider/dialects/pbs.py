@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.dialects import remote_shell, slurm
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
-from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, signal_of_shell_status
 from airflow_hpc_provider.poller import Observation, PollReport
 
 
@@ -168,8 +168,10 @@ def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = No
     default_shebang = "#!/bin/bash -l\n" if spec.login_shell else "#!/bin/bash\n"
     if script is None:
         body = spec.command if spec.command.endswith("\n") else spec.command + "\n"
-        record = exit_recorder(exit_dir) if exit_dir else ""
-        return default_shebang + "".join(directives) + env_note + record + chdir + setup + body
+        if not exit_dir:
+            return default_shebang + "".join(directives) + env_note + chdir + setup + body
+        payload = chdir + setup + body
+        return default_shebang + "".join(directives) + env_note + exit_recorder(exit_dir) + in_background(payload)
     lines = script.splitlines(keepends=True)
     if lines and lines[0].startswith("#!"):
         shebang, lines = lines[0], lines[1:]
@@ -183,16 +185,26 @@ def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = No
         header += "\n"
     # Only a POSIX-family shell understands the trap; another interpreter's exit stays unknown.
     shell = re.match(r"#!\s*\S*/(?:env\s+)?(ba|da|k|z)?sh\b", shebang)
-    record = exit_recorder(exit_dir) if exit_dir and shell else ""
-    return shebang + "".join(directives) + header + env_note + record + chdir + setup + rest
+    if not (exit_dir and shell):
+        return shebang + "".join(directives) + header + env_note + chdir + setup + rest
+    payload = chdir + setup + rest
+    return shebang + "".join(directives) + header + env_note + exit_recorder(exit_dir) + in_background(payload)
 
 
 def exit_recorder(exit_dir: str) -> str:
-    """Shell lines that write the script's exit status to ``<exit_dir>/<short job id>`` on exit.
+    """Shell lines that write how the script ended to ``<exit_dir>/<short job id>``, atomically.
 
-    The termination signals get traps of their own: when a walltime limit or a qdel sends SIGTERM,
-    bash would otherwise run the EXIT trap with a status of 0 (seen on the test cluster), and a
-    killed job would be recorded as a success. A SIGKILL records nothing: the exit stays unknown.
+    The file holds the exit status (``3``), the status and the signal the script itself received
+    (``143 TERM``: a qdel or a walltime kill, which the scheduler sends to the batch shell), or
+    ``array`` (the job is an element of a job array, which is refused: it runs nothing).
+
+    The termination signals get traps of their own: on a walltime kill or a qdel, bash would
+    otherwise run the EXIT trap with a status of 0 (seen on the test cluster), and a killed job
+    would be recorded as a success. Those traps only run because the payload runs in the
+    background (:func:`in_background`): a shell waiting for a foreground command runs a trap only
+    once that command ends, and the scheduler's SIGKILL comes first. A trapped signal is recorded
+    first, then passed on to the payload, which gets until the scheduler's SIGKILL to finish. A
+    SIGKILL of the script itself records nothing: the scheduler's own record decides then.
     """
     directory = remote_shell.home_relative(exit_dir)
     return (
@@ -201,11 +213,32 @@ def exit_recorder(exit_dir: str) -> str:
         f'  mkdir -p -- {directory} && printf \'%s\\n\' "$1" > {directory}/"$_f.tmp" \\\n'
         f'    && mv -f -- {directory}/"$_f.tmp" {directory}/"$_f"\n'
         "}\n"
+        "_airflow_hpc_signal() {\n"
+        "  trap - EXIT\n"
+        '  _airflow_hpc_exit "$2 $1"\n'
+        '  if [ -n "${_airflow_hpc_child:-}" ]; then kill -s "$1" "$_airflow_hpc_child" 2>/dev/null; wait; fi\n'
+        '  exit "$2"\n'
+        "}\n"
         "trap '_airflow_hpc_exit $?' EXIT\n"
-        "trap '_airflow_hpc_exit 129; trap - EXIT; exit 129' HUP\n"
-        "trap '_airflow_hpc_exit 130; trap - EXIT; exit 130' INT\n"
-        "trap '_airflow_hpc_exit 143; trap - EXIT; exit 143' TERM\n"
+        "trap '_airflow_hpc_signal HUP 129' HUP\n"
+        "trap '_airflow_hpc_signal INT 130' INT\n"
+        "trap '_airflow_hpc_signal TERM 143' TERM\n"
+        # Torque, PBS Pro and the Slurm-backed wrappers name an array element's index thus.
+        'if [ -n "${PBS_ARRAYID:-}${PBS_ARRAY_INDEX:-}${SLURM_ARRAY_TASK_ID:-}" ]; then\n'
+        '  echo "airflow-hpc: job ${PBS_JOBID:-} is an element of a job array, which this provider does not run" >&2\n'
+        "  trap - EXIT; _airflow_hpc_exit array; exit 1\n"
+        "fi\n"
     )
+
+
+def in_background(payload: str) -> str:
+    """The payload as a background job the script waits for, so the script's traps run at once.
+
+    It stays in the script's own shell (a subshell of it): ``exit`` leaves the payload with its
+    status, which the script then exits with; ``$$`` is still the script's process.
+    """
+    body = payload if payload.endswith("\n") else payload + "\n"
+    return "{\n" + body + "} &\n" + "_airflow_hpc_child=$!\n" + 'wait "$_airflow_hpc_child"\n'
 
 
 def exit_dir(log_dir: str) -> str:
@@ -656,17 +689,18 @@ def map_state(
         note = "finished, but qstat reports no exit status: the outcome is unknown"
         return JobState.FAILED, note + (f"; {comment}" if comment else ""), None
     if exit_status == 0:
-        return JobState.COMPLETED, comment, None
+        # A success needs no reason, and a comment left from the wait would read as one.
+        return JobState.COMPLETED, None, None
     if exit_status < 0:
         word, state = _EXEC_CODES[flavour].get(exit_status, (f"server exit code {exit_status}", JobState.FAILED))
         if deleted:
             state = JobState.CANCELLED
         return state, word + (f"; {comment}" if comment else ""), None
     if exit_status > _SIGNAL_BASE:
+        # The summary names the signal (jobs.describe_exit); the reason is the server's comment.
         signal = exit_status - _SIGNAL_BASE
         state = JobState.CANCELLED if deleted or signal == _SIGTERM else JobState.FAILED
-        word = f"killed by signal {signal}"
-        return state, word + (f"; {comment}" if comment else ""), signal
+        return state, comment, signal
     return (JobState.CANCELLED if deleted else JobState.FAILED), comment, None
 
 
@@ -738,29 +772,132 @@ def exits_section(token: str, job_ids: Sequence[str], directory: str) -> str:
     return remote_shell.section(token, "exits", loop)
 
 
-def parse_exits(text: str) -> dict[str, int]:
-    codes: dict[str, int] = {}
+@dataclass(frozen=True)
+class RecordedExit:
+    """What a job's script wrote in its exit-status file (see :func:`exit_recorder`)."""
+
+    code: int | None
+    trapped: str | None = None  # the signal the script itself received: HUP, INT or TERM
+    array_element: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> RecordedExit | None:
+        words = text.split()
+        if words == ["array"]:
+            return cls(code=None, array_element=True)
+        if not words or not words[0].lstrip("-").isdigit():
+            return None
+        trapped = words[1] if len(words) > 1 and words[1].isalpha() else None
+        return cls(code=int(words[0]), trapped=trapped)
+
+
+def parse_exits(text: str) -> dict[str, RecordedExit]:
+    recorded: dict[str, RecordedExit] = {}
     for line in text.splitlines():
-        short, _, code = line.strip().partition(" ")
-        if code.strip().lstrip("-").isdigit():
-            codes[short] = int(code)
-    return codes
+        short, _, rest = line.strip().partition(" ")
+        seen = RecordedExit.parse(rest)
+        if seen is not None:
+            recorded[short] = seen
+    return recorded
 
 
-def with_recorded_exit(status: JobStatus, code: int | None) -> JobStatus:
-    """A finished job qstat gave no exit status for, completed by the status its script recorded."""
-    if code is None or status.exit_code is not None or status.state is not JobState.FAILED:
+ARRAY_ELEMENT_REASON = (
+    "job array: the job is an element of a job array, which this provider refuses (it follows "
+    "single jobs and never reports a success on one element's word); the element ran nothing"
+)
+
+
+def with_recorded_exit(status: JobStatus, recorded: RecordedExit | int | None) -> JobStatus:
+    """A finished job qstat gave no exit status for, completed by what its script recorded."""
+    if isinstance(recorded, int):
+        recorded = RecordedExit(code=recorded)
+    if recorded is None or status.exit_code is not None or status.state is not JobState.FAILED:
         return status
-    signal = code - 128 if code > 128 else None
+    if recorded.array_element:
+        return JobStatus(**{**status.__dict__, "state": JobState.FAILED, "reason": ARRAY_ELEMENT_REASON})
+    code = recorded.code
+    assert code is not None
+    signal = signal_of_shell_status(code)
     state = JobState.COMPLETED if code == 0 else JobState.FAILED
     if code == 0:
         reason = None
+    elif recorded.trapped:
+        # The scheduler signals the batch shell on a qdel or a time limit; which one, only its own
+        # record says (read where there is one: see PbsDialect).
+        reason = f"the job's script received SIG{recorded.trapped} (a qdel or a time limit)"
     elif signal:
-        # SIGTERM here is a qdel or a time limit: the wrapper's qstat cannot say which.
-        reason = f"killed by signal {signal}" + (" (a qdel or a time limit)" if signal == _SIGTERM else "")
+        reason = "the job's command was killed by a signal"
     else:
         reason = "exit status recorded by the job's script"
     return JobStatus(**{**status.__dict__, "state": state, "exit_code": code, "signal": signal, "reason": reason})
+
+
+def is_array_element(status: JobStatus) -> bool:
+    return status.reason == ARRAY_ELEMENT_REASON
+
+
+# --- the Slurm-backed wrappers: Slurm's own record ------------------------------------------------
+
+_ACCOUNTING_FIELDS = "JobIDRaw,State,ExitCode,Elapsed"
+
+
+def accounting_section(token: str, job_ids: Sequence[str]) -> str:
+    """sacct for jobs of the Slurm-backed wrappers whose end the wrapper's qstat cannot tell.
+
+    Their ids are Slurm job ids; without sacct (a real Torque) the section says so and the exit
+    status file alone decides.
+    """
+    ids = ",".join(_checked_id(job_id) for job_id in job_ids)
+    command = (
+        "command -v sacct >/dev/null 2>&1 || { echo 'no sacct'; exit 127; }; "
+        f"sacct -n -P -X -j {quote(ids)} -o {_ACCOUNTING_FIELDS}"
+    )
+    return remote_shell.section(token, "accounting", command)
+
+
+@dataclass(frozen=True)
+class SlurmRecord:
+    state: JobState
+    native_state: str
+    exit_code: int | None
+    signal: int | None
+    elapsed: timedelta | None
+
+
+def parse_accounting(text: str) -> dict[str, SlurmRecord]:
+    records: dict[str, SlurmRecord] = {}
+    for line in text.splitlines():
+        fields = [part.strip() for part in line.split("|")]
+        if len(fields) < 4 or not fields[0].isdigit():
+            continue
+        code, signal = slurm.parse_exit_code(fields[2])
+        state = slurm.map_state(fields[1].split(" ")[0])
+        records[fields[0]] = SlurmRecord(state, fields[1], code, signal, slurm.parse_elapsed(fields[3]))
+    return records
+
+
+def with_slurm_record(status: JobStatus, record: SlurmRecord) -> JobStatus:
+    """A wrapper job's end as Slurm recorded it (``CANCELLED by 1001``, ``TIMEOUT``, ``FAILED 0:9``).
+
+    Slurm's COMPLETED counts only when the script recorded no signal of its own; what the script
+    recorded (its exit status, a trapped signal) stays the exit shown, as it is the more precise.
+    """
+    state = record.state
+    if state is JobState.COMPLETED and status.exit_code not in (None, 0):
+        state = JobState.FAILED
+    exit_code, signal = status.exit_code, status.signal
+    if exit_code is None:
+        exit_code, signal = record.exit_code, record.signal
+    return JobStatus(
+        **{
+            **status.__dict__,
+            "state": state,
+            "exit_code": exit_code,
+            "signal": signal,
+            "reason": None if state.is_success else f"{record.native_state} in Slurm's accounting",
+            "elapsed": status.elapsed or record.elapsed,
+        }
+    )
 
 
 class PbsDialect:
@@ -771,27 +908,62 @@ class PbsDialect:
     def __init__(self, flavour: PbsFlavour, log_dir: str) -> None:
         self.flavour = flavour
         self.log_dir = log_dir
+        # Wrapper jobs that finished with their end unknown or signalled: the next poll asks sacct.
+        self._ask_slurm: set[str] = set()
 
     def poll_script(self, token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str:
         if not job_ids:
             return remote_shell.poll_script(token, "", reads)
         script = poll_script(token, job_ids, [], self.flavour)
-        return script + exits_section(token, job_ids, exit_dir(self.log_dir)) + "".join(r.call() for r in reads)
+        script += exits_section(token, job_ids, exit_dir(self.log_dir))
+        asked = [job_id for job_id in job_ids if job_id in self._ask_slurm]
+        if asked:
+            script += accounting_section(token, asked)
+        return script + "".join(r.call() for r in reads)
 
     def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport:
         poll = parse_poll(sections, job_ids, self.flavour)
         if poll.errors and not poll.statuses:
             return PollReport(observations={}, failure="; ".join(poll.errors))
         exits = parse_exits(sections.get("exits", (0, ""))[1])
+        accounting_rc, accounting_text = sections.get("accounting", (None, ""))
+        records = parse_accounting(accounting_text) if accounting_rc == 0 else {}
         observations: dict[str, Observation] = {}
         for job_id in job_ids:
             status = poll.statuses.get(job_id)
             if status is None:
                 observations[job_id] = Observation(None, final=False)
                 continue
-            status = with_recorded_exit(status, exits.get(_short(job_id)))
-            observations[job_id] = Observation(status, final=status.state.is_terminal)
+            recorded = exits.get(_short(job_id))
+            seen = with_recorded_exit(status, recorded)
+            if not self._slurm_may_tell(job_id, status, recorded):
+                observations[job_id] = Observation(seen, final=seen.state.is_terminal)
+                continue
+            # Only Slurm's accounting can tell a qdel from a walltime kill, or name the signal of
+            # a script killed outright. Asked in the next poll; the poller waits for it (within its
+            # grace for the squeue -> sacct gap), and without sacct the recorded end stands.
+            record = records.get(job_id)
+            if accounting_rc is None or (accounting_rc == 0 and (record is None or not record.state.is_terminal)):
+                self._ask_slurm.add(job_id)
+                observations[job_id] = Observation(seen, final=False)
+                continue
+            self._ask_slurm.discard(job_id)
+            final = seen if record is None or not record.state.is_terminal else with_slurm_record(seen, record)
+            observations[job_id] = Observation(final, final=True)
         return PollReport(observations=observations, notices=poll.errors)
+
+    def _slurm_may_tell(self, job_id: str, status: JobStatus, recorded: RecordedExit | None) -> bool:
+        """A finished job of the Slurm-backed wrappers (bare ids; Torque's carry a server name)
+        whose qstat has no exit status and whose script recorded nothing, or a signal."""
+        if self.flavour is not PbsFlavour.TORQUE or not job_id.isdigit():
+            return False
+        if status.state is not JobState.FAILED or status.exit_code is not None:
+            return False
+        if recorded is None:
+            return True
+        return not recorded.array_element and (
+            recorded.trapped is not None or signal_of_shell_status(recorded.code) is not None
+        )
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:
         return cancel_script(job_ids)

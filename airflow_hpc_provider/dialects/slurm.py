@@ -13,7 +13,7 @@ Facts it relies on (Slurm 22.05, checked on the test cluster):
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -53,13 +53,44 @@ SLURM_STATES: Mapping[str, JobState] = {
 # Held jobs pend with one of these reasons; the shared state says so.
 _HOLD_REASONS = frozenset({"JobHeldUser", "JobHeldAdmin"})
 
+# The reasons Slurm gives for how a job ended (its FAIL_* reasons). Every other reason says why a
+# job waited, and never explains a later state: sacct keeps the last one it saw (a held, then
+# released and completed job still shows JobHeldUser), so it is shown only while the job waits.
+ENDING_REASONS = frozenset(
+    {
+        "BadConstraints",
+        "BurstBufferOperation",
+        "DeadLine",
+        "DependencyNeverSatisfied",
+        "InactiveLimit",
+        "InvalidAccount",
+        "InvalidQOS",
+        "JobLaunchFailure",
+        "NodeDown",
+        "NonZeroExitCode",
+        "OutOfMemory",
+        "PartitionDown",
+        "RaisedSignal",
+        "SystemFailure",
+        "TimeLimit",
+    }
+)
+_WAITING = frozenset({JobState.PENDING, JobState.HELD})
+
+# How a job array's elements (1234_7, 1234_[2-9]) and a heterogeneous job's components (1234+0)
+# are named: squeue lists them when asked for the id sbatch printed.
+_COMPONENT = re.compile(r"^(\d+)[_+]")
+MULTI_JOB_REASON = "job array or heterogeneous job"
+
 # Jobs a retry may adopt (and that count against max_concurrent_jobs): alive and not on their way out.
 ALIVE_STATES = "PENDING,CONFIGURING,RUNNING,SUSPENDED,REQUEUED,REQUEUE_HOLD,REQUEUE_FED,RESIZING,STOPPED"
 
 # Options this provider owns: it must know where output goes to stream it, and the comment is the key.
 RESERVED_OPTIONS = ("--output", "--error", "--comment", "--parsable", "-o", "-e", "--wrap")
 
-SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,TimeUsed:|"
+# JobID is the raw id (an array's elements have ids of their own, 1234 being one of them);
+# JobArrayID is the name: 1234_7 for an array element, 1234+0 for a het job's component.
+SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,TimeUsed:|,JobArrayID:|"
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Elapsed,NodeList,MaxRSS"
 
 
@@ -315,7 +346,49 @@ def parse_poll(
     observations = {
         job_id: SlurmObservation(queue=queue.get(job_id), accounting=accounting.get(job_id)) for job_id in job_ids
     }
+    for job_id, parts in _components(lines.items()).items():
+        if job_id in observations:
+            observations[job_id] = SlurmObservation(queue=multi_job_status(job_id, parts), accounting=None)
     return SlurmPoll(observations, accounting_available, tuple(errors), lines)
+
+
+def _components(lines: Iterable[tuple[str, JobStatus]]) -> dict[str, list[tuple[str, JobStatus]]]:
+    """squeue's lines for array elements and het job components, by the id sbatch printed and
+    by the element's own raw id (which a retry's adoption search sees: squeue's JobID is raw)."""
+    found: dict[str, list[tuple[str, JobStatus]]] = {}
+    for line, status in lines:
+        if "_" in line or "+" in line:  # a cheap test first: a thousand lines a poll
+            fields = line.split("|")
+            name = fields[6].strip() if len(fields) > 6 else ""
+            match = _COMPONENT.match(name)
+            if match:
+                found.setdefault(match.group(1), []).append((name, status))
+                if status.job_id != match.group(1):
+                    found.setdefault(status.job_id, []).append((name, status))
+    return found
+
+
+def multi_job_status(job_id: str, parts: Sequence[tuple[str, JobStatus]]) -> JobStatus:
+    """A final FAILED for a submission that became many jobs: never a success on one's word.
+
+    Arrays are refused when the task is parsed; one that got through (an ``SBATCH_ARRAY_INX`` in
+    the login node's own shell start-up files, say) is failed at its first poll, naming its parts.
+    """
+    shown = ", ".join(f"{name} {status.native_state}" for name, status in sorted(parts)[:5])
+    more = f" and {len(parts) - 5} more" if len(parts) > 5 else ""
+    return JobStatus(
+        job_id=job_id,
+        state=JobState.FAILED,
+        native_state="FAILED",
+        reason=(
+            f"{MULTI_JOB_REASON}: Slurm job {job_id} is {shown}{more}; this provider follows single "
+            "jobs and never reports a success on one element's word (is SBATCH_ARRAY_INX set on the login node?)"
+        ),
+    )
+
+
+def is_multi_job(status: JobStatus) -> bool:
+    return bool(status.reason and status.reason.startswith(MULTI_JOB_REASON + ":"))
 
 
 def parse_squeue(text: str) -> dict[str, JobStatus]:
@@ -343,7 +416,7 @@ def parse_squeue_lines(text: str, known: Mapping[str, JobStatus] | None = None) 
             job_id=job_id,
             state=state,
             native_state=native,
-            reason=reason or None,
+            reason=reason_for(state, reason),
             nodes=nodes or None,
             exit_code=None if raw is None else (raw >> 8) & 0xFF,
             signal=None if raw is None else raw & 0x7F,
@@ -374,7 +447,7 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
             job_id=job_id,
             state=state,
             native_state=native,
-            reason=reason or None,
+            reason=reason_for(state, reason),
             nodes=None if nodes in ("", "None assigned") else nodes,
             exit_code=code if state.is_terminal else None,
             signal=signal if state.is_terminal else None,
@@ -387,6 +460,20 @@ def _with_rss(status: JobStatus, rss_kb: float | None) -> JobStatus:
     if rss_kb is None:
         return status
     return JobStatus(**{**status.__dict__, "max_rss_mb": round(rss_kb / 1024, 1)})
+
+
+def reason_for(state: JobState, reason: str | None) -> str | None:
+    """The reason, if it belongs to ``state``: why a waiting job waits, or how a job ended.
+
+    A success has no reason; a running or finished job keeps only one of :data:`ENDING_REASONS`.
+    """
+    if not reason or reason in ("None", "(null)"):
+        return None
+    if state in _WAITING:
+        return reason
+    if state is JobState.COMPLETED:
+        return None
+    return reason if reason in ENDING_REASONS else None
 
 
 def map_state(native: str, reason: str | None = None) -> JobState:
@@ -428,6 +515,8 @@ def observe(seen: SlurmObservation, accounting_available: bool) -> Observation:
     the cluster keeps no accounting at all.
     """
     queue, record = seen.queue, seen.accounting
+    if queue is not None and is_multi_job(queue):
+        return Observation(queue, final=True)
     if queue is not None and not queue.state.is_terminal:
         return Observation(queue, final=False)
     if record is not None and record.state.is_terminal:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from airflow_hpc_provider.dialects import remote_shell, slurm
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import JobSpecError
-from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, signal_of_shell_status
 from airflow_hpc_provider.poller import Observation, PollReport
 
 # The comment of an allocation booked by this provider: the promise that a tmux server runs in it.
@@ -295,16 +295,11 @@ def render_wrapper(spec: TenantSpec) -> str:
     """The session's process: run the command into ``log``, then write ``exit`` atomically.
 
     It runs from its own directory (found from ``$0``), so nothing in it depends on the paths the
-    login node chose. With ``cpus``, the command runs as its own job step of exactly that many CPUs
-    (without ``--overlap``): Slurm makes it wait while other tenants hold the allocation's CPUs.
+    login node chose. With ``cpus``, the command runs as its own job step (see :func:`step_lines`).
     """
-    runner = 'bash "$_here/command.sh"'
+    runner = 'bash "$_here/command.sh" >> "$_here/log" 2>&1 < /dev/null\n_rc=$?\n'
     if spec.cpus is not None:
-        step = ["srun", '--jobid="$SLURM_JOB_ID"', "--exact", "--ntasks=1", "--nodes=1", f"--cpus-per-task={spec.cpus}"]
-        if spec.memory_mb is not None:
-            step.append(f"--mem={spec.memory_mb}M")
-        step.append('--job-name="tenant-$(basename -- "$_here")"')
-        runner = " ".join(step) + " " + runner
+        runner = step_lines(spec.cpus, spec.memory_mb)
     return (
         "#!/bin/bash\n"
         "# A tenant of an Airflow allocation; written by airflow-hpc-provider.\n"
@@ -313,11 +308,74 @@ def render_wrapper(spec: TenantSpec) -> str:
         # A stop is SIGTERM to this session's process group: note it, let the command end, record it.
         "trap '_stopped=1' HUP INT TERM\n"
         'if [ -f "$_here/env" ]; then . "$_here/env"; fi\n'
-        f'{runner} >> "$_here/log" 2>&1 < /dev/null\n'
-        "_rc=$?\n"
-        'if [ -n "$_stopped" ]; then _how=stopped; else _how=exited; fi\n'
+        + runner
+        + 'if [ -n "$_stopped" ]; then _how=stopped; else _how=exited; fi\n'
         'printf \'%s %s\\n\' "$_rc" "$_how" > "$_here/exit.tmp" && mv -f -- "$_here/exit.tmp" "$_here/exit"\n'
     )
+
+
+def step_lines(cpus: int, memory_mb: int | None) -> str:
+    """Run the command as a job step of ``cpus`` CPUs and its memory share; set ``_rc``.
+
+    Slurm makes the step wait while other tenants hold the allocation's CPUs or memory. Without
+    ``--mem`` a step inside the allocation takes all its memory (srun reads the allocation's
+    ``SLURM_MEM_PER_NODE``), and tenants would run one at a time; so every step gets a share:
+    ``memory_mb`` when the task gave one, else the allocation's memory per CPU times ``cpus``.
+    Tenants whose CPUs fit then run side by side, and the memory never adds up to more than the
+    allocation's.
+
+    The command's output goes to the log through ``srun --output`` (appending, byte for byte);
+    srun's own words come through a filter that says in plain terms when the tenant waits for
+    room (srun: ``step creation temporarily disabled``) and when it starts.
+    """
+    share = (
+        f"_mem={int(memory_mb)}\n"
+        if memory_mb is not None
+        else (
+            "_mem=\n"
+            "_node_mem=${SLURM_MEM_PER_NODE:-}\n"
+            'if [ -z "$_node_mem" ] && [ -n "${SLURM_MEM_PER_CPU:-}" ]; then\n'
+            "  _node_mem=$((SLURM_MEM_PER_CPU * ${SLURM_CPUS_ON_NODE:-1}))\n"
+            "fi\n"
+            'if [ -n "$_node_mem" ] && [ "${SLURM_CPUS_ON_NODE:-0}" -gt 0 ]; then\n'
+            f"  _mem=$((_node_mem * {int(cpus)} / SLURM_CPUS_ON_NODE))\n"
+            '  [ "$_mem" -ge 1 ] || _mem=1\n'
+            "fi\n"
+        )
+    )
+    notes = (
+        "_notes() {\n"
+        # srun must never die of a broken pipe while it cancels its step on a stop.
+        "  trap '' HUP INT TERM\n"
+        '  while IFS= read -r _l || [ -n "$_l" ]; do\n'
+        "    case $_l in\n"
+        '      *"step creation temporarily disabled"*)\n'
+        "        printf 'airflow-hpc: waiting for room in allocation %s: this tenant asks for %s CPU(s)%s, "
+        "which other tenants hold now\\n' \\\n"
+        f'          "$SLURM_JOB_ID" {int(cpus)} "${{_mem:+ and $_mem MiB}}";;\n'
+        "      *\"Step created for job\"*) printf 'airflow-hpc: room found; the tenant starts\\n';;\n"
+        "    esac\n"
+        "    printf '%s\\n' \"$_l\"\n"
+        "  done\n"
+        "}\n"
+    )
+    step = " ".join(
+        [
+            "srun",
+            '--jobid="$SLURM_JOB_ID"',
+            "--exact",
+            "--ntasks=1",
+            "--nodes=1",
+            f"--cpus-per-task={int(cpus)}",
+            '${_mem:+--mem="$_mem"M}',
+            '--job-name="tenant-$(basename -- "$_here")"',
+            # srun expands %-patterns in file names: a literal % is written %%.
+            '--output="${_here//%/%%}/log"',
+            "--open-mode=append",
+            'bash "$_here/command.sh" < /dev/null 2>&1 | _notes >> "$_here/log"',
+        ]
+    )
+    return share + notes + step + "\n_rc=${PIPESTATUS[0]}\n"
 
 
 def launch_script(reservation: str, spec: TenantSpec, *, key: JobKey, log_dir: str) -> str:
@@ -437,15 +495,15 @@ def observe_tenant(
             state, native = JobState.COMPLETED, "COMPLETED"
         else:
             state, native = JobState.FAILED, "FAILED"
-        # A shell reports death by signal N as 128+N: say which signal, as sacct would.
-        signal = code - 128 if code is not None and code > 128 else 0
+        # A shell (and srun) reports death by signal N as 128+N: say which signal, as sacct would.
+        signal = signal_of_shell_status(code)
         return Observation(
             JobStatus(
                 job_id=tenant,
                 state=state,
                 native_state=native,
-                exit_code=code if code is None or code <= 128 else 0,
-                signal=signal if code is not None else None,
+                exit_code=0 if signal else code,
+                signal=(signal or 0) if code is not None else None,
                 reason="stopped" if stopped else None,
             ),
             final=True,
@@ -470,9 +528,8 @@ def observe_tenant(
         )
     # The allocation ended and the tenant wrote no exit status: it went down with it.
     ended = JobState.FAILED if state is JobState.COMPLETED else state
-    why = f"allocation {ref.allocation_id} ended {native}" + (
-        f" ({reason})" if reason and reason not in ("None", "(null)") else ""
-    )
+    ending_reason = slurm.reason_for(state, reason)
+    why = f"allocation {ref.allocation_id} ended {native}" + (f" ({ending_reason})" if ending_reason else "")
     return Observation(
         JobStatus(job_id=tenant, state=ended, native_state=native, reason=why + " while the tenant ran"),
         final=True,

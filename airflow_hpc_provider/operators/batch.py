@@ -24,7 +24,7 @@ from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import ContainerRequest, GitCheckout
 from airflow_hpc_provider.errors import ConnectionConfigError, JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.batch import BatchHook, ResolvedDefinition
-from airflow_hpc_provider.jobs import JobKey, JobStatus, format_duration
+from airflow_hpc_provider.jobs import JobKey, JobStatus, describe_exit, format_duration, signal_of_shell_status
 from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink
 from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
@@ -398,9 +398,13 @@ class BatchRevisionOperator(HpcOperator):
 
     @staticmethod
     def _summary(status: JobStatus) -> str:
-        """``AWS Batch job 1f2e ended FAILED (exit 3) after 00:00:12, reason: ...``."""
-        exit_text = "unknown" if status.exit_code is None else str(status.exit_code)
-        text = f"AWS Batch job {status.job_id} ended {status.native_state} (exit {exit_text})"
+        """``AWS Batch job 1f2e ended FAILED (exit 3) after 00:00:12, reason: ...``.
+
+        A container's exit code of 128 + N is Docker's word for "killed by signal N" (137: SIGKILL,
+        often the out-of-memory killer or a stop), so it is named as such.
+        """
+        ending = describe_exit(status.exit_code, signal_of_shell_status(status.exit_code))
+        text = f"AWS Batch job {status.job_id} ended {status.native_state} ({ending})"
         if status.state.value not in (status.native_state, "COMPLETED"):
             text += f" [{status.state.value}]"
         if status.elapsed is not None:

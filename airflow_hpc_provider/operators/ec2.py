@@ -37,7 +37,7 @@ from airflow_hpc_provider.errors import (
 )
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook, LaunchRequest
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget, find_tools
-from airflow_hpc_provider.jobs import JobKey, JobStatus
+from airflow_hpc_provider.jobs import JobKey, JobStatus, describe_exit, signal_of_shell_status
 from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import check_env_names, parse_time_limit
 from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
@@ -464,8 +464,10 @@ class Ec2EphemeralOperator(HpcOperator):
         raise JobFailedError(summary + (f"\nlast lines of the job's output:\n{tail}" if tail else ""), status)
 
     def summary(self, status: JobStatus) -> str:
-        code = "unknown" if status.exit_code is None else str(status.exit_code)
-        text = f"EC2 instance {status.job_id}: the container ended {status.state.value} (exit {code})"
+        # docker run reports a container killed by signal N as 128 + N (137: SIGKILL, which is also
+        # how the runner's `timeout -k` ends a container that outlived its time limit).
+        ending = describe_exit(status.exit_code, signal_of_shell_status(status.exit_code))
+        text = f"EC2 instance {status.job_id}: the container ended {status.state.value} ({ending})"
         if status.exit_code == ec2.RUNNER_FAILED_EXIT:
             text += ", the runner could not start it (image pull, or the task never arrived)"
         return text

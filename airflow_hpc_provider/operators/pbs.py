@@ -6,12 +6,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow_hpc_provider.dialects import pbs
+from airflow.sdk import Context
+from airflow.triggers.base import TriggerEvent
+
+from airflow_hpc_provider.dialects import directives, pbs
 from airflow_hpc_provider.dialects.pbs import PbsDialect, PbsFlavour
-from airflow_hpc_provider.errors import JobSpecError
+from airflow_hpc_provider.errors import JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.pbs import PbsClusterDefaults, PbsHook, detect_flavour, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
 from airflow_hpc_provider.operators.base import rendered_text, unless_templated
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
 from airflow_hpc_provider.resources import check_name
@@ -60,6 +63,8 @@ class PbsOperator(SshBatchJobOperator):
     scheduler = "PBS"
     template_fields: Sequence[str] = (*SshBatchJobOperator.template_fields, "pbs_queue")
     reserved_options = pbs.RESERVED_OPTIONS
+    multi_job_options = directives.PBS_ARRAY
+    env_rules = directives.SHELL_ENV_RULES + directives.PBS_ENV_RULES
     ui_color = "#fdf2e9"
 
     def __init__(
@@ -115,6 +120,10 @@ class PbsOperator(SshBatchJobOperator):
         check_name(unless_templated(pbs_queue), "pbs_queue")
         self.pbs_queue = pbs_queue
         self._flavour: PbsFlavour | None = None
+        self.check_what_is_submitted()
+
+    def options_in(self, option: str) -> list[directives.OptionUse]:
+        return directives.pbs_options(option)
 
     @property
     def pbs_conn_id(self) -> str:
@@ -166,8 +175,10 @@ class PbsOperator(SshBatchJobOperator):
 
     def render(self, spec: JobSpec, cluster: ClusterSettings) -> str:
         # The flavour may still be unknown here: render again in submit() once it is.
-        return pbs.render_script(
-            spec, self._flavour or PbsFlavour.TORQUE, script=self.script, exit_dir=pbs.exit_dir(cluster.log_dir)
+        return self.checked_script(
+            pbs.render_script(
+                spec, self._flavour or PbsFlavour.TORQUE, script=self.script, exit_dir=pbs.exit_dir(cluster.log_dir)
+            )
         )
 
     async def submit(
@@ -180,6 +191,15 @@ class PbsOperator(SshBatchJobOperator):
         outcome = await submit_job(
             transport, spec, batch_script, self._flavour, key=key, log_dir=cluster.log_dir, env=self.job_env()
         )
+        if "[" in outcome.job_id:
+            # PBS names an array 1234[] (Torque, PBS Pro): it became many jobs this task cannot
+            # follow one by one, so it is deleted at once and the task fails saying why.
+            await transport.run(pbs.cancel_script([outcome.job_id]))
+            raise JobFailedError(
+                f"PBS job {outcome.job_id} on {cluster.conn_id} is a job array, which this provider refuses "
+                "(it follows single jobs and never reports a success on one element's word); it was deleted",
+                None,
+            )
         return Submitted(
             job_id=outcome.job_id,
             adopted=outcome.adopted,
@@ -187,6 +207,18 @@ class PbsOperator(SshBatchJobOperator):
             log_path=pbs.log_path(cluster.log_dir, key.task_digest, outcome.try_number),
             cursor_path=pbs.cursor_path(cluster.log_dir, key.task_digest, outcome.try_number),
         )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
+        payload = event.payload if isinstance(event, TriggerEvent) else event
+        status = payload.get("status")
+        if status is not None and pbs.is_array_element(JobStatus.from_dict(status)):
+            # The Slurm-backed wrappers name an array's elements like single jobs; the element
+            # watched recorded what it was. The others get the same refusal from their own script,
+            # but may still queue: delete the array (cancelling the element cancels them all).
+            self.resume_from(payload)
+            self.log.error("PBS job %s is an element of a job array: deleting it", payload.get("job_id"))
+            self._cancel_now(str(payload["job_id"]))
+        return super().execute_complete(context, event)
 
     def trigger(
         self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None

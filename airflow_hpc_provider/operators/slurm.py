@@ -6,11 +6,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow_hpc_provider.dialects import slurm
+from airflow.sdk import Context
+from airflow.triggers.base import TriggerEvent
+
+from airflow_hpc_provider.dialects import directives, slurm
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
 from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
 
@@ -56,6 +59,8 @@ class SlurmSubmitOperator(SshBatchJobOperator):
 
     scheduler = "Slurm"
     reserved_options = slurm.RESERVED_OPTIONS
+    multi_job_options = directives.SLURM_ARRAY
+    env_rules = directives.SHELL_ENV_RULES + directives.SLURM_ENV_RULES
     ui_color = "#e8f0fe"
 
     def __init__(
@@ -108,11 +113,16 @@ class SlurmSubmitOperator(SshBatchJobOperator):
             skip_on_exit_code=skip_on_exit_code,
             **kwargs,
         )
+        self.check_what_is_submitted()
 
     @property
     def slurm_conn_id(self) -> str:
         """The connection id, as rendered (templated as ``conn_id``)."""
         return self.conn_id
+
+    def options_in(self, option: str) -> list[directives.OptionUse]:
+        long_names = [name for name in (*self.reserved_options, *self.multi_job_options) if name.startswith("--")]
+        return directives.slurm_options(option, long_names)
 
     def cluster(self) -> ClusterSettings:
         hook = SlurmHook(self.slurm_conn_id)
@@ -133,7 +143,7 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         return SlurmDialect()
 
     def render(self, spec: JobSpec, cluster: ClusterSettings) -> str:
-        return slurm.render_script(spec, script=self.script)
+        return self.checked_script(slurm.render_script(spec, script=self.script))
 
     async def submit(
         self, transport: SshTransport, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings
@@ -156,6 +166,15 @@ class SlurmSubmitOperator(SshBatchJobOperator):
             log_path=slurm.log_path(cluster.log_dir, key, outcome.job_id),
             cursor_path=slurm.cursor_path(cluster.log_dir, key, outcome.job_id),
         )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
+        payload = event.payload if isinstance(event, TriggerEvent) else event
+        status = payload.get("status")
+        if status is not None and slurm.is_multi_job(JobStatus.from_dict(status)):
+            # It became many jobs, none of which this task can follow: cancel what it started.
+            self.log.error("Slurm job %s is a job array: cancelling it", payload.get("job_id"))
+            self._cancel_now(str(payload["job_id"]))
+        return super().execute_complete(context, event)
 
     def trigger(
         self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None

@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
-from airflow_hpc_provider.dialects import slurm_tenant
+from airflow_hpc_provider.dialects import directives, slurm_tenant
 from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
@@ -35,7 +35,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
     stop_tenants,
 )
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
+from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, describe_exit
 from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import (
     build_resources,
@@ -48,6 +48,8 @@ from airflow_hpc_provider.triggers.slurm_tenant import SlurmTenantTrigger, watch
 from airflow_hpc_provider.watch import WatchOutcome, watch_job
 
 T = TypeVar("T")
+# A tenant's env is sourced in the allocation right before its srun step: see directives.
+TENANT_ENV_RULES = directives.SHELL_ENV_RULES + directives.TENANT_ENV_RULES
 
 
 def _on_cluster(target: SshTarget, work: Callable[[SshTransport], Awaitable[T]]) -> T:
@@ -129,6 +131,10 @@ class SlurmAllocationOperator(HpcOperator):
             check_single_line(option, "extra_options")
             if not option.startswith("-") or option.split("=", 1)[0] in ("--job-name", "-J", "--comment", "--signal"):
                 raise JobSpecError(f"extra_options: {option!r} is not an sbatch option this operator leaves to you")
+            if any(use.name in directives.SLURM_ARRAY for use in directives.slurm_options(option, ["--array"])):
+                # Each element would be an allocation of its own under one name: tenants would
+                # land in whichever the lookup picks.
+                raise JobSpecError(f"extra_options: {option!r} asks for a job array; an allocation is one job")
         self.extra_options = tuple(extra_options)
         self.setup = list(setup)
         self.login_shell = login_shell
@@ -285,9 +291,11 @@ class SlurmTenantOperator(HpcOperator):
     :param command: shell command(s) run by bash; templated.
     :param slurm_conn_id: Airflow connection of type ``slurm``; templated.
     :param cpus: CPUs for this tenant. With it, the command runs as a job step of exactly that many
-        CPUs and waits while other tenants hold the allocation's CPUs; without it, tenants share
-        the allocation's CPUs freely.
-    :param memory: memory of the tenant's step (only with ``cpus``): MiB or ``"512M"``.
+        CPUs and a share of the allocation's memory, and waits (saying so in its log) while other
+        tenants hold the allocation's CPUs; without it, tenants share the allocation freely.
+    :param memory: memory of the tenant's step (only with ``cpus``): MiB or ``"512M"``. Default:
+        the allocation's memory per CPU times ``cpus`` (4 CPUs and 8G: 2G for a ``cpus=1`` tenant),
+        so tenants whose CPUs fit always run side by side.
     :param env: environment variables; templated. Values travel in a file only the user can read,
         never on a command line.
     :param setup: lines run before the command; templated.
@@ -339,6 +347,7 @@ class SlurmTenantOperator(HpcOperator):
             raise JobSpecError("memory= applies to the tenant's own job step: give cpus= with it")
         self.env = dict(env or {})
         check_env_names(tuple(self.env))
+        directives.check_env_names(self.env, TENANT_ENV_RULES)
         self.setup = list(setup)
         self.working_dir = working_dir
         self.login_shell = login_shell
@@ -350,6 +359,7 @@ class SlurmTenantOperator(HpcOperator):
     def _spec(self, login_shell: bool) -> TenantSpec:
         env = {str(name): str(value) for name, value in self.env.items()}
         check_env_names(tuple(env))
+        directives.check_env_names(env, TENANT_ENV_RULES)
         if not isinstance(self.command, str):
             raise JobSpecError(f"command must be a string, not {type(self.command).__name__}")
         return TenantSpec(
@@ -481,8 +491,8 @@ class SlurmTenantOperator(HpcOperator):
 
 def summary(status: JobStatus) -> str:
     """``Slurm tenant 12:ab..:1 ended FAILED (exit 3:0)``, plus the reason when there is one."""
-    exit_text = "unknown" if status.exit_code is None else f"{status.exit_code}:{status.signal or 0}"
-    text = f"Slurm tenant {status.job_id} ended {status.native_state} (exit {exit_text})"
+    ending = describe_exit(status.exit_code, status.signal or 0)
+    text = f"Slurm tenant {status.job_id} ended {status.native_state} ({ending})"
     if status.reason and status.reason not in ("None", "(null)"):
         text += f", reason: {status.reason}"
     return text

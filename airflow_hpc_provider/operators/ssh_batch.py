@@ -20,10 +20,20 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
+from airflow_hpc_provider.dialects.directives import EnvRule, OptionUse, multi_job_requests
+from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, Resources, WatchedJob, format_duration
+from airflow_hpc_provider.jobs import (
+    JobKey,
+    JobSpec,
+    JobStatus,
+    Resources,
+    WatchedJob,
+    describe_exit,
+    format_duration,
+)
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
 from airflow_hpc_provider.poller import SchedulerDialect
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
@@ -60,11 +70,22 @@ class ClusterSettings:
     max_concurrent_jobs: int | None = None
 
 
+# Why a job array is refused, in every message that refuses one.
+_WHY_NO_ARRAYS = (
+    "This operator watches one job: it would follow one element and could call the task a success "
+    "on that element's word while others failed, so job arrays are refused until they are supported "
+    "as such. Map the task over the indices instead (.expand()), one job per element."
+)
+
+
 class SshBatchJobOperator(HpcOperator):
     """Base of the operators that submit a batch job over SSH and wait for it (see subclasses)."""
 
     scheduler: ClassVar[str] = ""
     reserved_options: ClassVar[tuple[str, ...]] = ()
+    # Options that turn one submission into many jobs (arrays), and env names the submission reads.
+    multi_job_options: ClassVar[tuple[str, ...]] = ()
+    env_rules: ClassVar[tuple[EnvRule, ...]] = ()
     template_fields: Sequence[str] = (
         "command",
         "script",
@@ -160,15 +181,19 @@ class SshBatchJobOperator(HpcOperator):
     # -- checking and building -------------------------------------------------------------------
 
     def _check_option(self, option: str) -> str:
+        """An extra option becomes a directive line, which the scheduler reads as a whole: every
+        option on it counts (``"-N 1 --array=1-3"``), in every spelling it accepts."""
         check_single_line(option, "extra_options")
         if not option.startswith("-"):
             raise JobSpecError(f"extra_options: {option!r} is not a {self.scheduler} option (it must start with '-')")
-        name = option.split("=", 1)[0].split(" ", 1)[0]
-        if name in self.reserved_options:
-            raise JobSpecError(
-                f"extra_options: {name} is set by the operator (it streams the job's output and "
-                "finds the job again by its key); remove it"
-            )
+        for use in self.options_in(option):
+            if use.name in self.multi_job_options:
+                raise JobSpecError(f"extra_options: {option!r} asks for a job array ({use.name}). {_WHY_NO_ARRAYS}")
+            if use.name in self.reserved_options:
+                raise JobSpecError(
+                    f"extra_options: {use.name} is set by the operator (it streams the job's output and "
+                    f"finds the job again by its key); remove {option!r}"
+                )
         return option
 
     def _checked_resources(self, *, rendered: bool) -> Resources:
@@ -191,6 +216,36 @@ class SshBatchJobOperator(HpcOperator):
             raise JobSpecError(f"the connection id rendered to {self.conn_id!r}: it must name a connection")
         self.conn_id = self.conn_id.strip()
         self.job_resources = self._checked_resources(rendered=True)
+
+    def options_in(self, option: str) -> list[OptionUse]:
+        """The options one directive line holds, as the scheduler reads them (see subclasses)."""
+        raise NotImplementedError
+
+    def check_what_is_submitted(self) -> None:
+        """At parse time: refuse env names the submission would read, and scripts that make a job
+        array. Templated text is read before rendering (Jinja-only lines pass over); the rendered
+        script is checked again by :meth:`checked_script` before it is submitted."""
+        check_env(self.env, self.env_rules)
+        setup = "".join(f"{line}\n" for line in self.setup if isinstance(line, str))
+        drafts = [("command= and setup=", f"#!/bin/sh\n{setup}{self.command or ''}")]
+        if isinstance(self.script, str):
+            drafts.append(("script=", self.script))
+        for where, text in drafts:
+            self._refuse_multi_job(text, where, templated=True)
+
+    def checked_script(self, batch_script: str) -> str:
+        """At run time, after templating: the same checks on what will really be submitted."""
+        check_env(self.job_env(), self.env_rules)
+        self._refuse_multi_job(batch_script, "the batch script", templated=False)
+        return batch_script
+
+    def _refuse_multi_job(self, text: str, where: str, *, templated: bool) -> None:
+        offending = multi_job_requests(text, templated=templated)
+        if offending:
+            raise JobSpecError(
+                f"{where}: the directive {offending[0]!r} asks for a job array or a heterogeneous job. "
+                + _WHY_NO_ARRAYS
+            )
 
     def job_env(self) -> dict[str, str]:
         env = {str(name): str(value) for name, value in self.env.items()}
@@ -317,9 +372,10 @@ class SshBatchJobOperator(HpcOperator):
         raise JobFailedError(message, status)
 
     def summary(self, status: JobStatus) -> str:
-        """``Slurm job 1234 ended OUT_OF_MEMORY (exit 0:125) after 00:00:12``, plus what is known."""
-        exit_text = "unknown" if status.exit_code is None else f"{status.exit_code}:{status.signal or 0}"
-        text = f"{self.scheduler} job {status.job_id} ended {status.state_words} (exit {exit_text})"
+        """``Slurm job 1234 ended OUT_OF_MEMORY (exit 0:125) after 00:00:12``, plus what is known;
+        ``... ended FAILED (killed by signal 9 (SIGKILL))`` when a signal ended it."""
+        ending = describe_exit(status.exit_code, status.signal or 0)
+        text = f"{self.scheduler} job {status.job_id} ended {status.state_words} ({ending})"
         if status.elapsed is not None:
             text += f" after {format_duration(status.elapsed)}"
         if status.reason and status.reason not in ("None", "(null)"):

@@ -50,11 +50,14 @@ def test_a_failing_pbs_job_reports_the_exit_status_its_script_recorded(run_dag) 
 
 
 @pytest.mark.slow
-def test_a_pbs_job_past_its_walltime_fails_and_never_passes_for_a_success(run_dag) -> None:
+def test_a_pbs_job_past_its_walltime_ends_timeout_and_never_passes_for_a_success(run_dag) -> None:
     result = run_dag("pbs_walltime")
     assert not result.succeeded
     job_id = submitted_job_id(result.output)
-    assert re.search(rf"PBS job {job_id} ended FAILED \(C\)", result.output), result.output[-3000:]
+    assert re.search(rf"PBS job {job_id} ended TIMEOUT \(C\) \(killed by signal 15 \(SIGTERM\)\)", result.output), (
+        result.output[-3000:]
+    )
+    assert "reason: TIMEOUT in Slurm's accounting" in result.output
     assert cluster.sacct_row(job_id)[1] == "TIMEOUT"
 
 

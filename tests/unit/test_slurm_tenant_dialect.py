@@ -47,7 +47,7 @@ def test_the_wrapper_writes_the_exit_status_atomically_and_runs_a_stepped_comman
     wrapper = slurm_tenant.render_wrapper(TenantSpec(command="true", cpus=2, memory_mb=300))
     shell_syntax_ok(wrapper)
     assert 'mv -f -- "$_here/exit.tmp" "$_here/exit"' in wrapper
-    assert "--cpus-per-task=2" in wrapper and "--mem=300M" in wrapper and "--overlap" not in wrapper
+    assert "--cpus-per-task=2" in wrapper and "_mem=300\n" in wrapper and "--overlap" not in wrapper
 
 
 def test_a_wrapper_run_for_real_records_exit_code_and_log(tmp_path) -> None:
