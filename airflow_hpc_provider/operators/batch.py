@@ -325,9 +325,23 @@ class BatchRevisionOperator(BaseOperator):
                 include_children=self.array_child_logs,
             )
         )
+        if self._submitted is not None and outcome.kind == "ended":
+            # Only now: a worker that died while the job ran leaves it to be adopted by the retry.
+            self._claim(hook, job_id)
         return self.execute_complete(
             context, {**outcome.to_dict(), "aws_conn_id": self.aws_conn_id, "owned": self._submitted is not None}
         )
+
+    def _claim(self, hook: BatchHook, job_id: str) -> None:
+        try:
+            hook.claim(job_id, batch.CLAIM_BY_OUTCOME)
+        except Exception as error:
+            self.log.warning("could not tag AWS Batch job %s as taken (a retry may adopt it): %s", job_id, error)
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        # Keep a template's final newline: an env value or a command must arrive exactly as written.
+        env = jinja_env or self.get_template_env(self.dag if self.has_dag() else None)
+        super().render_template_fields(context, env.overlay(keep_trailing_newline=True))
 
     def _submit(self, hook: BatchHook, context: Context) -> str:
         ti = context["ti"]
@@ -340,15 +354,24 @@ class BatchRevisionOperator(BaseOperator):
             ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
         )
         base = batch.job_name_base(ti.dag_id, ti.task_id, self.job_name)
-        live = hook.find_live_job(queue, base, key)
-        if live is not None:
-            self.log.info(
-                "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it is still %s",
-                live.job_id,
-                live.job_name,
-                live.status,
-            )
-            return live.job_id
+        earlier = hook.find_job_to_adopt(queue, base, key)
+        if earlier is not None:
+            if earlier.ended:
+                self.log.info(
+                    "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it ended %s "
+                    "while nothing watched it; its outcome and output decide this try (nothing is resubmitted)",
+                    earlier.job_id,
+                    earlier.job_name,
+                    earlier.status,
+                )
+            else:
+                self.log.info(
+                    "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it is still %s",
+                    earlier.job_id,
+                    earlier.job_name,
+                    earlier.status,
+                )
+            return earlier.job_id
         definition = self._definition(hook)
         env = {str(k): str(v) for k, v in self.env.items()}
         script = self._command_script(hook, key, env)

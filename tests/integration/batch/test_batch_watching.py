@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -53,17 +54,24 @@ def collected(trigger: BatchJobTrigger) -> Lines:
     return handler
 
 
-def submit(queue: str, array_size: int | None = None) -> str:
+@functools.cache
+def _definition(endpoint: str) -> tuple[BatchHook, str]:
+    """One hook and one definition per moto server: building a hook per job is slow."""
     hook = BatchHook(CONN_ID)
+    assert hook.client().meta.endpoint_url == endpoint
     name, body = batch.auto_body(
         "repo/watch:1", job_role_arn=None, execution_role_arn=None, log_group=None, platform="EC2"
     )
-    definition = hook.ensure_definition(name, body)
+    return hook, hook.ensure_definition(name, body).arn
+
+
+def submit(queue: str, array_size: int | None = None) -> str:
+    hook, definition = _definition(BatchHook(CONN_ID).conn_config.endpoint_url or "")
     key = JobKey.for_task_instance("watch", "t", uuid.uuid4().hex, -1, 1)
     request: dict[str, Any] = {
         "jobName": f"w-{key.task_digest}",
         "jobQueue": queue,
-        "jobDefinition": definition.arn,
+        "jobDefinition": definition,
         "tags": {batch.KEY_TAG: key.tag},
     }
     if array_size:
@@ -187,7 +195,7 @@ async def test_a_failed_job_fails_the_task_with_its_reason_and_exit_code(aws: Mo
         await asyncio.to_thread(op.execute_complete, {"ti": FakeTI("f")}, payload)  # type: ignore[arg-type]
 
 
-async def test_a_retry_adopts_the_live_job_of_an_earlier_try_instead_of_submitting_again(
+async def test_a_retry_adopts_the_job_an_earlier_try_submitted_and_nothing_watched(
     aws: MotoAws, held_queue: str
 ) -> None:
     run_id = uuid.uuid4().hex
@@ -204,15 +212,15 @@ async def test_a_retry_adopts_the_live_job_of_an_earlier_try_instead_of_submitti
         return op.execute({"ti": FakeTI("adopt", try_number=try_number, run_id=run_id)})  # type: ignore[arg-type]
 
     first = await asyncio.to_thread(execute, 1)
-    second = await asyncio.to_thread(execute, 2)
+    second = await asyncio.to_thread(execute, 2)  # still running
     assert second == first
+    aws.held.finish(first, success=True, exit_code=0)
+    third = await asyncio.to_thread(execute, 3)  # ended while nothing watched it
+    assert third == first
     listed = aws.client("batch").list_jobs(
         jobQueue=held_queue, filters=[{"name": "JOB_NAME", "values": ["batch_tests-adopt-*"]}]
     )
     assert [j["jobId"] for j in listed["jobSummaryList"]] == [first]
-    aws.held.finish(first, success=True, exit_code=0)
-    third = await asyncio.to_thread(execute, 3)  # nothing live any more: a new job
-    assert third != first
 
 
 async def test_many_jobs_cost_one_describejobs_per_hundred_per_poll(aws: MotoAws, held_queue: str) -> None:
