@@ -22,6 +22,34 @@ from airflow_hpc_provider.jobs import JobKey
 
 log = logging.getLogger(__name__)
 
+# The IAM actions the Airflow side needs, per job definition mode. cloudformation/batch_revision.yaml
+# grants exactly these (one managed policy per mode); a test runs every mode against moto and checks
+# that each call the code makes, with its resource, is granted there.
+ACTIONS_EVERY_MODE = (
+    "batch:DescribeJobDefinitions",  # resolve a definition, find a revision by its content tag
+    "batch:ListJobs",  # find an earlier try's job to adopt
+    "batch:DescribeJobs",  # watch; confirm the key and claim tags of a job to adopt
+    "batch:SubmitJob",
+    "batch:TagResource",  # the key tag at submission, the claim tag later
+    "batch:TerminateJob",  # a user stopped the task, or its time ran out
+    "logs:FilterLogEvents",  # stream the job's CloudWatch lines
+)
+ACTIONS_REGISTERING = (
+    "batch:RegisterJobDefinition",
+    "batch:DeregisterJobDefinition",  # only a revision that lost a registration race, our own
+    "iam:PassRole",  # the job and execution roles the registered definition carries
+)
+ACTIONS_SCRIPT_UPLOAD = (
+    "s3:GetEncryptionConfiguration",  # GetBucketEncryption: the bucket's default, stated on upload
+    "s3:PutObject",
+    "kms:GenerateDataKey",  # only for a bucket encrypted with SSE-KMS
+)
+ACTIONS_BY_MODE = {
+    "locked": ACTIONS_EVERY_MODE,
+    "revisions": ACTIONS_EVERY_MODE + ACTIONS_REGISTERING,
+    "auto": ACTIONS_EVERY_MODE + ACTIONS_REGISTERING,
+}
+
 THROTTLING_CODES = frozenset(
     {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "ThrottledException"}
 )
