@@ -55,6 +55,9 @@ from airflow_hpc_provider.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
 
+CLAIM_CONCURRENCY = 10
+LOOP_TURN_S = 0.02
+
 
 @dataclass(frozen=True)
 class BatchTarget:
@@ -92,6 +95,7 @@ class BatchPollerSettings:
     # A stream found missing is tried again after one interval, then twice as long each time, up to this.
     max_missing_probe_s: float = 60.0
     claim_attempts: int = 3
+    claims_per_poll: int = 100
 
 
 class Throttled(Exception):
@@ -289,39 +293,54 @@ class BatchPoller:
             track.send(JobEnded(status))
 
     async def _claim(self, described: list[tuple[_Track, Mapping[str, Any]]]) -> None:
-        """Tag the owned jobs not tagged yet; done before any of them is reported ended."""
-        pending = []
+        """Tag the owned jobs not tagged yet, ended ones first (before their end is reported).
+
+        At most ``claims_per_poll`` TagResource calls per poll, ``CLAIM_CONCURRENCY`` at a time: a
+        triggerer that starts with a thousand new triggers spreads their claims over a few polls
+        instead of bursting into Batch's API limits. Throttling ends this poll's claims without
+        counting against a job; any other refusal counts, and after ``claim_attempts`` the job is
+        left unclaimed (said in its log; the try that reads its end claims it from the worker).
+        """
+        pending: list[tuple[_Track, str, bool]] = []
         for track, description in described:
             if track.claim is None or track.claimed or track.claim_failures >= self.settings.claim_attempts:
                 continue
             if batch.CLAIM_TAG in (description.get("tags") or {}):
                 track.claimed = True
             elif description.get("jobArn"):
-                pending.append((track, str(description["jobArn"])))
-        if not pending:
-            return
-        self.claim_calls += len(pending)
-        results = await asyncio.gather(
-            *(
-                self._call("batch", "tag_resource", resourceArn=arn, tags={batch.CLAIM_TAG: str(track.claim)})
-                for track, arn in pending
-            ),
-            return_exceptions=True,
-        )
-        for (track, _), result in zip(pending, results, strict=True):
-            if not isinstance(result, BaseException):
-                track.claimed = True
-                continue
-            if not isinstance(result, Exception):
-                raise result
-            track.claim_failures += 1
-            if track.claim_failures == 1:
-                track.send(
-                    Notice(
-                        f"could not tag AWS Batch job {track.job_id} as watched ({result}); if this task "
-                        "is retried, the retry may adopt this job instead of submitting its own"
-                    )
-                )
+                ended = str(description.get("status")) in batch.FINAL_STATES
+                pending.append((track, str(description["jobArn"]), ended))
+        pending.sort(key=lambda item: not item[2])  # ended jobs first
+        pending = pending[: self.settings.claims_per_poll]
+        for start in range(0, len(pending), CLAIM_CONCURRENCY):
+            group = pending[start : start + CLAIM_CONCURRENCY]
+            self.claim_calls += len(group)
+            results = await asyncio.gather(
+                *(
+                    self._call("batch", "tag_resource", resourceArn=arn, tags={batch.CLAIM_TAG: str(track.claim)})
+                    for track, arn, _ in group
+                ),
+                return_exceptions=True,
+            )
+            throttled = False
+            for (track, _, _), result in zip(group, results, strict=True):
+                if not isinstance(result, BaseException):
+                    track.claimed = True
+                elif not isinstance(result, Exception):
+                    raise result
+                elif isinstance(result, Throttled):
+                    throttled = True
+                else:
+                    track.claim_failures += 1
+                    if track.claim_failures == 1:
+                        track.send(
+                            Notice(
+                                f"could not tag AWS Batch job {track.job_id} as watched ({result}); if this "
+                                "task is retried, the retry may adopt this job instead of submitting its own"
+                            )
+                        )
+            if throttled:
+                return
 
     def _settle(self, track: _Track, description: Mapping[str, Any] | None, now: float) -> JobStatus | None:
         if description is None:
@@ -363,15 +382,18 @@ class BatchPoller:
         ]
         report = await self._streams.read(wanted, self._filter)
         found: dict[str, tuple[_Track, list[tuple[int, int, int, LogStream, dict[str, Any]]]]] = {}
+        turn = _Turn()
         for order, (group, event) in enumerate(report.events):
             for track, stream, rank in owners.get((group, str(event.get("logStreamName"))), ()):
                 entry = found.setdefault(track.job_id, (track, []))
                 entry[1].append((int(event.get("timestamp", 0)), rank, order, stream, event))
+            if order % 256 == 255:
+                await turn.take()
         for track, events in found.values():
             events.sort(key=lambda item: item[:3])
-            self._deliver(track, [(stream, event) for _, _, _, stream, event in events])
+            await self._deliver(track, [(stream, event) for _, _, _, stream, event in events], turn)
 
-    def _deliver(self, track: _Track, events: list[tuple[LogStream, dict[str, Any]]]) -> None:
+    async def _deliver(self, track: _Track, events: list[tuple[LogStream, dict[str, Any]]], turn: _Turn) -> None:
         """The new lines, in slices each followed by the position that covers it."""
         lines: list[str] = []
         for stream, event in events:
@@ -384,9 +406,11 @@ class BatchPoller:
                 track.send(OutputLines(tuple(lines)))
                 track.send(LogProgress(track.position.to_dict()))
                 lines = []
+                await turn.take()
         if lines:
             track.send(OutputLines(tuple(lines)))
             track.send(LogProgress(track.position.to_dict()))
+        await turn.take()
 
     async def _filter(self, group: str, names: list[str], start: int) -> list[dict[str, Any]]:
         """New events of up to 100 streams from ``start`` on, oldest first (the planner's reader)."""
@@ -413,6 +437,19 @@ class BatchPoller:
             if not token:
                 break
         return events
+
+
+class _Turn:
+    """Gives the event loop back to other tasks once ``LOOP_TURN_S`` went by: a triggerer taking over
+    thousands of waiting lines must not hold every other trigger while it sorts them."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    async def take(self) -> None:
+        if time.monotonic() - self.started > LOOP_TURN_S:
+            await asyncio.sleep(0)
+            self.started = time.monotonic()
 
 
 # --- sharing within a process ---------------------------------------------------------------------

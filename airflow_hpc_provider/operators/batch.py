@@ -325,9 +325,6 @@ class BatchRevisionOperator(BaseOperator):
                 include_children=self.array_child_logs,
             )
         )
-        if self._submitted is not None and outcome.kind == "ended":
-            # Only now: a worker that died while the job ran leaves it to be adopted by the retry.
-            self._claim(hook, job_id)
         return self.execute_complete(
             context, {**outcome.to_dict(), "aws_conn_id": self.aws_conn_id, "owned": self._submitted is not None}
         )
@@ -406,6 +403,10 @@ class BatchRevisionOperator(BaseOperator):
                 "(the job was not terminated and may still be running)",
                 None,
             )
+        if payload.get("owned", True):
+            # This try takes the job's outcome: no later try may adopt it (a trigger also tagged it
+            # when it began watching; on the worker, or if that failed, it happens here).
+            self._claim(BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name), outcome.job_id)
         status = outcome.status
         self.log.info("%s", self._summary(status))
         if status.state.is_success:

@@ -12,6 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from airflow_hpc_provider.batch_logs import CURSOR_XCOM_KEY
 from tests.integration.batch.dags.batch_scenarios import ENV_WITH_NEWLINE
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
@@ -19,19 +21,30 @@ from tests.integration.batch.moto_batch import HeldJobs, MotoAws
 DAGS = Path(__file__).parent / "dags"
 
 
-def dags_test(moto_aws: MotoAws, home: Path, dag_id: str, queue: str, **env: str) -> subprocess.Popen[str]:
-    environment = {
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated AIRFLOW_HOME for the module's runs (each runs its own DAG)."""
+    path = tmp_path_factory.mktemp("airflow-home")
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=environment(path), check=True, capture_output=True
+    )
+    return path
+
+
+def environment(home: Path, **extra: str) -> dict[str, str]:
+    return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_AWS_BATCH": moto_aws.connection_uri(job_queue=queue),
-        **env,
+        **extra,
     }
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=environment, check=True, capture_output=True)
+
+
+def dags_test(moto_aws: MotoAws, home: Path, dag_id: str, queue: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "airflow", "dags", "test", dag_id],
-        env=environment,
+        env=environment(home, AIRFLOW_CONN_AWS_BATCH=moto_aws.connection_uri(job_queue=queue), **env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -39,7 +52,7 @@ def dags_test(moto_aws: MotoAws, home: Path, dag_id: str, queue: str, **env: str
 
 
 def test_a_locked_task_runs_the_templates_image_before_and_after_a_revisions_task_on_the_same_template(
-    moto_aws: MotoAws, tmp_path: Path
+    moto_aws: MotoAws, home: Path
 ) -> None:
     queue = moto_aws.make_queue(f"users-{uuid.uuid4().hex[:8]}")
     template = f"shared-{uuid.uuid4().hex[:8]}"
@@ -48,7 +61,7 @@ def test_a_locked_task_runs_the_templates_image_before_and_after_a_revisions_tas
         type="container",
         containerProperties={"image": "repo/app:template", "vcpus": 1, "memory": 512},
     )
-    run = dags_test(moto_aws, tmp_path, "batch_template_users", queue, BATCH_TEMPLATE=template)
+    run = dags_test(moto_aws, home, "batch_template_users", queue, BATCH_TEMPLATE=template)
     output, _ = run.communicate(timeout=300)
     assert run.returncode == 0 and "state=success" in output, output[-4000:]
     submitted = dict(re.findall(r"Submitted AWS Batch job (\S+) \(batch_template_users-(\w+)-", output))
@@ -65,10 +78,10 @@ def test_a_locked_task_runs_the_templates_image_before_and_after_a_revisions_tas
 
 
 def test_lines_stream_once_each_and_the_log_position_is_saved_under_airflow_dags_test(
-    moto_aws: MotoAws, tmp_path: Path
+    moto_aws: MotoAws, home: Path
 ) -> None:
     queue = moto_aws.make_queue(f"stream-{uuid.uuid4().hex[:8]}", held=True)
-    run = dags_test(moto_aws, tmp_path, "batch_streaming", queue)
+    run = dags_test(moto_aws, home, "batch_streaming", queue)
     batch = moto_aws.client("batch")
     deadline = time.monotonic() + 180
     while not (jobs := batch.list_jobs(jobQueue=queue, jobStatus="RUNNING")["jobSummaryList"]):
@@ -89,8 +102,9 @@ def test_lines_stream_once_each_and_the_log_position_is_saved_under_airflow_dags
     ]
     assert sorted(seen) == list(range(1, 301)), output[-3000:]
     assert "could not save the log position" not in output
-    with sqlite3.connect(tmp_path / "airflow.db") as db:
-        (value,) = db.execute("SELECT value FROM xcom WHERE key = ?", (CURSOR_XCOM_KEY,)).fetchone()
+    with sqlite3.connect(home / "airflow.db") as db:
+        query = "SELECT value FROM xcom WHERE key = ? AND dag_id = ?"
+        (value,) = db.execute(query, (CURSOR_XCOM_KEY, "batch_streaming")).fetchone()
     saved = json.loads(value if isinstance(value, str) else value.decode())
     (position,) = saved["streams"].values()
     assert position["t"] == now + 1000 + 300  # the last line's timestamp

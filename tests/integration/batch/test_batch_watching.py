@@ -237,6 +237,34 @@ async def test_many_jobs_cost_one_describejobs_per_hundred_per_poll(aws: MotoAws
     await poller.close()
 
 
+async def test_claims_of_many_new_jobs_are_spread_over_polls_and_ended_jobs_go_first(
+    aws: MotoAws, held_queue: str
+) -> None:
+    ids = [submit(held_queue) for _ in range(120)]
+    aws.held.finish(ids[-1], success=True, exit_code=0)  # ended before any trigger saw it
+    poller = BatchPoller(BatchTarget(CONN_ID), BatchPollerSettings(interval_s=60, claims_per_poll=50))
+    streams = [poller.watch(job_id, claim="trigger") for job_id in ids]
+    await asyncio.gather(*(anext(s) for s in streams))  # the first poll is under way
+    async with asyncio.timeout(20):
+        while poller.claim_calls < 50:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(1)  # and over: the next poll is a minute away
+
+    def claimed() -> set[str]:
+        tags = aws.client("batch").list_tags_for_resource
+        return {job_id for job_id in ids if batch.CLAIM_TAG in tags(resourceArn=HeldJobs.job(job_id).arn)["tags"]}
+
+    assert poller.claim_calls == 50 and ids[-1] in claimed()
+    await poller.poll_once()
+    await poller.poll_once()
+    assert claimed() == set(ids) and poller.claim_calls == 120
+    await poller.poll_once()
+    assert poller.claim_calls == 120  # DescribeJobs shows the tags: nothing claimed twice
+    for s in streams:
+        await s.aclose()
+    await poller.close()
+
+
 async def test_a_job_unknown_to_describejobs_is_lost_never_a_success(aws: MotoAws) -> None:
     poller = BatchPoller(BatchTarget(CONN_ID), BatchPollerSettings(interval_s=1, missing_grace_s=2))
     events = poller.watch("no-such-job")
