@@ -91,11 +91,17 @@ class SavedPosition:
     def from_record(cls, record: Mapping[str, Any] | None) -> SavedPosition:
         if record is None:
             return cls(LogPosition(), resumed=False)
-        return cls(LogPosition.from_dict(record.get("streams")), resumed=True)
+        return cls(LogPosition.from_dict(record.get("streams")), resumed=bool(record.get("watched", True)))
 
     @staticmethod
     def record(position: dict[str, Any]) -> dict[str, Any]:
         return {"streams": position}
+
+    @staticmethod
+    def before_watching() -> dict[str, Any]:
+        """What the operator stores before deferring: the trigger then finds a record (no "XCom not
+        found" error in the triggerer's log) that says no watch of this try has begun yet."""
+        return {"streams": {}, "watched": False}
 
 
 class PositionStore(Protocol):

@@ -16,8 +16,9 @@ Rules:
 * the final lines are read in the same poll that sees the job end, before ``JobEnded``;
 * a job's new lines go out in slices of at most ``lines_per_slice`` lines, each followed by the
   position that covers it, so a watcher can commit its position slice by slice;
-* a watcher that owns the job *claims* it (the job tag :data:`~dialects.batch.CLAIM_TAG`) on the
-  first poll, before any end is reported: a later try never adopts a job a trigger watched.
+* a watcher that owns the job *claims* it (the job tag :data:`~dialects.batch.CLAIM_TAG`): a job
+  seen ended before its end is reported, the others within the first polls (100 per poll): a later
+  try never adopts a job a trigger watched.
 
 boto3 is blocking, so every call runs in a worker thread; the event loop only sorts answers.
 """

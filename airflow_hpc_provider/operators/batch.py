@@ -15,7 +15,7 @@ from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
-from airflow_hpc_provider.batch_logs import MemoryPositionStore
+from airflow_hpc_provider.batch_logs import CURSOR_XCOM_KEY, MemoryPositionStore, SavedPosition
 from airflow_hpc_provider.batch_poller import BatchTarget
 from airflow_hpc_provider.batch_watch import watch_batch_job
 from airflow_hpc_provider.dialects import batch
@@ -297,6 +297,7 @@ class BatchRevisionOperator(BaseOperator):
         interval = self.poll_interval or DEFAULT_POLL_INTERVAL_S
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
         if self.deferrable:
+            ti.xcom_push(key=CURSOR_XCOM_KEY, value=SavedPosition.before_watching())
             self.defer(
                 trigger=BatchJobTrigger(
                     job_id=job_id,

@@ -124,23 +124,29 @@ def run_streaming(
     for writer in writers:
         writer.thread.start()
     duration = total / per_second
+    delivered = 0
     try:
         for kill in range(kills):
-            # Mid-stream: a share of the lines written, and streaming into the task log.
+            # Mid-stream: a share of the lines written, and the live triggerer streaming them (its
+            # lines in the task log grew since the last kill).
             stack.wait(
                 lambda share=(kill + 1) / (kills + 1): min(w.written for w in writers) >= share * total,
                 duration * 3 + 60,
                 f"{(kill + 1) / (kills + 1):.0%} of the lines written",
                 interval_s=0.2,
             )
-            stack.wait(
-                lambda: numbered(stack.task_log(dag_id, run_id, "job_0", 1), "job_0"),
-                120,
-                "job_0's lines in its task log",
+            before = delivered
+            delivered = stack.wait(
+                lambda before=before: (
+                    (n := sum(numbered(stack.task_log(dag_id, run_id, "job_0", 1), "job_0").values())) > before and n
+                ),
+                180,
+                "the live triggerer to stream job_0's lines",
             )
             took = kill_and_restart(stack)
             print(
-                f"\n{dag_id}: triggerer SIGKILLed at {min(w.written for w in writers)} lines; restarted in {took:.1f}s"
+                f"\n{dag_id}: triggerer SIGKILLed with {min(w.written for w in writers)} lines written, "
+                f"{delivered} of job_0's in its log; restarted in {took:.1f}s"
             )
         for writer in writers:
             writer.thread.join(timeout=duration * 3 + 60)
@@ -177,10 +183,20 @@ def test_a_triggerer_killed_twice_while_thousands_of_cloudwatch_lines_flow_loses
     print(f"\ndep_batch_restart {run_id}: task -> (missing, repeated, replay marks K): {report}")
 
 
-def test_at_a_few_lines_a_second_a_killed_triggerer_repeats_no_line(batch_stack: BatchStack) -> None:
+def test_at_a_few_lines_a_second_a_killed_triggerer_loses_none_and_repeats_at_most_the_marked_slice(
+    batch_stack: BatchStack,
+) -> None:
+    """At low volume a line repeats only if the kill lands between the supervisor writing it and the
+    position being saved (about 0.1 s per poll here, see the docs): usually every line is once."""
     total, per_second = 40, 2
     run_id, logs, _ = run_streaming(batch_stack, "dep_batch_quiet", BATCH_QUIET_TASKS, total, per_second, kills=1)
+    repeats = {}
     for task_id, log in logs.items():
         seen = numbered(log, task_id)
-        assert seen == Counter(dict.fromkeys(range(1, total + 1), 1)), f"{task_id}: {sorted(seen.items())}"
-    print(f"\ndep_batch_quiet {run_id}: every line exactly once in all {BATCH_QUIET_TASKS} task logs")
+        outside, _ = unannounced_repeats(log, task_id)
+        assert set(seen) == set(range(1, total + 1)), f"{task_id}: {sorted(seen.items())}"
+        assert not outside, f"{task_id}: lines repeated outside a replay mark: {outside}"
+        repeats[task_id] = sorted(n for n, count in seen.items() if count > 1)
+        # A slice at this rate is one poll's lines: about poll_interval * per_second.
+        assert len(repeats[task_id]) <= 2 * 2 * per_second, repeats
+    print(f"\ndep_batch_quiet {run_id}: lines repeated (inside the replay mark) per task: {repeats}")
