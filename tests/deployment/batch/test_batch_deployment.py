@@ -25,7 +25,7 @@ from tests.deployment.dags.scenario_common import BATCH_QUIET_TASKS, BATCH_RESTA
 from tests.deployment.stack import AirflowStack
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
 
-pytestmark = [pytest.mark.deployment, pytest.mark.slow]
+pytestmark = [pytest.mark.deployment, pytest.mark.cluster, pytest.mark.slow]  # the shared stack brings the cluster up
 
 MARK = re.compile(r"^--- replayed after a triggerer restart: the next (\d+) lines may appear twice ---$")
 LINE = re.compile(r"^(job_\d+) line (\d+) of (\d+)$")
