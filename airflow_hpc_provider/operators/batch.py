@@ -293,6 +293,9 @@ class BatchRevisionOperator(BaseOperator):
         ti.xcom_push(key="batch_job_id", value=job_id)
         ti.xcom_push(key=LINK_XCOM_KEY, value={"job_id": job_id, "region": region})
         if not self.wait_for_completion:
+            if self._submitted is not None:
+                # Submitting was this task's whole outcome: a later try (a cleared task) submits anew.
+                self._claim(hook, job_id)
             return job_id
         interval = self.poll_interval or DEFAULT_POLL_INTERVAL_S
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None

@@ -195,12 +195,12 @@ async def test_a_failed_job_fails_the_task_with_its_reason_and_exit_code(aws: Mo
         await asyncio.to_thread(op.execute_complete, {"ti": FakeTI("f")}, payload)  # type: ignore[arg-type]
 
 
-async def test_a_retry_adopts_the_job_an_earlier_try_submitted_and_nothing_watched(
+async def test_a_retry_adopts_the_job_of_a_try_whose_worker_died_and_not_that_of_a_try_that_ended(
     aws: MotoAws, held_queue: str
 ) -> None:
     run_id = uuid.uuid4().hex
 
-    def execute(try_number: int) -> str:
+    def execute(try_number: int, *, worker_dies: bool = False) -> str:
         op = BatchRevisionOperator(
             task_id="adopt",
             command="sleep 100",
@@ -209,18 +209,20 @@ async def test_a_retry_adopts_the_job_an_earlier_try_submitted_and_nothing_watch
             aws_conn_id=CONN_ID,
             wait_for_completion=False,
         )
-        return op.execute({"ti": FakeTI("adopt", try_number=try_number, run_id=run_id)})  # type: ignore[arg-type]
+        ti = FakeTI("adopt", try_number=try_number, run_id=run_id)
+        if worker_dies:  # the worker is killed right after SubmitJob: the rest of execute never runs
+            return op._submit(BatchHook(CONN_ID), {"ti": ti})  # type: ignore[arg-type]
+        return op.execute({"ti": ti})  # type: ignore[arg-type]
 
-    first = await asyncio.to_thread(execute, 1)
-    second = await asyncio.to_thread(execute, 2)  # still running
+    first = await asyncio.to_thread(execute, 1, worker_dies=True)
+    second = await asyncio.to_thread(execute, 2)  # the job still runs: adopted
     assert second == first
-    aws.held.finish(first, success=True, exit_code=0)
-    third = await asyncio.to_thread(execute, 3)  # ended while nothing watched it
-    assert third == first
+    third = await asyncio.to_thread(execute, 3)  # try 2 took its outcome (submitted): a new job
+    assert third != first
     listed = aws.client("batch").list_jobs(
         jobQueue=held_queue, filters=[{"name": "JOB_NAME", "values": ["batch_tests-adopt-*"]}]
     )
-    assert [j["jobId"] for j in listed["jobSummaryList"]] == [first]
+    assert sorted(j["jobId"] for j in listed["jobSummaryList"]) == sorted([first, third])
 
 
 async def test_many_jobs_cost_one_describejobs_per_hundred_per_poll(aws: MotoAws, held_queue: str) -> None:
