@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.deployment, pytest.mark.cluster, pytest.mark.slow]  # 
 
 MARK = re.compile(r"^--- replayed after a triggerer restart: the next (\d+) lines may appear twice ---$")
 LINE = re.compile(r"^(job_\d+) line (\d+) of (\d+)$")
+# A kill comes only once the live triggerer has added this many of job_0's lines to its task log.
+STREAMING_PROOF_LINES = 20
 
 
 @dataclass
@@ -138,7 +140,9 @@ def run_streaming(
             before = delivered
             delivered = stack.wait(
                 lambda before=before: (
-                    (n := sum(numbered(stack.task_log(dag_id, run_id, "job_0", 1), "job_0").values())) > before and n
+                    (n := sum(numbered(stack.task_log(dag_id, run_id, "job_0", 1), "job_0").values()))
+                    > before + STREAMING_PROOF_LINES
+                    and n
                 ),
                 180,
                 "the live triggerer to stream job_0's lines",
