@@ -1,4 +1,4 @@
-"""Where a Batch job's CloudWatch log has been read up to, and where that survives a triggerer restart.
+"""Where a Batch job's CloudWatch log has been delivered up to, and where that survives a triggerer restart.
 
 A trigger is rebuilt from the kwargs it was deferred with, which never change, so the read position
 cannot live there. CloudWatch gives every event a timestamp and a unique event id, and
@@ -7,26 +7,32 @@ is therefore "the newest timestamp delivered, and the ids of the events delivere
 timestamp": reading again from that timestamp and skipping those ids repeats nothing and skips
 nothing that arrived in order.
 
-The position is saved, after the lines are logged, in the task instance's own XCom (key
-:data:`CURSOR_XCOM_KEY`) through the triggerer's connection to the API server. Airflow keeps a task's
-XComs while it is deferred and clears them when a new try starts, which is the lifetime wanted: a
-restarted trigger of the same try continues where the last one stopped; a retry logs from the start.
+The position is saved in the task instance's own XCom (key :data:`CURSOR_XCOM_KEY`) through the
+triggerer's connection to the API server, and only once the lines before it are known to be written
+to the task log (:mod:`~airflow_hpc_provider.log_delivery`). Airflow keeps a task's XComs while it
+is deferred and clears them when a new try starts, which is the lifetime wanted: a restarted trigger
+of the same try continues where the last one's lines are known to be written; a retry logs from the
+start.
 
-Honest limits: a triggerer killed hard (SIGKILL, power loss) between logging a poll's lines and
-saving the position repeats that one poll's lines; it never drops any. Events that CloudWatch
-ingests later with a timestamp older than the saved position are not shown.
+The guarantee (see ``batch_watch.py``): no line is lost by a triggerer restart. Lines handed to the
+task log but not yet confirmed written when the triggerer died (at most one slice,
+``BatchPollerSettings.lines_per_slice`` lines) are read again, after a marker line saying how many
+of the next lines may appear twice. Events that CloudWatch ingests later with a timestamp older than
+the saved position are not shown.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
 CURSOR_XCOM_KEY = "batch_log_position"
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,6 +76,34 @@ class LogPosition:
         return position
 
 
+@dataclass(frozen=True)
+class SavedPosition:
+    """What a store keeps: the committed position, and that a watch of this try already began.
+
+    ``resumed`` is True when an earlier watch of the same try saved anything (even before its first
+    line): lines it handed over after its last commit may then be in the task log already.
+    """
+
+    position: LogPosition
+    resumed: bool
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any] | None) -> SavedPosition:
+        if record is None:
+            return cls(LogPosition(), resumed=False)
+        return cls(LogPosition.from_dict(record.get("streams")), resumed=bool(record.get("watched", True)))
+
+    @staticmethod
+    def record(position: dict[str, Any]) -> dict[str, Any]:
+        return {"streams": position}
+
+    @staticmethod
+    def before_watching() -> dict[str, Any]:
+        """What the operator stores before deferring: the trigger then finds a record (no "XCom not
+        found" error in the triggerer's log) that says no watch of this try has begun yet."""
+        return {"streams": {}, "watched": False}
+
+
 class PositionStore(Protocol):
     """Keeps one job's :class:`LogPosition` beyond the life of the process that read the log."""
 
@@ -91,6 +125,24 @@ class MemoryPositionStore:
         self.saved = position
 
 
+async def _through_supervisor(sync_call: Callable[[], T], async_call: Callable[[], Any]) -> T:
+    """Run an XCom call the way this process's supervisor link allows.
+
+    The triggerer's link speaks asynchronously (``asend``). ``airflow dags test`` runs the trigger
+    inline, in the task's own process, over in-process comms that only speak synchronously (no
+    ``asend``: ``XCom.aset`` fails there with an AttributeError). There the synchronous call is
+    used, in a thread so the loop keeps running; the task's thread is waiting on this very trigger,
+    so nothing else uses the comms meanwhile.
+    """
+    from airflow.sdk.execution_time import task_runner
+
+    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
+    if comms is not None and not hasattr(comms, "asend"):
+        return await asyncio.to_thread(sync_call)
+    result: T = await async_call()
+    return result
+
+
 @dataclass(frozen=True)
 class XComPositionStore:
     """The task instance's own XCom, written through the triggerer's supervisor connection."""
@@ -100,17 +152,21 @@ class XComPositionStore:
     run_id: str
     map_index: int = -1
 
+    def _where(self) -> dict[str, Any]:
+        return {
+            "key": CURSOR_XCOM_KEY,
+            "dag_id": self.dag_id,
+            "task_id": self.task_id,
+            "run_id": self.run_id,
+            "map_index": self.map_index,
+        }
+
     async def load(self) -> dict[str, Any] | None:
         from airflow.sdk.execution_time.xcom import XCom
 
+        where = self._where()
         try:
-            value = await XCom.aget_one(
-                key=CURSOR_XCOM_KEY,
-                dag_id=self.dag_id,
-                task_id=self.task_id,
-                run_id=self.run_id,
-                map_index=self.map_index,
-            )
+            value = await _through_supervisor(lambda: XCom.get_one(**where), lambda: XCom.aget_one(**where))
         except Exception as error:  # no supervisor (a plain script): start from the beginning
             log.debug("no saved log position: %r", error)
             return None
@@ -119,11 +175,5 @@ class XComPositionStore:
     async def save(self, position: dict[str, Any]) -> None:
         from airflow.sdk.execution_time.xcom import XCom
 
-        await XCom.aset(
-            key=CURSOR_XCOM_KEY,
-            value=position,
-            dag_id=self.dag_id,
-            task_id=self.task_id,
-            run_id=self.run_id,
-            map_index=self.map_index,
-        )
+        where = self._where()
+        await _through_supervisor(lambda: XCom.set(value=position, **where), lambda: XCom.aset(value=position, **where))

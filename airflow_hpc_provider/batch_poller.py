@@ -3,7 +3,8 @@
 Inside one process all watchers of one (aws connection, region) on one event loop share one
 :class:`BatchPoller`, reference-counted like the SSH cluster poller (``poller.py``), whose event
 types it reuses. Each interval it asks DescribeJobs about every watched job, 100 ids per call, and
-reads the new CloudWatch lines of running jobs with FilterLogEvents, 100 streams per call.
+reads the new CloudWatch lines of running jobs with FilterLogEvents, 100 streams per call (streams
+that do not exist yet cost a bounded number of extra calls: see :mod:`batch_streams`).
 
 Rules:
 
@@ -12,7 +13,12 @@ Rules:
 * a job DescribeJobs does not know is never a success: after ``missing_grace_s`` it is ``LOST``;
 * throttling (and any failed call) concludes nothing: the poller backs off, with jitter, and
   tells the watchers; only credentials refused outright end the watches (the jobs are left alone);
-* the final lines are read in the same poll that sees the job end, before ``JobEnded``.
+* the final lines are read in the same poll that sees the job end, before ``JobEnded``;
+* a job's new lines go out in slices of at most ``lines_per_slice`` lines, each followed by the
+  position that covers it, so a watcher can commit its position slice by slice;
+* a watcher that owns the job *claims* it (the job tag :data:`~dialects.batch.CLAIM_TAG`): a job
+  seen ended before its end is reported, the others within the first polls (100 per poll): a later
+  try never adopts a job a trigger watched.
 
 boto3 is blocking, so every call runs in a worker thread; the event loop only sorts answers.
 """
@@ -31,6 +37,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_hpc_provider.batch_logs import LogPosition
+from airflow_hpc_provider.batch_streams import LogGroupMissing, LogStreamMissing, LogStreamPlanner, WantedStream
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import LogStream
 from airflow_hpc_provider.hooks.batch import AUTH_CODES, THROTTLING_CODES, BatchHook, error_code, error_text
@@ -48,6 +55,9 @@ from airflow_hpc_provider.poller import (
 from airflow_hpc_provider.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
+
+CLAIM_CONCURRENCY = 10
+LOOP_TURN_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,16 @@ class BatchPollerSettings:
     missing_grace_s: float = 300.0
     max_backoff_s: float = 120.0
     max_log_pages: int = 20  # per FilterLogEvents chunk per poll; the rest comes next poll
+    # The most lines a watcher gets before the position that covers them: what a triggerer killed
+    # at the worst moment may repeat after its restart.
+    lines_per_slice: int = 500
+    # FilterLogEvents calls per poll beyond one per 100 existing streams: finding streams that
+    # exist (new, or missing so far) costs at most this.
+    extra_log_calls_per_poll: int = 8
+    # A stream found missing is tried again after one interval, then twice as long each time, up to this.
+    max_missing_probe_s: float = 60.0
+    claim_attempts: int = 3
+    claims_per_poll: int = 100
 
 
 class Throttled(Exception):
@@ -93,6 +113,9 @@ class _Track:
     missing_since: float | None = None
     children: list[str] = field(default_factory=list)
     warned_states: set[str] = field(default_factory=set)
+    claim: str | None = None  # the claim tag's value, when a watcher owns the job
+    claimed: bool = False
+    claim_failures: int = 0
 
     def send(self, event: BatchWatchEvent) -> None:
         for queue in self.queues:
@@ -113,17 +136,30 @@ class BatchPoller:
         self._failures = 0  # consecutive failed polls, for the backoff
         self.describe_calls = 0
         self.log_calls = 0
+        self.claim_calls = 0
+        self._streams = LogStreamPlanner(
+            extra_calls_per_poll=settings.extra_log_calls_per_poll,
+            first_probe_s=settings.interval_s,
+            max_probe_s=max(settings.max_missing_probe_s, settings.interval_s),
+        )
 
     # -- watching ----------------------------------------------------------------------------------
 
     async def watch(
-        self, job_id: str, *, include_children: bool = False, position: LogPosition | None = None
+        self,
+        job_id: str,
+        *,
+        include_children: bool = False,
+        position: LogPosition | None = None,
+        claim: str | None = None,
     ) -> AsyncGenerator[BatchWatchEvent, None]:
+        """The job's events. ``claim``: tag the job as watched with this value (owners only)."""
         queue: asyncio.Queue[BatchWatchEvent] = asyncio.Queue()
         track = self._tracks.get(job_id)
         if track is None:
             track = self._tracks[job_id] = _Track(job_id, include_children, position or LogPosition())
         track.include_children = track.include_children or include_children
+        track.claim = track.claim or claim
         track.queues.append(queue)
         self._ensure_running()
         self._wake.set()
@@ -252,9 +288,60 @@ class BatchPoller:
                 reads += [(track, stream) for stream in streams]
             if final is not None:
                 ended.append((track, final))
+        await self._claim([(track, found[job_id]) for job_id, track in tracks.items() if job_id in found])
         await self._read_logs(reads)
         for track, status in ended:
             track.send(JobEnded(status))
+
+    async def _claim(self, described: list[tuple[_Track, Mapping[str, Any]]]) -> None:
+        """Tag the owned jobs not tagged yet, ended ones first (before their end is reported).
+
+        At most ``claims_per_poll`` TagResource calls per poll, ``CLAIM_CONCURRENCY`` at a time: a
+        triggerer that starts with a thousand new triggers spreads their claims over a few polls
+        instead of bursting into Batch's API limits. Throttling ends this poll's claims without
+        counting against a job; any other refusal counts, and after ``claim_attempts`` the job is
+        left unclaimed (said in its log; the try that reads its end claims it from the worker).
+        """
+        pending: list[tuple[_Track, str, bool]] = []
+        for track, description in described:
+            if track.claim is None or track.claimed or track.claim_failures >= self.settings.claim_attempts:
+                continue
+            if batch.CLAIM_TAG in (description.get("tags") or {}):
+                track.claimed = True
+            elif description.get("jobArn"):
+                ended = str(description.get("status")) in batch.FINAL_STATES
+                pending.append((track, str(description["jobArn"]), ended))
+        pending.sort(key=lambda item: not item[2])  # ended jobs first
+        pending = pending[: self.settings.claims_per_poll]
+        for start in range(0, len(pending), CLAIM_CONCURRENCY):
+            group = pending[start : start + CLAIM_CONCURRENCY]
+            self.claim_calls += len(group)
+            results = await asyncio.gather(
+                *(
+                    self._call("batch", "tag_resource", resourceArn=arn, tags={batch.CLAIM_TAG: str(track.claim)})
+                    for track, arn, _ in group
+                ),
+                return_exceptions=True,
+            )
+            throttled = False
+            for (track, _, _), result in zip(group, results, strict=True):
+                if not isinstance(result, BaseException):
+                    track.claimed = True
+                elif not isinstance(result, Exception):
+                    raise result
+                elif isinstance(result, Throttled):
+                    throttled = True
+                else:
+                    track.claim_failures += 1
+                    if track.claim_failures == 1:
+                        track.send(
+                            Notice(
+                                f"could not tag AWS Batch job {track.job_id} as watched ({result}); if this "
+                                "task is retried, the retry may adopt this job instead of submitting its own"
+                            )
+                        )
+            if throttled:
+                return
 
     def _settle(self, track: _Track, description: Mapping[str, Any] | None, now: float) -> JobStatus | None:
         if description is None:
@@ -283,48 +370,59 @@ class BatchPoller:
     async def _read_logs(self, reads: list[tuple[_Track, LogStream]]) -> None:
         if not reads:
             return
-        by_group: dict[str, list[tuple[_Track, LogStream]]] = {}
+        # Who reads which stream (a child's stream may also be watched on its own), and in which
+        # order a track lists its streams (attempts, then children): that orders equal timestamps.
+        owners: dict[tuple[str, str], list[tuple[_Track, LogStream, int]]] = {}
+        ranks: dict[str, int] = {}
         for track, stream in reads:
-            by_group.setdefault(stream.group, []).append((track, stream))
-        lines: dict[str, list[str]] = {}
-        touched: dict[str, _Track] = {}
-        for group, items in by_group.items():
-            for start in range(0, len(items), batch.LOG_STREAMS_PER_CALL):
-                chunk = items[start : start + batch.LOG_STREAMS_PER_CALL]
-                events = await self._filter(group, chunk)
-                owners = {stream.name: (track, stream) for track, stream in chunk}
-                for event in events:
-                    owner = owners.get(str(event.get("logStreamName")))
-                    if owner is None:
-                        continue
-                    track, stream = owner
-                    position = track.position.of(f"{group}|{stream.name}")
-                    if position.accept(int(event["timestamp"]), str(event["eventId"])):
-                        text = str(event.get("message", "")).rstrip("\n")
-                        lines.setdefault(track.job_id, []).extend(stream.label + line for line in text.split("\n"))
-                        touched[track.job_id] = track
-        for job_id, track in touched.items():
-            track.send(OutputLines(tuple(lines[job_id])))
-            track.send(LogProgress(track.position.to_dict()))
+            rank = ranks[track.job_id] = ranks.get(track.job_id, -1) + 1
+            owners.setdefault((stream.group, stream.name), []).append((track, stream, rank))
+        wanted = [
+            WantedStream(group, name, min(t.position.of(f"{group}|{name}").timestamp for t, _, _ in readers))
+            for (group, name), readers in owners.items()
+        ]
+        report = await self._streams.read(wanted, self._filter)
+        found: dict[str, tuple[_Track, list[tuple[int, int, int, LogStream, dict[str, Any]]]]] = {}
+        turn = _Turn()
+        for order, (group, event) in enumerate(report.events):
+            for track, stream, rank in owners.get((group, str(event.get("logStreamName"))), ()):
+                entry = found.setdefault(track.job_id, (track, []))
+                entry[1].append((int(event.get("timestamp", 0)), rank, order, stream, event))
+            if order % 256 == 255:
+                await turn.take()
+        for track, events in found.values():
+            events.sort(key=lambda item: item[:3])
+            await self._deliver(track, [(stream, event) for _, _, _, stream, event in events], turn)
 
-    async def _filter(self, group: str, chunk: list[tuple[_Track, LogStream]]) -> list[dict[str, Any]]:
-        """New events of up to 100 streams, from the oldest position among them, oldest first."""
-        start = min(track.position.of(f"{group}|{stream.name}").timestamp for track, stream in chunk)
-        names = sorted({stream.name for _, stream in chunk})
+    async def _deliver(self, track: _Track, events: list[tuple[LogStream, dict[str, Any]]], turn: _Turn) -> None:
+        """The new lines, in slices each followed by the position that covers it."""
+        lines: list[str] = []
+        for stream, event in events:
+            position = track.position.of(f"{stream.group}|{stream.name}")
+            if not position.accept(int(event["timestamp"]), str(event["eventId"])):
+                continue
+            text = str(event.get("message", "")).rstrip("\n")
+            lines.extend(stream.label + line for line in text.split("\n"))
+            if len(lines) >= self.settings.lines_per_slice:
+                track.send(OutputLines(tuple(lines)))
+                track.send(LogProgress(track.position.to_dict()))
+                lines = []
+                await turn.take()
+        if lines:
+            track.send(OutputLines(tuple(lines)))
+            track.send(LogProgress(track.position.to_dict()))
+        await turn.take()
+
+    async def _filter(self, group: str, names: list[str], start: int) -> list[dict[str, Any]]:
+        """New events of up to 100 streams from ``start`` on, oldest first (the planner's reader)."""
         try:
             return await self._filter_pages(group, names, start)
         except ClientError as error:
             if error_code(error) != "ResourceNotFoundException":
                 raise
-        # A stream not created yet (the container is starting) spoils the batch: ask one by one.
-        events: list[dict[str, Any]] = []
-        for name in names:
-            try:
-                events += await self._filter_pages(group, [name], start)
-            except ClientError as error:
-                if error_code(error) != "ResourceNotFoundException":
-                    raise
-        return events
+            if "log group" in error_text(error).lower():
+                raise LogGroupMissing(error_text(error)) from error
+            raise LogStreamMissing(error_text(error)) from error
 
     async def _filter_pages(self, group: str, names: list[str], start: int) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -339,8 +437,20 @@ class BatchPoller:
             token = answer.get("nextToken")
             if not token:
                 break
-        # Oldest first per stream; sorted() is stable, so CloudWatch's order of equal times stays.
-        return sorted(events, key=lambda e: int(e.get("timestamp", 0)))
+        return events
+
+
+class _Turn:
+    """Gives the event loop back to other tasks once ``LOOP_TURN_S`` went by: a triggerer taking over
+    thousands of waiting lines must not hold every other trigger while it sorts them."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+
+    async def take(self) -> None:
+        if time.monotonic() - self.started > LOOP_TURN_S:
+            await asyncio.sleep(0)
+            self.started = time.monotonic()
 
 
 # --- sharing within a process ---------------------------------------------------------------------

@@ -24,6 +24,12 @@ LOG_STREAMS_PER_CALL = 100  # FilterLogEvents takes at most 100 stream names
 DEFAULT_LOG_GROUP = "/aws/batch/job"
 KEY_TAG = "airflow-hpc-key"
 CONTENT_TAG = "airflow-hpc-content"
+# Set on a job once its outcome belongs to a try: a trigger watched it, a try read its end, or we
+# terminated it. A later try never adopts a job carrying it (see ``hooks/batch.py``).
+CLAIM_TAG = "airflow-hpc-claimed"
+CLAIM_BY_TRIGGER = "trigger"
+CLAIM_BY_OUTCOME = "outcome"
+CLAIM_BY_TERMINATE = "terminated"
 MIN_ATTEMPT_DURATION_S = 60
 # SubmitJob refuses requests over 30 KiB; what is left after tags, names and env is for the script.
 DEFAULT_OFFLOAD_THRESHOLD_BYTES = 20 * 1024
@@ -38,6 +44,7 @@ _STATES = {
     "FAILED": JobState.FAILED,
 }
 LIVE_STATES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+FINAL_STATES = ("SUCCEEDED", "FAILED")
 
 # Fields of a job definition that a new revision keeps from its template (RegisterJobDefinition
 # takes them as they come back from DescribeJobDefinitions).
@@ -155,6 +162,22 @@ def job_name_for(base: str, key: JobKey) -> str:
 def job_name_pattern(base: str, key: JobKey) -> str:
     """The ListJobs JOB_NAME filter that finds every try of this task instance."""
     return f"{base}-{key.task_digest}-*"
+
+
+# Room for "-airflow-hpc-" and 16 hex digits within Batch's 128 characters per definition name.
+REVISION_NAME_BASE_MAX = 96
+
+
+def revision_definition_name(template_name: str, digest: str) -> str:
+    """Where ``revisions`` mode registers a template with another image: never the template's name.
+
+    Registering under the template's own name would make its bare name (latest ACTIVE revision)
+    resolve to whatever image the last task asked for: locked tasks naming the template, other DAGs
+    and console users would silently run it. A name of its own per content keeps the template's
+    revisions exactly as their owner registered them, and makes finding the revision for a content
+    one DescribeJobDefinitions call.
+    """
+    return f"{template_name[:REVISION_NAME_BASE_MAX]}-airflow-hpc-{digest[:16]}"
 
 
 def content_hash(body: Mapping[str, Any]) -> str:

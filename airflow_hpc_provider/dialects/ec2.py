@@ -7,7 +7,8 @@
   atomically to a sentinel. Nothing secret is in it: env values never travel in user-data.
 * :func:`render_payload`: the script sent over the tunnel (stdin to ``sh -s``) that delivers the
   task's script and env values into the run directory, once.
-* :class:`Ec2RunnerDialect`: the poller's view of one instance (phase file, sentinel, log reader).
+* :class:`Ec2RunnerDialect`: the poller's view of one instance (phase file, sentinel, whether the
+  runner still lives, log reader).
 * tags, instance-type choice, console host-key parsing and the reaper's decision.
 """
 
@@ -37,7 +38,9 @@ USER_DATA_LIMIT_BYTES = 16 * 1024
 DEFAULT_TAG_PREFIX = "airflow-hpc"
 DEFAULT_WORK_DIR = "/var/lib/airflow-hpc"
 DEFAULT_OS_USER = "ec2-user"
-# `timeout` exits 124 when it sent the first signal, 137 (128 + KILL) when -k had to follow up.
+# `timeout` exits 124 when it sent the first signal, 137 (128 + KILL) when -k had to follow up. A
+# container killed by anything else (the OOM killer, `docker kill`) also ends 137: only the runner's
+# own "time_limit_reached" marker says that the time limit did it.
 TIMEOUT_EXIT_CODES = frozenset({124, 137})
 # The runner writes this exit code when the task never arrived or the image could not be pulled.
 RUNNER_FAILED_EXIT = 125
@@ -209,6 +212,11 @@ finish() {
 }
 note() { printf '[airflow-hpc runner] %s\n' "$1" >> "$W/job.log"; }
 
+# Who the runner is (pid and start time, which tells a reused pid apart): a probe that finds this
+# process gone with no exit code written knows the runner died (killed, OOM, a crashed agent).
+printf '%s %s\n' "$$" "$(sed 's/.*) //' "/proc/$$/stat" | cut -d' ' -f20)" > "$W/runner.tmp"
+mv -f "$W/runner.tmp" "$W/runner"
+
 # Host keys on the serial console: GetConsoleOutput lets the controller verify sshd's identity
 # without ever having seen this instance before. Public keys only.
 for key in "$HOST_KEY_DIR"/ssh_host_*_key.pub; do
@@ -254,6 +262,7 @@ if ! docker pull "$IMAGE" >> "$W/job.log" 2>&1; then
 fi
 
 phase running
+STARTED=$(date +%s)
 (
   # Values come from a file the controller wrote over the tunnel; docker reads them from this
   # subshell's environment (-e NAME, no value on any command line).
@@ -267,7 +276,12 @@ phase running
 rc=${PIPESTATUS[0]}
 rm -f "$W/payload/env.sh"
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-  note "time limit of ${LIMIT}s reached: container stopped"
+  if [ $(($(date +%s) - STARTED)) -ge "$LIMIT" ]; then
+    : > "$W/time_limit_reached"
+    note "time limit of ${LIMIT}s reached: container stopped"
+  else
+    note "the container was killed (exit $rc) before the time limit"
+  fi
   # A killed docker client can leave its container running: remove it for sure.
   docker rm -f "$NAME" > /dev/null 2>&1 || true
 fi
@@ -331,14 +345,30 @@ _PHASES = {
 }
 
 
-def status_from_exit(job_id: str, code: int) -> JobStatus:
+def status_from_exit(job_id: str, code: int, time_limit_reached: bool = False) -> JobStatus:
     if code == 0:
-        state = JobState.COMPLETED
-    elif code in TIMEOUT_EXIT_CODES:
-        state = JobState.TIMEOUT
-    else:
-        state = JobState.FAILED
-    return JobStatus(job_id=job_id, state=state, native_state=state.value, exit_code=code)
+        return JobStatus(job_id=job_id, state=JobState.COMPLETED, native_state="COMPLETED", exit_code=code)
+    if code in TIMEOUT_EXIT_CODES and time_limit_reached:
+        return JobStatus(
+            job_id=job_id, state=JobState.TIMEOUT, native_state="TIMEOUT", exit_code=code, reason="time limit reached"
+        )
+    reason = None
+    if code in TIMEOUT_EXIT_CODES:
+        reason = "the container was killed before its time limit (out of memory, or stopped from outside)"
+    return JobStatus(job_id=job_id, state=JobState.FAILED, native_state="FAILED", exit_code=code, reason=reason)
+
+
+def runner_gone(job_id: str, phase: str) -> JobStatus:
+    """The runner died without writing an exit code: a failure of unknown exit, never a time limit."""
+    return JobStatus(
+        job_id=job_id,
+        state=JobState.FAILED,
+        native_state="RUNNER_GONE",
+        reason=(
+            f"the runner on the instance died while {phase or 'booting'} without writing an exit code "
+            "(killed, out of memory, or its container gone); the job's end is unknown"
+        ),
+    )
 
 
 class Ec2RunnerDialect:
@@ -352,13 +382,7 @@ class Ec2RunnerDialect:
     def poll_script(self, token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str:
         body = ""
         if job_ids:
-            w = quote(self.run_dir)
-            command = (
-                f"if [ -f {w}/exit_code ]; then printf 'exit %s' \"$(cat {w}/exit_code)\"; "
-                f"elif [ -f {w}/phase ]; then printf 'phase %s' \"$(cat {w}/phase)\"; "
-                "else printf 'phase booting'; fi"
-            )
-            body = section(token, "runner", command)
+            body = section(token, "runner", _probe(quote(self.run_dir)))
         return framed_poll_script(token, body, reads)
 
     def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport:
@@ -372,8 +396,12 @@ class Ec2RunnerDialect:
         kind, _, value = text.strip().partition(" ")
         observations: dict[str, Observation] = {}
         for job_id in job_ids:
-            if kind == "exit" and value.strip().lstrip("-").isdigit():
-                observations[job_id] = Observation(status_from_exit(job_id, int(value)), final=True)
+            code, _, flag = value.strip().partition(" ")
+            if kind == "exit" and code.lstrip("-").isdigit():
+                status = status_from_exit(job_id, int(code), time_limit_reached=flag == "limit")
+                observations[job_id] = Observation(status, final=True)
+            elif kind == "gone":
+                observations[job_id] = Observation(runner_gone(job_id, value.strip()), final=True)
             else:
                 phase = value.strip() or "booting"
                 state = _PHASES.get(phase, JobState.UNKNOWN)
@@ -383,6 +411,27 @@ class Ec2RunnerDialect:
     def cancel_script(self, job_ids: Sequence[str]) -> str:
         # An instance is cancelled by terminating it through the EC2 API, never over SSH.
         return "true\n"
+
+
+def _probe(w: str) -> str:
+    """Prints ``exit <code> [limit]``, ``phase <phase>`` or ``gone <phase>`` (the runner died).
+
+    The exit code is looked at again after the runner is found gone: a runner that wrote it and
+    exited between the two looks ended normally.
+    """
+    exit_line = f"printf 'exit %s%s' \"$(cat {w}/exit_code)\" \"$([ -f {w}/time_limit_reached ] && printf ' limit')\""
+    return (
+        f"if [ -f {w}/exit_code ]; then {exit_line}; "
+        f"elif [ -f {w}/phase ]; then "
+        f"p=$(cat {w}/phase); alive=yes; "
+        f"if [ -r {w}/runner ]; then read -r pid start < {w}/runner; "
+        "now=$(sed 's/.*) //' \"/proc/$pid/stat\" 2>/dev/null | cut -d' ' -f20); "
+        '[ "$now" = "$start" ] || alive=no; fi; '
+        f'if [ "$alive" = yes ]; then printf \'phase %s\' "$p"; '
+        f"elif [ -f {w}/exit_code ]; then {exit_line}; "
+        "else printf 'gone %s' \"$p\"; fi; "
+        "else printf 'phase booting'; fi"
+    )
 
 
 # --- host keys from the console ---------------------------------------------------------------------

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,34 @@ from airflow_hpc_provider.hooks.aws import MultiServiceAwsHook
 from airflow_hpc_provider.jobs import JobKey
 
 log = logging.getLogger(__name__)
+
+# The IAM actions the Airflow side needs, per job definition mode. cloudformation/batch_revision.yaml
+# grants exactly these (one managed policy per mode); a test runs every mode against moto and checks
+# that each call the code makes, with its resource, is granted there.
+ACTIONS_EVERY_MODE = (
+    "batch:DescribeJobDefinitions",  # resolve a definition, find a revision by its content tag
+    "batch:ListJobs",  # find an earlier try's job to adopt
+    "batch:DescribeJobs",  # watch; confirm the key and claim tags of a job to adopt
+    "batch:SubmitJob",
+    "batch:TagResource",  # the key tag at submission, the claim tag later
+    "batch:TerminateJob",  # a user stopped the task, or its time ran out
+    "logs:FilterLogEvents",  # stream the job's CloudWatch lines
+)
+ACTIONS_REGISTERING = (
+    "batch:RegisterJobDefinition",
+    "batch:DeregisterJobDefinition",  # only a revision that lost a registration race, our own
+    "iam:PassRole",  # the job and execution roles the registered definition carries
+)
+ACTIONS_SCRIPT_UPLOAD = (
+    "s3:GetEncryptionConfiguration",  # GetBucketEncryption: the bucket's default, stated on upload
+    "s3:PutObject",
+    "kms:GenerateDataKey",  # only for a bucket encrypted with SSE-KMS
+)
+ACTIONS_BY_MODE = {
+    "locked": ACTIONS_EVERY_MODE,
+    "revisions": ACTIONS_EVERY_MODE + ACTIONS_REGISTERING,
+    "auto": ACTIONS_EVERY_MODE + ACTIONS_REGISTERING,
+}
 
 THROTTLING_CODES = frozenset(
     {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded", "ThrottledException"}
@@ -56,11 +86,22 @@ class ResolvedDefinition:
     registered: bool = False
 
 
+# Callers that find no revision for a content wait up to this long, then look again before they
+# register: of many tasks starting together, the first to wake registers and the rest find it.
+REGISTER_JITTER_S = 1.0
+
+
 @dataclass(frozen=True)
-class LiveJob:
+class AdoptableJob:
+    """A job of an earlier try that no try has claimed (see :meth:`BatchHook.find_job_to_adopt`)."""
+
     job_id: str
     job_name: str
     status: str
+
+    @property
+    def ended(self) -> bool:
+        return self.status in batch.FINAL_STATES
 
 
 @dataclass(frozen=True)
@@ -151,14 +192,20 @@ class BatchHook(MultiServiceAwsHook):
                 raise JobSpecError(batch.cross_account_message(arn, kind, account))
 
     def ensure_definition(self, name: str, body: Mapping[str, Any]) -> ResolvedDefinition:
-        """An ACTIVE revision of ``name`` with exactly ``body``: found by its content tag, else registered.
+        """The one ACTIVE revision of ``name`` with exactly ``body``: found by its content tag, else registered.
 
-        The content hash is stored as a tag on the revision, so any process finds it again before
-        registering. Two processes that race both register; both then use the lowest revision
-        carrying the hash, so every later task converges on one revision.
+        The content hash is a tag on the revision, so any process finds it before registering.
+        Callers that find none wait a random moment and look again, so of many starting together
+        one registers and the others find it. Those that still register in the same instant all
+        look again afterwards and use the lowest ACTIVE revision carrying the hash; each caller
+        whose own revision lost deregisters it. Every caller ends on the same revision, and one
+        ACTIVE revision per content remains.
         """
         digest = batch.content_hash(body)
         existing = self._with_content(name, digest)
+        if existing is None:
+            time.sleep(random.uniform(0.0, REGISTER_JITTER_S))
+            existing = self._with_content(name, digest)
         if existing is not None:
             return self._resolved(existing)
         container = body.get("containerProperties") or {}
@@ -172,25 +219,44 @@ class BatchHook(MultiServiceAwsHook):
             raise SubmissionError(
                 f"RegisterJobDefinition of {name}", self.where(), None, f"{error_code(error)}: {error_text(error)}"
             ) from error
-        log.info("Registered job definition %s:%s (content %s)", name, answer["revision"], digest)
+        ours = int(answer["revision"])
         winner = self._with_content(name, digest)
-        if winner is not None:
-            return self._resolved(winner, registered=int(winner["revision"]) == int(answer["revision"]))
-        return ResolvedDefinition(
-            arn=answer["jobDefinitionArn"], name=name, revision=int(answer["revision"]), image=None, registered=True
+        if winner is None or int(winner["revision"]) == ours:
+            log.info("Registered job definition %s:%s (content %s)", name, ours, digest)
+            if winner is not None:
+                return self._resolved(winner, registered=True)
+            return ResolvedDefinition(
+                arn=answer["jobDefinitionArn"], name=name, revision=ours, image=None, registered=True
+            )
+        # Another caller registered the same content first: use its revision, withdraw ours.
+        try:
+            self.client().deregister_job_definition(jobDefinition=str(answer["jobDefinitionArn"]))
+        except ClientError as error:
+            log.warning("could not deregister the duplicate revision %s:%s: %s", name, ours, error_text(error))
+        log.info(
+            "Job definition %s:%s has the same content, registered a moment earlier: using it (not :%s)",
+            name,
+            winner["revision"],
+            ours,
         )
+        return self._resolved(winner)
 
     def _with_content(self, name: str, digest: str) -> dict[str, Any] | None:
+        """The lowest ACTIVE revision of ``name`` tagged with this content hash."""
         for definition in self._revisions(name):  # lowest revision first
             if definition.get("status") == "ACTIVE" and (definition.get("tags") or {}).get(batch.CONTENT_TAG) == digest:
                 return definition
         return None
 
     def revision_for_image(self, template_ref: str, image: str) -> ResolvedDefinition:
+        """``revisions`` mode: the template itself when it runs ``image``, else the template's content
+        with ``image``, registered under a name derived from the template (never the template's own)."""
         template = self.find_definition(template_ref)
         if batch.image_of(template) == image:
             return self._resolved(template)
-        return self.ensure_definition(str(template["jobDefinitionName"]), batch.revision_body(template, image))
+        body = batch.revision_body(template, image)
+        name = batch.revision_definition_name(str(template["jobDefinitionName"]), batch.content_hash(body))
+        return self.ensure_definition(name, body)
 
     # -- jobs --------------------------------------------------------------------------------------
 
@@ -206,28 +272,44 @@ class BatchHook(MultiServiceAwsHook):
             ) from error
         return str(answer["jobId"])
 
-    def find_live_job(self, queue: str, base: str, key: JobKey) -> LiveJob | None:
-        """A job of an earlier try of this task instance that is still queued or running."""
+    def find_job_to_adopt(self, queue: str, base: str, key: JobKey) -> AdoptableJob | None:
+        """A job of an earlier try of this task instance whose outcome no try has taken yet.
+
+        That is a job without the claim tag (:data:`~dialects.batch.CLAIM_TAG`): no trigger watched
+        it, no try read its end, we never terminated it. It is either still queued or running (the
+        worker that submitted it died before deferring) or it ended while nothing watched it. A job
+        that is live wins; else the newest that ended. A job a trigger watched (a cleared task's,
+        being terminated by its trigger's ``on_kill``) is never adopted.
+        """
         pages = (
             self.client()
             .get_paginator("list_jobs")
             .paginate(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [batch.job_name_pattern(base, key)]}])
         )
-        candidates = [
-            summary
-            for page in pages
-            for summary in page.get("jobSummaryList", [])
-            if summary.get("status") in batch.LIVE_STATES
-        ]
+        # With a filter, ListJobs returns jobs in every status (its jobStatus is ignored).
+        candidates = [str(summary["jobId"]) for page in pages for summary in page.get("jobSummaryList", [])]
         if not candidates:
             return None
-        # The name is only a filter; the key tag says for sure whose job it is.
-        described = self.describe_jobs([str(c["jobId"]) for c in candidates])
-        for job in sorted(described, key=lambda d: int(d.get("createdAt", 0))):
-            tag = (job.get("tags") or {}).get(batch.KEY_TAG, "")
-            if JobKey.task_digest_of(tag) == key.task_digest and job.get("status") in batch.LIVE_STATES:
-                return LiveJob(job_id=str(job["jobId"]), job_name=str(job["jobName"]), status=str(job["status"]))
-        return None
+        ours = []
+        for job in self.describe_jobs(candidates):
+            tags = job.get("tags") or {}
+            # The name is only a filter; the key tag says for sure whose job it is.
+            if JobKey.task_digest_of(tags.get(batch.KEY_TAG, "")) == key.task_digest and batch.CLAIM_TAG not in tags:
+                ours.append(job)
+        ours.sort(key=lambda job: int(job.get("createdAt", 0)))
+        live = [job for job in ours if job.get("status") in batch.LIVE_STATES]
+        ended = [job for job in ours if job.get("status") in batch.FINAL_STATES]
+        chosen = live[0] if live else (ended[-1] if ended else None)
+        if chosen is None:
+            return None
+        return AdoptableJob(job_id=str(chosen["jobId"]), job_name=str(chosen["jobName"]), status=str(chosen["status"]))
+
+    def claim(self, job_id: str, by: str) -> None:
+        """Tag the job as taken by a try (``by``: who took it): no later try adopts it."""
+        described = self.describe_jobs([job_id])
+        if not described:
+            raise JobSpecError(f"AWS Batch job {job_id} does not exist ({self.where()})")
+        self.client().tag_resource(resourceArn=str(described[0]["jobArn"]), tags={batch.CLAIM_TAG: by})
 
     def describe_jobs(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
@@ -236,6 +318,11 @@ class BatchHook(MultiServiceAwsHook):
         return found
 
     def terminate(self, job_id: str, reason: str) -> None:
+        """Claim the job (a retry must not adopt what we stopped), then terminate it."""
+        try:
+            self.claim(job_id, batch.CLAIM_BY_TERMINATE)
+        except (ClientError, JobSpecError) as error:  # terminating matters more than the tag
+            log.warning("could not tag AWS Batch job %s before terminating it: %s", job_id, error)
         self.client().terminate_job(jobId=job_id, reason=reason)
 
     # -- scripts too large for SubmitJob ------------------------------------------------------------

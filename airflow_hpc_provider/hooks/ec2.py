@@ -45,6 +45,7 @@ class Ec2Instance:
     launched: datetime
     tags: Mapping[str, str]
     availability_zone: str | None = None
+    state_reason: str | None = None  # EC2's StateReason message (why it is pending, stopped, ...)
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Ec2InstanceHook(MultiServiceAwsHook):
                             launched=launched,
                             tags=ec2.tag_dict(item.get("Tags")),
                             availability_zone=(item.get("Placement") or {}).get("AvailabilityZone"),
+                            state_reason=_state_reason(item),
                         )
                     )
         return found
@@ -210,6 +212,12 @@ class Ec2InstanceHook(MultiServiceAwsHook):
     def put_archive(self, uri: str, data: bytes) -> None:
         bucket, _, key = uri.removeprefix("s3://").partition("/")
         self.client("s3").put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/plain")
+
+
+def _state_reason(item: Mapping[str, Any]) -> str | None:
+    reason = item.get("StateReason") or {}
+    text = str(reason.get("Message") or reason.get("Code") or item.get("StateTransitionReason") or "").strip()
+    return text or None
 
 
 def is_auth_error(error: ClientError) -> bool:

@@ -46,6 +46,8 @@ PORT_FORWARD_DOCUMENT = "AWS-StartPortForwardingSession"
 TUNNELS = ("ssh-session", "port-forward")
 HOST_KEY_CHECKS = ("console", "pinned", "off")
 _STDERR_KEEP_BYTES = 4096
+# How long a failed connection waits for the session command to exit and finish its stderr.
+SESSION_EXIT_WAIT_S = 2.0
 
 INSTALL_HELP = (
     "Install both on every Airflow host that runs tasks or triggers: the AWS CLI v2 "
@@ -261,14 +263,27 @@ class SsmTransport(SshTransport):
                 f"{target.instance_id} presented a host key that is not the one it published ({error}): refusing"
             ) from None
         except (OSError, asyncssh.Error, TimeoutError) as error:
+            # SSM's own words (TargetNotConnected, ...) come on the session command's stderr, often
+            # just after the connection broke: let it finish saying them.
+            exited = await self._session_ended(SESSION_EXIT_WAIT_S)
             detail = self._stderr.text if self._stderr is not None else ""
-            await asyncio.sleep(0)  # let a dying session command's last stderr arrive
-            exited = self._process.returncode if self._process is not None else None
             why = f"; aws ssm start-session exited {exited}" if exited is not None else ""
             raise ClusterUnreachableError(
                 f"cannot reach {target.where}: {type(error).__name__}: {error}{why}"
                 + (f": {detail!r}" if detail else "")
             ) from None
+
+    async def _session_ended(self, timeout_s: float) -> int | None:
+        """The session command's exit status once it ended (None if it still runs), its stderr read."""
+        process = self._process
+        if process is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await process.wait()
+                if self._stderr is not None and self._stderr.task is not None:
+                    await asyncio.shield(self._stderr.task)
+        return process.returncode
 
     async def _known_hosts(self) -> tuple[str, ...] | None:
         target = self.tunnel_target

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
-from airflow_hpc_provider.batch_logs import MemoryPositionStore
+from airflow_hpc_provider.batch_logs import CURSOR_XCOM_KEY, MemoryPositionStore, SavedPosition
 from airflow_hpc_provider.batch_poller import BatchTarget
 from airflow_hpc_provider.batch_watch import watch_batch_job
 from airflow_hpc_provider.config import default_poll_interval_s
@@ -299,10 +299,14 @@ class BatchRevisionOperator(HpcOperator):
         BatchJobLink.persist(context, self, region, hook.conn_partition, job_id=job_id)
         BatchLogLink.persist(context, self, region, hook.conn_partition)
         if not self.wait_for_completion:
+            if self._submitted is not None:
+                # Submitting was this task's whole outcome: a later try (a cleared task) submits anew.
+                self._claim(hook, job_id)
             return job_id
         interval = self.poll_interval or default_poll_interval_s()
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
         if self.deferrable:
+            ti.xcom_push(key=CURSOR_XCOM_KEY, value=SavedPosition.before_watching())
             self.defer(
                 trigger=BatchJobTrigger(
                     job_id=job_id,
@@ -335,6 +339,17 @@ class BatchRevisionOperator(HpcOperator):
             context, {**outcome.to_dict(), "aws_conn_id": self.aws_conn_id, "owned": self._submitted is not None}
         )
 
+    def _claim(self, hook: BatchHook, job_id: str) -> None:
+        try:
+            hook.claim(job_id, batch.CLAIM_BY_OUTCOME)
+        except Exception as error:
+            self.log.warning("could not tag AWS Batch job %s as taken (a retry may adopt it): %s", job_id, error)
+
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        # Keep a template's final newline: an env value or a command must arrive exactly as written.
+        env = jinja_env or self.get_template_env(self.dag if self.has_dag() else None)
+        super().render_template_fields(context, env.overlay(keep_trailing_newline=True))
+
     def _submit(self, hook: BatchHook, context: Context) -> str:
         ti = context["ti"]
         queue = self.job_queue or hook.default_queue()
@@ -346,15 +361,24 @@ class BatchRevisionOperator(HpcOperator):
             ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
         )
         base = batch.job_name_base(ti.dag_id, ti.task_id, self.job_name)
-        live = hook.find_live_job(queue, base, key)
-        if live is not None:
-            self.log.info(
-                "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it is still %s",
-                live.job_id,
-                live.job_name,
-                live.status,
-            )
-            return live.job_id
+        earlier = hook.find_job_to_adopt(queue, base, key)
+        if earlier is not None:
+            if earlier.ended:
+                self.log.info(
+                    "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it ended %s "
+                    "while nothing watched it; its outcome and output decide this try (nothing is resubmitted)",
+                    earlier.job_id,
+                    earlier.job_name,
+                    earlier.status,
+                )
+            else:
+                self.log.info(
+                    "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it is still %s",
+                    earlier.job_id,
+                    earlier.job_name,
+                    earlier.status,
+                )
+            return earlier.job_id
         definition = self._definition(hook)
         env = {str(k): str(v) for k, v in self.env.items()}
         script = self._command_script(hook, key, env)
@@ -389,6 +413,10 @@ class BatchRevisionOperator(HpcOperator):
                 "(the job was not terminated and may still be running)",
                 None,
             )
+        if payload.get("owned", True):
+            # This try takes the job's outcome: no later try may adopt it (a trigger also tagged it
+            # when it began watching; on the worker, or if that failed, it happens here).
+            self._claim(BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name), outcome.job_id)
         status = outcome.status
         self.log.info("%s", self._summary(status))
         self.skip_if_asked(status, f"AWS Batch job {outcome.job_id}")

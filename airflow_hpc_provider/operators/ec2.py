@@ -60,6 +60,17 @@ class StartupError(HpcProviderError):
     """The instance did not come up (running, sshd reachable, task delivered) in time; it was terminated."""
 
 
+class _StartupProgress:
+    """The last thing seen go wrong while an instance comes up: what a start-up timeout reports."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.last = "nothing: DescribeInstances never answered"
+
+    def saw(self, what: str) -> None:
+        self.last = what
+
+
 @dataclass(frozen=True)
 class Ec2Settings:
     """Infrastructure settings: the operator's arguments over the connection's ``ec2`` extra."""
@@ -267,14 +278,9 @@ class Ec2EphemeralOperator(HpcOperator):
         self.push_xcom(context, "ec2_instance_id", instance_id)
         try:
             host_keys = asyncio.run(self._start_up(hook, settings, instance_id, run_dir, script, env))
-        except BaseException as error:
+        except BaseException:
             self.log.error("Start-up of %s failed: terminating it", instance_id)
             self._terminate(instance_id)
-            if isinstance(error, TimeoutError):
-                raise StartupError(
-                    f"instance {instance_id} was not running with sshd reachable through SSM within "
-                    f"{self.startup_timeout}; it was terminated"
-                ) from None
             raise
         deadline = time.time() + (self.time_limit + self.kill_after).total_seconds() + 2 * self.poll_interval + 60
         if self.execution_timeout:
@@ -376,50 +382,81 @@ class Ec2EphemeralOperator(HpcOperator):
         script: str,
         env: Mapping[str, str],
     ) -> tuple[str, ...]:
-        """Running, sshd reachable, host key verified, task delivered: within the start-up timeout."""
-        async with asyncio.timeout(self.startup_timeout.total_seconds()):
-            while True:
-                instance = await asyncio.to_thread(hook.describe, instance_id)
-                if instance.state == "running":
-                    break
-                if instance.state != "pending":
-                    raise StartupError(f"instance {instance_id} is {instance.state}, not starting")
-                await asyncio.sleep(min(5.0, self.poll_interval))
-            self.log.info("EC2 instance %s is running; reaching its sshd through SSM", instance_id)
-            transport = SsmTransport(
-                self._tunnel(
-                    settings,
-                    instance_id,
-                    host_key_check=settings.host_key_check,
-                    availability_zone=instance.availability_zone,
+        """Running, sshd reachable, host key verified, task delivered: within the start-up timeout.
+
+        Raises :class:`StartupError` naming the last thing seen go wrong (the instance's state and
+        EC2's reason, the SSM session's own error text, sshd's answer) when the time runs out.
+        """
+        progress = _StartupProgress(instance_id)
+        try:
+            async with asyncio.timeout(self.startup_timeout.total_seconds()):
+                return await self._come_up(hook, settings, instance_id, run_dir, script, env, progress)
+        except TimeoutError:
+            raise StartupError(
+                f"instance {instance_id} was not running with sshd reachable through SSM within "
+                f"{self.startup_timeout}; last seen: {progress.last}; it was terminated"
+            ) from None
+
+    async def _come_up(
+        self,
+        hook: Ec2InstanceHook,
+        settings: Ec2Settings,
+        instance_id: str,
+        run_dir: str,
+        script: str,
+        env: Mapping[str, str],
+        progress: _StartupProgress,
+    ) -> tuple[str, ...]:
+        while True:
+            instance = await asyncio.to_thread(hook.describe, instance_id)
+            reason = f" ({instance.state_reason})" if instance.state_reason else ""
+            if instance.state == "running":
+                break
+            if instance.state != "pending":
+                raise StartupError(
+                    f"instance {instance_id} is {instance.state}{reason}, not starting; it was terminated"
                 )
+            progress.saw(f"the instance is still pending{reason or ' (EC2 gives no reason)'}")
+            await asyncio.sleep(min(5.0, self.poll_interval))
+        self.log.info("EC2 instance %s is running; reaching its sshd through SSM", instance_id)
+        progress.saw("the instance is running; no answer through the SSM tunnel yet")
+        transport = SsmTransport(
+            self._tunnel(
+                settings,
+                instance_id,
+                host_key_check=settings.host_key_check,
+                availability_zone=instance.availability_zone,
             )
-            try:
-                auth_failures = 0
-                while True:
-                    try:
-                        result = await transport.run(ec2.readiness_script(run_dir), timeout_s=60)
-                        if result.text.strip() == "ready":
-                            break
-                    except ClusterAuthError:
-                        auth_failures += 1
-                        if auth_failures >= STARTUP_AUTH_ATTEMPTS:
-                            raise
-                    except ClusterUnreachableError as error:
-                        self.log.info("not reachable yet: %s", error)
-                    await asyncio.sleep(min(5.0, self.poll_interval))
-                delivered = await transport.run(ec2.render_payload(run_dir, script, env), timeout_s=120)
-                if delivered.exit_status != 0:
-                    raise RemoteCommandError(
-                        "delivering the task", instance_id, delivered.exit_status, delivered.error_text
-                    )
-                if delivered.text.strip() == "already":
-                    self.log.info("The task was already delivered to %s (an earlier try did it)", instance_id)
-                else:
-                    self.log.info("Delivered the task's script and %d env value(s) to %s", len(env), instance_id)
-                return transport.host_keys
-            finally:
-                await transport.close()
+        )
+        try:
+            auth_failures = 0
+            while True:
+                try:
+                    result = await transport.run(ec2.readiness_script(run_dir), timeout_s=60)
+                    if result.text.strip() == "ready":
+                        break
+                    progress.saw("sshd answers, but the boot script has not prepared the instance yet")
+                except ClusterAuthError as error:
+                    progress.saw(str(error))
+                    auth_failures += 1
+                    if auth_failures >= STARTUP_AUTH_ATTEMPTS:
+                        raise
+                except ClusterUnreachableError as error:
+                    progress.saw(str(error))
+                    self.log.info("not reachable yet: %s", error)
+                await asyncio.sleep(min(5.0, self.poll_interval))
+            delivered = await transport.run(ec2.render_payload(run_dir, script, env), timeout_s=120)
+            if delivered.exit_status != 0:
+                raise RemoteCommandError(
+                    "delivering the task", instance_id, delivered.exit_status, delivered.error_text
+                )
+            if delivered.text.strip() == "already":
+                self.log.info("The task was already delivered to %s (an earlier try did it)", instance_id)
+            else:
+                self.log.info("Delivered the task's script and %d env value(s) to %s", len(env), instance_id)
+            return transport.host_keys
+        finally:
+            await transport.close()
 
     def _archive_path(self, context: Context, instance_id: str) -> str:
         ti = context["ti"]
@@ -460,8 +497,9 @@ class Ec2EphemeralOperator(HpcOperator):
         self.skip_if_asked(status, f"The container on EC2 instance {instance_id}")
         if status.state.is_success:
             return instance_id
+        why = f": {status.reason}" if status.reason else ""
         tail = self._tail(payload.get("archived") or [])
-        raise JobFailedError(summary + (f"\nlast lines of the job's output:\n{tail}" if tail else ""), status)
+        raise JobFailedError(summary + why + (f"\nlast lines of the job's output:\n{tail}" if tail else ""), status)
 
     def summary(self, status: JobStatus) -> str:
         # docker run reports a container killed by signal N as 128 + N (137: SIGKILL, which is also

@@ -11,6 +11,7 @@ import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra whe
 from airflow_hpc_provider.batch_logs import MemoryPositionStore, PositionStore, XComPositionStore
 from airflow_hpc_provider.batch_poller import BatchTarget
 from airflow_hpc_provider.batch_watch import terminate_batch_job, watch_batch_job
+from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.watch import WatchOutcome
 
 CANCEL_REASON = "Stopped from Airflow: the task was marked failed, marked success or cleared"
@@ -24,7 +25,8 @@ class BatchJobTrigger(BaseTrigger):
     :param region_name: the job's region (default: the connection's).
     :param poll_interval: seconds between DescribeJobs rounds (shared by all jobs of the connection).
     :param deadline: epoch seconds; past it the trigger fires ``timeout`` so the operator terminates.
-    :param terminate_on_kill: terminate the job when a user stops the task (off for watch-only use).
+    :param terminate_on_kill: the task owns the job: tag it as watched when the watch starts, and
+        terminate it when a user stops the task (off for watch-only use).
     :param include_children: also stream the logs of an array job's children.
     :param dag_id: with ``task_id``, ``run_id`` and ``map_index``: the task instance whose XCom keeps
         the log position across triggerer restarts.
@@ -94,6 +96,8 @@ class BatchJobTrigger(BaseTrigger):
             interval_s=self.poll_interval,
             deadline=self.deadline,
             include_children=self.include_children,
+            # The job's owner marks it watched: a later try (say, of a cleared task) never adopts it.
+            claim=batch.CLAIM_BY_TRIGGER if self.terminate_on_kill else None,
         )
         self._ended = outcome.kind == "ended"
         yield TriggerEvent({**outcome.to_dict(), "aws_conn_id": self.aws_conn_id, "owned": self.terminate_on_kill})

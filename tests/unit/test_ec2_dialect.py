@@ -48,10 +48,16 @@ def test_the_probe_answer_maps_phases_and_exit_codes() -> None:
     for text, state, code in (
         ("exit 0", JobState.COMPLETED, 0),
         ("exit 3", JobState.FAILED, 3),
-        ("exit 124", JobState.TIMEOUT, 124),
+        ("exit 124 limit", JobState.TIMEOUT, 124),
+        ("exit 137 limit", JobState.TIMEOUT, 137),
+        ("exit 137", JobState.FAILED, 137),  # killed, but not by the time limit
+        ("exit 124", JobState.FAILED, 124),  # the command's own exit code, not timeout's
     ):
         seen = dialect.read_poll({"runner": (0, text)}, ["i-1"]).observations["i-1"]
         assert seen.final and seen.status is not None and seen.status.state is state and seen.status.exit_code == code
+    gone = dialect.read_poll({"runner": (0, "gone running")}, ["i-1"]).observations["i-1"]
+    assert gone.final and gone.status is not None and gone.status.state is JobState.FAILED
+    assert gone.status.exit_code is None and "died while running" in (gone.status.reason or "")
     assert dialect.read_poll({}, ["i-1"]).failure is not None
     assert dialect.read_poll({"runner": (2, "sh: oops")}, ["i-1"]).failure is not None
 

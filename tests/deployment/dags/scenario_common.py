@@ -19,6 +19,10 @@ WORKER_SLOT_JOB_S = 30
 RESTART_TASKS = 4
 RESTART_LINES = 45
 LOG_LINES = 5
+# dep_batch.py: AWS Batch jobs held in the test's moto server (tests/deployment/batch).
+BATCH_CONN_ID = "aws_dep_batch"
+BATCH_RESTART_TASKS = 10
+BATCH_QUIET_TASKS = 4
 SCENARIO_DAG_IDS = (
     "dep_worker_slots",
     "dep_mark_failed",

@@ -1,9 +1,12 @@
-"""moto in server mode for the Batch tests, plus the one test-only hook this needs.
+"""moto in server mode for the Batch tests, plus the test-only hooks this needs.
 
 moto without Docker marks a job SUCCEEDED inside the SubmitJob call. To test streaming, cancel and
 adoption, :class:`HeldJobs` wraps moto's ``BatchSimpleBackend._mark_job_as_finished`` in the test
 process (where ``ThreadedMotoServer`` runs): jobs sent to a queue it holds start RUNNING and stay so
-until the test finishes them, or until TerminateJob fails them as AWS does. Only moto is patched;
+until the test finishes them, or until TerminateJob fails them as AWS does. Two more wraps make moto
+answer as AWS does where it differs: FilterLogEvents naming a stream that does not exist fails with
+``ResourceNotFoundException`` (moto silently skips the name), and RegisterJobDefinition numbers
+revisions atomically (moto's threads can give two callers the same revision). Only moto is patched;
 the provider's code runs unchanged and reaches moto over HTTP.
 """
 
@@ -13,14 +16,17 @@ import contextlib
 import datetime
 import json
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
 import requests
-from moto.batch.models import Job, batch_backends
+from moto.batch.models import BatchBackend, Job, batch_backends
 from moto.batch_simple.models import BatchSimpleBackend
+from moto.logs.exceptions import ResourceNotFoundException
+from moto.logs.models import LogsBackend
 from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
@@ -41,6 +47,9 @@ class HeldJobs:
     def install(self) -> Iterator[None]:
         original_finish = BatchSimpleBackend._mark_job_as_finished
         original_terminate = Job.terminate
+        original_filter = LogsBackend.filter_log_events
+        original_register = BatchBackend.register_job_definition
+        registering = threading.Lock()
         held = self
 
         def finish(backend: Any, include_start_attempt: bool, job: Job) -> None:
@@ -62,13 +71,27 @@ class HeldJobs:
             else:
                 original_terminate(job, reason)
 
+        def filter_log_events(backend: LogsBackend, log_group_name: str, log_stream_names: Any, *args: Any) -> Any:
+            group = backend.groups.get(log_group_name)
+            if group is not None and any(name not in group.streams for name in log_stream_names or ()):
+                raise ResourceNotFoundException("The specified log stream does not exist.")
+            return original_filter(backend, log_group_name, log_stream_names, *args)
+
+        def register_job_definition(backend: BatchBackend, *args: Any, **kwargs: Any) -> Any:
+            with registering:
+                return original_register(backend, *args, **kwargs)
+
         BatchSimpleBackend._mark_job_as_finished = finish  # type: ignore[method-assign]
         Job.terminate = terminate  # type: ignore[method-assign]
+        LogsBackend.filter_log_events = filter_log_events  # type: ignore[method-assign,assignment]
+        BatchBackend.register_job_definition = register_job_definition  # type: ignore[method-assign]
         try:
             yield
         finally:
             BatchSimpleBackend._mark_job_as_finished = original_finish  # type: ignore[method-assign]
             Job.terminate = original_terminate  # type: ignore[method-assign]
+            LogsBackend.filter_log_events = original_filter  # type: ignore[method-assign]
+            BatchBackend.register_job_definition = original_register  # type: ignore[method-assign]
 
     @staticmethod
     def job(job_id: str) -> Job:

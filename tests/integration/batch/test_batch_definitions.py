@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -85,22 +86,48 @@ def test_locked_mode_submits_against_the_named_revision_and_warns_once_about_ano
     assert len(revisions(aws, name)) == 1
 
 
+def derived_name(job_id: str) -> str:
+    return HeldJobs.job(job_id).job_definition.arn.split("/")[-1].split(":")[0]
+
+
 def test_revisions_mode_registers_one_revision_per_new_image_copying_the_templates_fields(
     aws: MotoAws, queue: str
 ) -> None:
     name = template(aws)
     first = run(operator(queue, job_definition=name, job_definition_mode="revisions", image="repo/app:2"), FakeTI("r"))
     second = run(operator(queue, job_definition=name, job_definition_mode="revisions", image="repo/app:2"), FakeTI("s"))
-    defs = {d["revision"]: d for d in revisions(aws, name)}
-    assert sorted(defs) == [1, 2]
-    new = defs[2]
+    assert [d["revision"] for d in revisions(aws, name)] == [1]  # the template's own name is left alone
+    derived = derived_name(first)
+    assert derived.startswith(f"{name}-airflow-hpc-") and derived_name(second) == derived
+    (new,) = revisions(aws, derived)
     assert new["containerProperties"]["image"] == "repo/app:2"
     assert new["containerProperties"]["environment"] == [{"name": "FROM_TEMPLATE", "value": "1"}]
     assert new["parameters"] == {"stage": "prod"} and new["retryStrategy"]["attempts"] == 2
     assert new["timeout"] == {"attemptDurationSeconds": 3600} and new["tags"]["team"] == "research"
     assert batch.CONTENT_TAG in new["tags"]
     for job_id in (first, second):
-        assert HeldJobs.job(job_id).job_definition.revision == 2
+        assert HeldJobs.job(job_id).job_definition.revision == 1
+
+
+def test_a_revisions_task_never_changes_what_a_locked_task_naming_the_same_template_runs(
+    aws: MotoAws, queue: str
+) -> None:
+    name = template(aws, image="repo/app:1")
+    locked_before = run(operator(queue, job_definition=name), FakeTI("locked-before"))
+    revised = run(
+        operator(queue, job_definition=name, job_definition_mode="revisions", image="repo/app:7"), FakeTI("r")
+    )
+    locked_after = run(operator(queue, job_definition=name), FakeTI("locked-after"))
+    images = {
+        job_id: HeldJobs.job(job_id).job_definition.container_properties["image"]
+        for job_id in (locked_before, revised, locked_after)
+    }
+    assert images == {locked_before: "repo/app:1", revised: "repo/app:7", locked_after: "repo/app:1"}
+    # What a console user or another DAG gets for the bare name: still the template's own revision.
+    described = revisions(aws, name)
+    assert [(d["revision"], d["containerProperties"]["image"], d["status"]) for d in described] == [
+        (1, "repo/app:1", "ACTIVE")
+    ]
 
 
 def test_revisions_are_found_again_by_a_second_separate_process(aws: MotoAws) -> None:
@@ -108,7 +135,7 @@ def test_revisions_are_found_again_by_a_second_separate_process(aws: MotoAws) ->
     code = (
         "import sys; from airflow_hpc_provider.hooks.batch import BatchHook\n"
         f"d = BatchHook({CONN_ID!r}).revision_for_image({name!r}, 'repo/app:9')\n"
-        "print('REVISION', d.revision, d.registered)\n"
+        "print('REVISION', d.name, d.revision, d.registered)\n"
     )
     env = {"AIRFLOW_CONN_AWS_MOTO": aws.connection_uri(), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
     answers = []
@@ -117,9 +144,65 @@ def test_revisions_are_found_again_by_a_second_separate_process(aws: MotoAws) ->
             [sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
         )
         assert done.returncode == 0, done.stderr[-2000:]
-        answers.append(next(line for line in done.stdout.splitlines() if line.startswith("REVISION")))
-    assert answers == ["REVISION 2 True", "REVISION 2 False"]
-    assert [d["revision"] for d in revisions(aws, name)] == [1, 2]
+        answers.append(next(line for line in done.stdout.splitlines() if line.startswith("REVISION")).split())
+    (_, derived, revision, registered), (_, derived_again, revision_again, registered_again) = answers
+    assert (derived, revision, registered) == (derived_again, revision_again, "True") and registered_again == "False"
+    assert [d["revision"] for d in revisions(aws, name)] == [1]
+    assert [d["revision"] for d in revisions(aws, derived)] == [1]
+
+
+CONCURRENT_CALLERS = r"""
+import sys, threading, time
+from airflow_hpc_provider.hooks.batch import BatchHook
+template, start_at, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+images = sys.argv[4:]
+answers = []
+def call(image):
+    hook = BatchHook("aws_moto")
+    hook.client()  # connection and client built before the start signal
+    time.sleep(max(0.0, start_at - time.time()))
+    d = hook.revision_for_image(template, image)
+    answers.append(f"{image} {d.name}:{d.revision}")
+workers = [threading.Thread(target=call, args=(image,)) for image in images for _ in range(threads)]
+for w in workers: w.start()
+for w in workers: w.join()
+print("\n".join("ANSWER " + a for a in answers))
+"""
+
+
+def test_twenty_callers_in_two_processes_converge_on_one_revision_per_image(aws: MotoAws) -> None:
+    name = template(aws)
+    images = [f"repo/race:{uuid.uuid4().hex[:6]}" for _ in range(3)]
+    env = {"AIRFLOW_CONN_AWS_MOTO": aws.connection_uri(), "PATH": "/usr/bin:/bin", "HOME": str(Path.home())}
+    start_at = time.time() + 15  # both processes imported and connected by then
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_CALLERS, name, str(start_at), "10", *images],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    answers: list[str] = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err[-3000:]
+        answers += [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("ANSWER ")]
+    assert len(answers) == 2 * 10 * len(images)
+    chosen: dict[str, set[str]] = {}
+    for answer in answers:
+        image, definition = answer.split()
+        chosen.setdefault(image, set()).add(definition)
+    assert all(len(definitions) == 1 for definitions in chosen.values()), chosen
+    for image, (definition,) in chosen.items():
+        derived, revision = definition.split(":")
+        active = [d for d in revisions(aws, derived) if d["status"] == "ACTIVE"]
+        assert [str(d["revision"]) for d in active] == [revision], (image, active)
+        assert active[0]["containerProperties"]["image"] == image
+    assert [d["revision"] for d in revisions(aws, name)] == [1]
 
 
 def test_auto_mode_registers_one_generic_definition_named_from_image_roles_and_log_group(
@@ -184,6 +267,15 @@ def test_overrides_and_env_travel_through_the_api_and_the_script_names_only_the_
     assert job.job_name.startswith("batch_tests-overrides-") and job.job_name.endswith("-t2")
     out, err = capfd.readouterr()
     assert "Submitted AWS Batch job" in out + err and secret not in out + err
+
+
+def test_env_values_reach_the_job_byte_exact_with_their_final_newline(aws: MotoAws, queue: str) -> None:
+    env = {"PLAIN": "value\n", "TEMPLATED": "{{ 'rendered' }}\n", "TWO": "a\n\n", "SPACES": " x "}
+    op = operator(queue, image="repo/env:1", env=env)
+    op.render_template_fields({})  # type: ignore[arg-type]  # what the task runner does before execute
+    job_id = run(op, FakeTI("newline"))
+    sent = {e["name"]: e["value"] for e in HeldJobs.job(job_id).container_overrides["environment"] if e["name"] in env}
+    assert sent == {"PLAIN": "value\n", "TEMPLATED": "rendered\n", "TWO": "a\n\n", "SPACES": " x "}
 
 
 def test_a_script_too_large_for_submitjob_goes_to_s3_with_the_buckets_kms_encryption(aws: MotoAws, queue: str) -> None:

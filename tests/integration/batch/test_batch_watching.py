@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -53,17 +54,24 @@ def collected(trigger: BatchJobTrigger) -> Lines:
     return handler
 
 
-def submit(queue: str, array_size: int | None = None) -> str:
+@functools.cache
+def _definition(endpoint: str) -> tuple[BatchHook, str]:
+    """One hook and one definition per moto server: building a hook per job is slow."""
     hook = BatchHook(CONN_ID)
+    assert hook.client().meta.endpoint_url == endpoint
     name, body = batch.auto_body(
         "repo/watch:1", job_role_arn=None, execution_role_arn=None, log_group=None, platform="EC2"
     )
-    definition = hook.ensure_definition(name, body)
+    return hook, hook.ensure_definition(name, body).arn
+
+
+def submit(queue: str, array_size: int | None = None) -> str:
+    hook, definition = _definition(BatchHook(CONN_ID).conn_config.endpoint_url or "")
     key = JobKey.for_task_instance("watch", "t", uuid.uuid4().hex, -1, 1)
     request: dict[str, Any] = {
         "jobName": f"w-{key.task_digest}",
         "jobQueue": queue,
-        "jobDefinition": definition.arn,
+        "jobDefinition": definition,
         "tags": {batch.KEY_TAG: key.tag},
     }
     if array_size:
@@ -187,12 +195,12 @@ async def test_a_failed_job_fails_the_task_with_its_reason_and_exit_code(aws: Mo
         await asyncio.to_thread(op.execute_complete, {"ti": FakeTI("f")}, payload)  # type: ignore[arg-type]
 
 
-async def test_a_retry_adopts_the_live_job_of_an_earlier_try_instead_of_submitting_again(
+async def test_a_retry_adopts_the_job_of_a_try_whose_worker_died_and_not_that_of_a_try_that_ended(
     aws: MotoAws, held_queue: str
 ) -> None:
     run_id = uuid.uuid4().hex
 
-    def execute(try_number: int) -> str:
+    def execute(try_number: int, *, worker_dies: bool = False) -> str:
         op = BatchRevisionOperator(
             task_id="adopt",
             command="sleep 100",
@@ -201,18 +209,20 @@ async def test_a_retry_adopts_the_live_job_of_an_earlier_try_instead_of_submitti
             aws_conn_id=CONN_ID,
             wait_for_completion=False,
         )
-        return op.execute({"ti": FakeTI("adopt", try_number=try_number, run_id=run_id)})  # type: ignore[arg-type]
+        ti = FakeTI("adopt", try_number=try_number, run_id=run_id)
+        if worker_dies:  # the worker is killed right after SubmitJob: the rest of execute never runs
+            return op._submit(BatchHook(CONN_ID), {"ti": ti})  # type: ignore[arg-type]
+        return op.execute({"ti": ti})  # type: ignore[arg-type]
 
-    first = await asyncio.to_thread(execute, 1)
-    second = await asyncio.to_thread(execute, 2)
+    first = await asyncio.to_thread(execute, 1, worker_dies=True)
+    second = await asyncio.to_thread(execute, 2)  # the job still runs: adopted
     assert second == first
+    third = await asyncio.to_thread(execute, 3)  # try 2 took its outcome (submitted): a new job
+    assert third != first
     listed = aws.client("batch").list_jobs(
         jobQueue=held_queue, filters=[{"name": "JOB_NAME", "values": ["batch_tests-adopt-*"]}]
     )
-    assert [j["jobId"] for j in listed["jobSummaryList"]] == [first]
-    aws.held.finish(first, success=True, exit_code=0)
-    third = await asyncio.to_thread(execute, 3)  # nothing live any more: a new job
-    assert third != first
+    assert sorted(j["jobId"] for j in listed["jobSummaryList"]) == sorted([first, third])
 
 
 async def test_many_jobs_cost_one_describejobs_per_hundred_per_poll(aws: MotoAws, held_queue: str) -> None:
@@ -224,6 +234,34 @@ async def test_many_jobs_cost_one_describejobs_per_hundred_per_poll(aws: MotoAws
     before = poller.describe_calls
     await poller.poll_once()
     assert poller.describe_calls - before == 3
+    for s in streams:
+        await s.aclose()
+    await poller.close()
+
+
+async def test_claims_of_many_new_jobs_are_spread_over_polls_and_ended_jobs_go_first(
+    aws: MotoAws, held_queue: str
+) -> None:
+    ids = [submit(held_queue) for _ in range(120)]
+    aws.held.finish(ids[-1], success=True, exit_code=0)  # ended before any trigger saw it
+    poller = BatchPoller(BatchTarget(CONN_ID), BatchPollerSettings(interval_s=60, claims_per_poll=50))
+    streams = [poller.watch(job_id, claim="trigger") for job_id in ids]
+    await asyncio.gather(*(anext(s) for s in streams))  # the first poll is under way
+    async with asyncio.timeout(20):
+        while poller.claim_calls < 50:
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(1)  # and over: the next poll is a minute away
+
+    def claimed() -> set[str]:
+        tags = aws.client("batch").list_tags_for_resource
+        return {job_id for job_id in ids if batch.CLAIM_TAG in tags(resourceArn=HeldJobs.job(job_id).arn)["tags"]}
+
+    assert poller.claim_calls == 50 and ids[-1] in claimed()
+    await poller.poll_once()
+    await poller.poll_once()
+    assert claimed() == set(ids) and poller.claim_calls == 120
+    await poller.poll_once()
+    assert poller.claim_calls == 120  # DescribeJobs shows the tags: nothing claimed twice
     for s in streams:
         await s.aclose()
     await poller.close()

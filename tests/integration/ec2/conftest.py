@@ -51,6 +51,8 @@ def stand_ins(fake_instances: FakeInstances, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("PATH", fake_instances.stand_ins.path_with_stand_ins())
     fake_instances.boot = True
     fake_instances.launch_error = None
+    fake_instances.stay_pending = None
+    fake_instances.tunnel_fault = None
     fake_instances.refuse_keys.clear()
     return fake_instances.stand_ins
 

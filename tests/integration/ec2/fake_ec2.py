@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +31,7 @@ from typing import Any
 
 from moto.core.types import Base64EncodedString
 from moto.ec2.exceptions import EC2ClientError
-from moto.ec2.models.instances import Instance, InstanceBackend
+from moto.ec2.models.instances import Instance, InstanceBackend, InstanceState, StateReason
 from moto.ec2.responses.general import General
 from moto.ec2instanceconnect.responses import Ec2InstanceConnectResponse
 
@@ -64,6 +65,8 @@ for refusal in ("tunnel-fail", "terminated"):
         print("An error occurred (TargetNotConnected) when calling the StartSession operation: "
               + target + " is not connected.", file=sys.stderr)
         sys.exit(254)
+if os.path.exists(os.path.join(STATE, "sshd-refuses", target)):
+    SSHD = ("127.0.0.1", {closed_port})  # SSM reaches the instance, but nothing listens on port 22
 params = dict(p.split("=", 1) for p in opts["--parameters"].split(","))
 
 def pump(read, write, done):
@@ -159,10 +162,12 @@ class StandIns:
     @classmethod
     def create(cls, root: Path) -> StandIns:
         bin_dir, state = root / "bin", root / "state"
-        for directory in (bin_dir, state, state / "tunnel-fail", state / "terminated"):
+        for directory in (bin_dir, state, state / "tunnel-fail", state / "terminated", state / "sshd-refuses"):
             directory.mkdir(parents=True, exist_ok=True)
         programs = {
-            "aws": AWS_STAND_IN.format(python=sys.executable, state=str(state), port=SSHD_PORT),
+            "aws": AWS_STAND_IN.format(
+                python=sys.executable, state=str(state), port=SSHD_PORT, closed_port=closed_port()
+            ),
             "session-manager-plugin": "#!/bin/sh\necho 1.2.0.0-stand-in\n",
             "docker": DOCKER_STAND_IN.replace("{state}", _sh(str(state))),
             "poweroff": POWEROFF_STAND_IN.replace("{state}", _sh(str(state))),
@@ -189,6 +194,16 @@ class StandIns:
     def fail_tunnel(self, instance_id: str) -> None:
         (self.state / "tunnel-fail" / instance_id).touch()
 
+    def refuse_ssh(self, instance_id: str) -> None:
+        (self.state / "sshd-refuses" / instance_id).touch()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (bound once, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
 
 def _sh(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
@@ -205,6 +220,10 @@ class FakeInstances:
     stand_ins: StandIns
     boot: bool = True
     launch_error: str | None = None  # the next RunInstances fails with this error code
+    # New instances stay pending with this EC2 state reason (code, message), and never boot.
+    stay_pending: tuple[str, str] | None = None
+    # What a new instance's tunnel does: "ssm-refuses" (TargetNotConnected) or "sshd-refuses".
+    tunnel_fault: str | None = None
     refuse_keys: set[str] = field(default_factory=set)  # instances whose sshd ignores pushed keys
     pushed: list[dict[str, str]] = field(default_factory=list)
     consoles: dict[str, str] = field(default_factory=dict)
@@ -227,7 +246,14 @@ class FakeInstances:
                 raise EC2ClientError(code, "injected by the test: no capacity")
             reservation = originals[0](backend, *args, **kwargs)
             for instance in reservation.instances:
-                if fake.boot and instance.user_data:
+                if fake.tunnel_fault == "ssm-refuses":
+                    fake.stand_ins.fail_tunnel(instance.id)
+                elif fake.tunnel_fault == "sshd-refuses":
+                    fake.stand_ins.refuse_ssh(instance.id)
+                if fake.stay_pending is not None:
+                    instance._state = InstanceState("pending", 0)
+                    instance.state_reason = StateReason(message=fake.stay_pending[1], code=fake.stay_pending[0])
+                elif fake.boot and instance.user_data:
                     fake.start(instance.id, instance.user_data.decode())
             return reservation
 

@@ -29,7 +29,7 @@ from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
 from tests.integration.batch.moto_batch import MotoAws
 from tests.integration.batch.test_batch_definitions import FakeTI
 from tests.integration.ec2.conftest import CONN_ID
-from tests.integration.ec2.fake_ec2 import FakeInstances, StandIns
+from tests.integration.ec2.fake_ec2 import FakeInstances, StandIns, kill_session
 
 PREFIX = "airflow-hpc-test"
 # The operator and its trigger log here (a plain logger: Airflow's own are structlog proxies).
@@ -213,8 +213,68 @@ async def test_an_instance_whose_sshd_never_answers_in_time_is_terminated(
 ) -> None:
     fake_instances.boot = False  # it runs, but nothing on it ever comes up
     op = operator(startup_timeout=timedelta(seconds=3), host_key_check="off")
-    with pytest.raises(StartupError, match="within 0:00:03; it was terminated"):
+    with pytest.raises(StartupError, match=r"within 0:00:03; last seen: .+; it was terminated"):
         await execute(op, ti_for(op))
+
+
+async def test_an_instance_stuck_pending_fails_start_up_with_ec2s_reason(
+    aws_ec2: MotoAws, fake_instances: FakeInstances, stand_ins: StandIns
+) -> None:
+    fake_instances.stay_pending = ("Server.InsufficientInstanceCapacity", "Insufficient capacity in us-east-1a")
+    op = operator(startup_timeout=timedelta(seconds=3))
+    with pytest.raises(StartupError) as raised:
+        await execute(op, ti_for(op))
+    text = str(raised.value)
+    print(f"\n{text}")
+    assert "within 0:00:03" in text and "it was terminated" in text
+    assert "still pending (Insufficient capacity in us-east-1a)" in text
+
+
+async def test_ssm_refusing_the_session_is_named_in_the_start_up_error(
+    aws_ec2: MotoAws, fake_instances: FakeInstances, stand_ins: StandIns
+) -> None:
+    fake_instances.tunnel_fault = "ssm-refuses"  # the agent never registered: SSM says so
+    op = operator(startup_timeout=timedelta(seconds=6), host_key_check="off")
+    with pytest.raises(StartupError) as raised:
+        await execute(op, ti_for(op))
+    text = str(raised.value)
+    print(f"\n{text}")
+    assert "last seen: cannot reach" in text
+    assert "TargetNotConnected" in text and "is not connected" in text  # SSM's own words
+
+
+async def test_sshd_refusing_behind_the_tunnel_is_named_in_the_start_up_error(
+    aws_ec2: MotoAws, fake_instances: FakeInstances, stand_ins: StandIns
+) -> None:
+    fake_instances.tunnel_fault = "sshd-refuses"
+    op = operator(startup_timeout=timedelta(seconds=6), host_key_check="off")
+    with pytest.raises(StartupError) as raised:
+        await execute(op, ti_for(op))
+    print(f"\n{raised.value}")
+    assert "Connection refused" in str(raised.value), str(raised.value)
+
+
+async def test_a_runner_that_dies_mid_job_fails_the_task_within_a_few_polls_and_not_as_a_time_limit(
+    aws_ec2: MotoAws, fake_instances: FakeInstances, stand_ins: StandIns, task_log: Lines
+) -> None:
+    op = operator(command="echo started\nsleep 60\n")
+    ti = ti_for(op)
+    trigger = await defer(op, ti)
+    running = asyncio.ensure_future(fire(trigger))
+    deadline = time.monotonic() + 20
+    while "started" not in task_log.lines:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    # The runner and its container die (SIGKILL, OOM killer); the instance itself stays up.
+    kill_session(fake_instances.processes.pop(trigger.instance_id))
+    killed = time.monotonic()
+    payload = await asyncio.wait_for(running, 60)
+    noticed = time.monotonic() - killed
+    assert payload["kind"] == "ended" and payload["terminated"]
+    assert payload["status"]["native_state"] == "RUNNER_GONE" and payload["status"]["exit_code"] is None
+    assert noticed < 10 * op.poll_interval, f"noticed after {noticed:.1f}s"
+    with pytest.raises(JobFailedError, match="runner on the instance died while running"):
+        op.execute_complete({"ti": ti}, payload)  # type: ignore[arg-type]
 
 
 async def test_an_ssh_auth_failure_at_start_up_terminates_the_instance(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from airflow_hpc_provider.dialects import ec2
+from airflow_hpc_provider.jobs import JobState
 from tests.integration.ec2.fake_ec2 import SSH_DIR, StandIns, kill_session, remove_scratch, scratch_dir
 
 SECRET = "s3cr3t-$(touch /tmp/pwned)-'quoted'"
@@ -67,6 +69,27 @@ def wait_for(path: Path, timeout_s: float = 20) -> str:
     return path.read_text()
 
 
+def wait_for_text(path: Path, text: str, timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (path.exists() and path.read_text().strip() == text):
+        assert time.monotonic() < deadline, f"{path} never said {text!r}"
+        time.sleep(0.05)
+
+
+def processes_running(argument: str) -> list[int]:
+    """Processes whose command line has ``argument`` (the container's shell running our script)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argument.encode() in argv:
+                found.append(int(entry.name))
+    return found
+
+
 def test_a_successful_container_leaves_its_log_and_exit_code_zero(box: StandIns) -> None:
     run_dir, process, user_data = boot(box)
     deliver(run_dir, 'echo "hello $GREETING"\necho to-stderr >&2\n', {"GREETING": SECRET})
@@ -97,10 +120,48 @@ def test_a_runaway_container_is_killed_at_the_time_limit(box: StandIns) -> None:
     assert int(wait_for(run_dir / "exit_code")) in ec2.TIMEOUT_EXIT_CODES
     assert time.monotonic() - started < 10
     assert "time limit of 1s reached" in (run_dir / "job.log").read_text()
+    assert (run_dir / "time_limit_reached").exists()
     assert any(
         line.startswith("rm -f airflow-hpc-task") for line in (box.state / "docker-calls.log").read_text().splitlines()
     )
     kill_session(process)
+
+
+def test_a_container_killed_before_its_time_limit_is_not_reported_as_the_time_limit(box: StandIns) -> None:
+    run_dir, process, _ = boot(box, limit_s=60)
+    deliver(run_dir, "echo started\nsleep 30\n", {})
+    script = str(run_dir / "payload" / "script.sh")
+    deadline = time.monotonic() + 20
+    while not (victims := [pid for pid in processes_running(script)]):
+        assert time.monotonic() < deadline, "the container never started"
+        time.sleep(0.1)
+    for pid in victims:  # what a `docker kill` does: every process of the container at once
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    code = int(wait_for(run_dir / "exit_code"))
+    assert code == 137 and not (run_dir / "time_limit_reached").exists()
+    assert "killed (exit 137) before the time limit" in (run_dir / "job.log").read_text()
+    dialect = ec2.Ec2RunnerDialect(str(run_dir))
+    probe = subprocess.run(["sh", "-c", dialect.poll_script("T", ["i-test"], [])], capture_output=True, text=True)
+    assert "exit 137" in probe.stdout and "limit" not in probe.stdout
+    status = dialect.read_poll({"runner": (0, "exit 137")}, ["i-test"]).observations["i-test"].status
+    assert status is not None and status.state is JobState.FAILED
+    kill_session(process)
+
+
+def test_the_probe_tells_a_dead_runner_from_a_live_one(box: StandIns) -> None:
+    run_dir, process, _ = boot(box, limit_s=60)
+    deliver(run_dir, "echo started\nsleep 30\n", {})
+    wait_for_text(run_dir / "phase", "running")
+    dialect = ec2.Ec2RunnerDialect(str(run_dir))
+
+    def probe() -> str:
+        script = dialect.poll_script("T", ["i-test"], [])
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+
+    assert "phase running" in probe()
+    kill_session(process)  # the runner and everything it started, at once
+    assert "gone running" in probe()
+    assert not (run_dir / "exit_code").exists()
 
 
 def test_an_image_that_cannot_be_pulled_ends_with_the_runner_code(box: StandIns) -> None:
