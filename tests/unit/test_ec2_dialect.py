@@ -107,18 +107,18 @@ def test_user_data_is_quoted_carries_no_payload_and_respects_the_size_limit() ->
         ec2.render_user_data(ec2.RunnerSpec(**{**spec.__dict__, "image": "img; rm -rf /"}))
 
 
-def test_the_shipped_controller_policy_grants_exactly_the_calls_the_hooks_make() -> None:
+def test_the_shipped_controller_policies_grant_exactly_the_calls_the_hooks_make() -> None:
     text = resources.files("airflow_hpc_provider").joinpath("cloudformation/ec2_ephemeral.yaml").read_text()
     template = yaml.safe_load(text)
     granted: set[str] = set()
-    statements = template["Resources"]["ControllerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    for statement in statements:
-        if "Fn::If" in statement:
-            statement = statement["Fn::If"][1]
-        if statement.get("Effect") != "Allow":
-            continue
-        actions = statement["Action"]
-        granted.update([actions] if isinstance(actions, str) else actions)
+    # ControllerPolicy, and ArchivePolicy (only with ArchiveBucket) for archive_s3_prefix.
+    for policy in ("ControllerPolicy", "ArchivePolicy"):
+        for statement in template["Resources"][policy]["Properties"]["PolicyDocument"]["Statement"]:
+            if statement.get("Effect") != "Allow":
+                continue
+            actions = statement["Action"]
+            granted.update([actions] if isinstance(actions, str) else actions)
     assert granted == set(CONTROLLER_ACTIONS)
+    assert template["Resources"]["ArchivePolicy"]["Condition"] == "HasArchiveBucket"
     role = template["Resources"]["TaskInstanceRole"]["Properties"]
     assert any("AmazonSSMManagedInstanceCore" in str(arn) for arn in role["ManagedPolicyArns"])

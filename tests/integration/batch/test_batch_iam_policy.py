@@ -1,7 +1,8 @@
 """The shipped IAM policies (cloudformation/batch_revision.yaml) cover every call the Batch code makes.
 
 The template is deployed in moto's CloudFormation (which resolves its parameters and intrinsic
-functions as AWS does) and each mode's managed policy is read back. Then each mode runs for real
+functions as AWS does) and the managed policies of each mode (``POLICY_OUTPUTS_OF_MODE``: the mode's
+own, the pass-roles and the script-upload ones) are read back. Then each mode runs for real
 against moto: a task whose script is too large for SubmitJob (S3 upload to an SSE-KMS bucket), whose
 job streams lines and ends; a task stopped by a user while its job runs. Every AWS call the provider
 makes on the way is recorded (botocore, in this process) with the resources it touches, plus what
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,13 @@ from tests.integration.batch.moto_batch import ACCOUNT, REGION, HeldJobs, MotoAw
 from tests.integration.batch.test_batch_definitions import FakeTI
 
 TEMPLATE = Path(airflow_hpc_provider.__file__).parent / "cloudformation" / "batch_revision.yaml"
+# What the connection's identity needs for each mode (outputs of the template).
+POLICY_OUTPUTS_OF_MODE: dict[str, tuple[str, ...]] = {
+    "locked": ("LockedPolicyArn", "ScriptUploadPolicyArn"),
+    "revisions": ("RevisionsPolicyArn", "PassRolesPolicyArn", "ScriptUploadPolicyArn"),
+    "auto": ("AutoPolicyArn", "PassRolesPolicyArn", "ScriptUploadPolicyArn"),
+}
 PROVIDER = str(Path(airflow_hpc_provider.__file__).parent)
-POLICY_OF_MODE = {"locked": "LockedPolicyArn", "revisions": "RevisionsPolicyArn", "auto": "AutoPolicyArn"}
 # AWS needs no permission for this one (it cannot be denied).
 NO_PERMISSION = frozenset({"sts:GetCallerIdentity"})
 # Operation names whose IAM action is spelled differently.
@@ -98,7 +104,8 @@ def needs_of(service: str, operation: str, params: dict[str, Any]) -> list[Need]
 class CallRecorder:
     """Every AWS call made from the provider's own code (not the test's), in any thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, needs: Callable[[str, str, dict[str, Any]], list[Need]] | None = None) -> None:
+        self.needs_of = needs or needs_of
         self.needs: list[Need] = []
         self.calls: list[str] = []
         self._lock = threading.Lock()
@@ -122,7 +129,7 @@ class CallRecorder:
                 service = client.meta.service_model.signing_name
                 with recorder._lock:
                     recorder.calls.append(f"{service}:{operation}")
-                    recorder.needs += needs_of(service, operation, params)
+                    recorder.needs += recorder.needs_of(service, operation, params)
             return original(client, operation, params)
 
         BaseClient._make_api_call = make_api_call  # type: ignore[method-assign]
@@ -133,6 +140,7 @@ class CallRecorder:
 
 
 def allows(policy: dict[str, Any], need: Need) -> bool:
+    """An Allow statement names the action and a resource pattern matching it (conditions aside)."""
     for statement in policy["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
@@ -147,6 +155,34 @@ def granted_actions(policy: dict[str, Any]) -> set[str]:
     for statement in policy["Statement"]:
         found |= set(statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]])
     return found
+
+
+def policies_of(outputs: dict[str, str], iam: Any) -> dict[str, dict[str, Any]]:
+    """Each policy output of a stack -> its document."""
+    policies = {}
+    for name, arn in outputs.items():
+        if ":policy/" in arn:
+            version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
+            policies[name] = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+    return policies
+
+
+def mode_policy(setting_policies: dict[str, dict[str, Any]], mode: str) -> dict[str, Any]:
+    """What the connection's identity holds for a mode: the statements of all its policies together."""
+    return {"Statement": [s for key in POLICY_OUTPUTS_OF_MODE[mode] for s in setting_policies[key]["Statement"]]}
+
+
+def deploy(cloudformation: Any, parameters: dict[str, str]) -> dict[str, str]:
+    stack = f"airflow-hpc-batch-{uuid.uuid4().hex[:6]}"
+    cloudformation.create_stack(
+        StackName=stack,
+        TemplateBody=TEMPLATE.read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    described = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
+    assert described["StackStatus"] == "CREATE_COMPLETE"
+    return {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}
 
 
 @dataclass
@@ -185,10 +221,7 @@ def setting(moto_aws: MotoAws) -> Setting:
             "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}}]
         },
     )
-    cloudformation = moto_aws.client("cloudformation")
-    stack = f"airflow-hpc-batch-{uuid.uuid4().hex[:6]}"
-    # Every optional part switched on: moto keeps AWS::NoValue in lists (AWS drops it), so the
-    # stack is deployed here with all of them; a stack without them is checked by the test below.
+    # Every optional part switched on; a stack without them is checked by the test below.
     parameters = {
         "JobQueueArns": batch_arn("job-queue", queue),
         "LockedDefinitionNames": template,
@@ -197,47 +230,35 @@ def setting(moto_aws: MotoAws) -> Setting:
         "ScriptBucket": bucket,
         "ScriptKmsKeyArn": key_arn,
     }
-    cloudformation.create_stack(
-        StackName=stack,
-        TemplateBody=TEMPLATE.read_text(),
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
-        Capabilities=["CAPABILITY_IAM"],
-    )
-    outputs = {
-        o["OutputKey"]: o["OutputValue"]
-        for o in cloudformation.describe_stacks(StackName=stack)["Stacks"][0]["Outputs"]
-    }
-    policies = {}
-    for name, arn in outputs.items():
-        version = iam.get_policy(PolicyArn=arn)["Policy"]["DefaultVersionId"]
-        policies[name] = iam.get_policy_version(PolicyArn=arn, VersionId=version)["PolicyVersion"]["Document"]
+    policies = policies_of(deploy(moto_aws.client("cloudformation"), parameters), iam)
     return Setting(queue, template, bucket, key_arn, roles[0], roles[1], policies)
 
 
-def test_each_modes_policy_grants_exactly_the_actions_the_hook_lists_for_it(setting: Setting) -> None:
-    for mode, output in POLICY_OF_MODE.items():
-        assert granted_actions(setting.policies[output]) == set(ACTIONS_BY_MODE[mode]) | set(ACTIONS_SCRIPT_UPLOAD)
+def test_each_modes_policies_grant_exactly_the_actions_the_hook_lists_for_it(setting: Setting) -> None:
+    for mode in POLICY_OUTPUTS_OF_MODE:
+        granted = granted_actions(mode_policy(setting.policies, mode))
+        assert granted == set(ACTIONS_BY_MODE[mode]) | set(ACTIONS_SCRIPT_UPLOAD)
     assert granted_actions(setting.policies["ScriptReaderPolicyArn"]) == {"s3:GetObject", "kms:Decrypt"}
 
 
-def test_without_the_optional_parts_the_template_leaves_out_their_statements() -> None:
-    import yaml
-
-    template = yaml.safe_load(TEMPLATE.read_text())
-    for output in POLICY_OF_MODE.values():
-        statements = template["Resources"][output.removesuffix("Arn")]["Properties"]["PolicyDocument"]["Statement"]
-        optional = [s for s in statements if "Fn::If" in s]
-        for statement in optional:
-            condition, _, absent = statement["Fn::If"]
-            assert absent == {"Ref": "AWS::NoValue"}
-            assert condition in ("HasScriptBucket", "HasScriptKey", "HasPassRoles")
-        assert {a for s in optional for a in _actions(s["Fn::If"][1])} <= set(ACTIONS_SCRIPT_UPLOAD) | {"iam:PassRole"}
-    assert template["Resources"]["ScriptReaderPolicy"]["Condition"] == "HasScriptBucket"
-
-
-def _actions(statement: dict[str, Any]) -> list[str]:
-    action = statement["Action"]
-    return action if isinstance(action, list) else [action]
+def test_without_the_optional_parts_the_stack_deploys_with_the_mode_policies_alone(moto_aws: MotoAws) -> None:
+    # "none" is PassRoleArns' default, passed explicitly: moto leaves a CommaDelimitedList's *default*
+    # unsplit (so the condition on it comes out wrong), AWS splits it.
+    outputs = deploy(
+        moto_aws.client("cloudformation"), {"JobQueueArns": batch_arn("job-queue", "q"), "PassRoleArns": "none"}
+    )
+    assert set(outputs) == {"LockedPolicyArn", "RevisionsPolicyArn", "AutoPolicyArn"}
+    policies = policies_of(outputs, moto_aws.client("iam"))
+    registering = set(ACTIONS_BY_MODE["revisions"]) - {"iam:PassRole"}
+    assert granted_actions(policies["LockedPolicyArn"]) == set(ACTIONS_BY_MODE["locked"])
+    assert granted_actions(policies["RevisionsPolicyArn"]) == registering
+    assert granted_actions(policies["AutoPolicyArn"]) == registering
+    with_bucket = deploy(
+        moto_aws.client("cloudformation"),
+        {"JobQueueArns": batch_arn("job-queue", "q"), "PassRoleArns": "none", "ScriptBucket": "b"},
+    )
+    upload = policies_of(with_bucket, moto_aws.client("iam"))["ScriptUploadPolicyArn"]
+    assert granted_actions(upload) == set(ACTIONS_SCRIPT_UPLOAD) - {"kms:GenerateDataKey"}
 
 
 def operator_for(mode: str, setting: Setting, task_id: str, command: str) -> BatchRevisionOperator:
@@ -302,9 +323,9 @@ async def test_every_call_the_batch_code_makes_is_allowed_by_its_modes_policy(
     recorder = CallRecorder()
     with recorder.recording():
         await run_mode(mode, setting, aws)
-    policy = setting.policies[POLICY_OF_MODE[mode]]
+    policy = mode_policy(setting.policies, mode)
     refused = sorted({f"{need.action} on {need.resource}" for need in recorder.needs if not allows(policy, need)})
-    assert refused == [], f"{mode}: not granted by {POLICY_OF_MODE[mode].removesuffix('Arn')}"
+    assert refused == [], f"{mode}: not granted by {', '.join(POLICY_OUTPUTS_OF_MODE[mode])}"
     used = {need.action for need in recorder.needs}
     # Everything the policy grants is used (it is the least), but for the race-only deregistration.
     unused = granted_actions(policy) - used - {"batch:DeregisterJobDefinition"}
