@@ -11,23 +11,29 @@ class MultiServiceAwsHook(AwsBaseHook):
     """An ``AwsBaseHook`` whose operations span services (Batch + S3 + Logs, EC2 + Instance Connect).
 
     Every client comes from the connection's own session, so the role, region and per-service
-    ``endpoint_url`` of the ``aws`` connection hold for all of them; each is built once.
+    ``endpoint_url`` of the ``aws`` connection hold for all of them; each is built once. The session
+    and the client config are made once too: each new boto3 session loads botocore's service models
+    again, and the base hook's config walks the call stack (about a second each on a busy host).
     """
 
     def __init__(self, aws_conn_id: str | None, region_name: str | None, client_type: str) -> None:
         super().__init__(aws_conn_id=aws_conn_id, region_name=region_name, client_type=client_type)
         self.default_service = client_type
         self._clients: dict[str, Any] = {}
+        self._session: Any = None
+        self._config: Any = None
 
     def client(self, service: str | None = None) -> Any:
         """A boto3 client for ``service`` (default: the hook's own)."""
         name = service or self.default_service
         if name not in self._clients:
-            session = self.get_session(region_name=self.region_name)
-            self._clients[name] = session.client(
+            if self._session is None:
+                self._session = self.get_session(region_name=self.region_name)
+                self._config = self._get_config(None)
+            self._clients[name] = self._session.client(
                 service_name=name,
                 endpoint_url=self.conn_config.get_service_endpoint_url(service_name=name),
-                config=self._get_config(None),
+                config=self._config,
                 verify=self.verify,
             )
         return self._clients[name]
