@@ -11,7 +11,9 @@
     ├── ClusterUnreachableError   SSH could not connect or the link dropped; worth retrying
     │   └── ClusterAuthError*     authentication failed: the login node refused the key or password
     │       └── HostKeyMismatchError*  the login node's host key is not the one the connection trusts
-    └── JobFailedError            the job ended in any state but success (carries the final status)
+    ├── JobFailedError            the job ended in any state but success (carries the final status)
+    └── SetupError                the AWS set-up command cannot go on: a missing or bad flag, a resource
+                                  under its name that it did not make, AWS refusing a step
 
 The starred errors are *final*: also an Airflow ``AirflowFailException``, so a task that raises it fails at once
 without using its ``retries`` -- no retry can fix a wrong key, an unknown account or a bad argument.
@@ -75,3 +77,7 @@ class JobFailedError(HpcProviderError):
     def __init__(self, message: str, status: JobStatus | None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class SetupError(HpcProviderError):
+    """The AWS set-up command (``airflow hpc-aws-setup``) stops: the message says why and what to do."""

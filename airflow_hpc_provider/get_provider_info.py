@@ -188,6 +188,8 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": _modules("hooks", with_aws),
         "triggers": _modules("triggers", with_aws),
         "config": CONFIG,
+        # `airflow hpc-aws-setup {batch,ec2} {provision,show,cleanup}` (docs/aws_setup.rst).
+        "cli": ["airflow_hpc_provider.setup.cli.get_setup_cli_commands"] if with_aws else [],
         # AWS Batch and EC2 use the amazon provider's standard "aws" connection type; no new type here
         # (EC2 defaults live in its extra under "ec2", see docs/connections/aws_ec2.rst).
         "extra-links": (

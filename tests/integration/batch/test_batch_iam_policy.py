@@ -2,7 +2,8 @@
 
 The template is deployed in moto's CloudFormation (which resolves its parameters and intrinsic
 functions as AWS does) and the managed policies of each mode (``POLICY_OUTPUTS_OF_MODE``: the mode's
-own, the pass-roles and the script-upload ones) are read back. Then each mode runs for real
+own, the pass-roles and the script-upload ones, exactly what the AWS set-up command tells users to
+attach) are read back. Then each mode runs for real
 against moto: a task whose script is too large for SubmitJob (S3 upload to an SSE-KMS bucket), whose
 job streams lines and ends; a task stopped by a user while its job runs. Every AWS call the provider
 makes on the way is recorded (botocore, in this process) with the resources it touches, plus what
@@ -33,18 +34,13 @@ import airflow_hpc_provider
 from airflow_hpc_provider.batch_logs import MemoryPositionStore
 from airflow_hpc_provider.hooks.batch import ACTIONS_BY_MODE, ACTIONS_SCRIPT_UPLOAD
 from airflow_hpc_provider.operators.batch import BatchRevisionOperator
+from airflow_hpc_provider.setup.batch import POLICY_OUTPUTS_OF_MODE
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
 from tests.integration.batch.conftest import CONN_ID
 from tests.integration.batch.moto_batch import ACCOUNT, REGION, HeldJobs, MotoAws
 from tests.integration.batch.test_batch_definitions import FakeTI
 
 TEMPLATE = Path(airflow_hpc_provider.__file__).parent / "cloudformation" / "batch_revision.yaml"
-# What the connection's identity needs for each mode (outputs of the template).
-POLICY_OUTPUTS_OF_MODE: dict[str, tuple[str, ...]] = {
-    "locked": ("LockedPolicyArn", "ScriptUploadPolicyArn"),
-    "revisions": ("RevisionsPolicyArn", "PassRolesPolicyArn", "ScriptUploadPolicyArn"),
-    "auto": ("AutoPolicyArn", "PassRolesPolicyArn", "ScriptUploadPolicyArn"),
-}
 PROVIDER = str(Path(airflow_hpc_provider.__file__).parent)
 # AWS needs no permission for this one (it cannot be denied).
 NO_PERMISSION = frozenset({"sts:GetCallerIdentity"})
