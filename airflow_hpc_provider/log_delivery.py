@@ -12,6 +12,12 @@ written its line by the time it returns, and :func:`wait_until_written` returns 
 
 This is what lets a reader of job output move its saved cursor only past lines that are durably in
 the task log (see ``poller.py``): it waits here after logging, then commits.
+
+The socket also bounds how much may be in flight: each message costs about 768 bytes of the
+socket's send buffer (its bookkeeping, whatever the line's length), so some 270 lines fill the
+default 208 KiB, and the next logging call would block the whole event loop until the supervisor
+reads. :func:`log_lines` therefore logs in short slices and, between them, waits without blocking
+while the socket is more than half full.
 """
 
 from __future__ import annotations
@@ -20,15 +26,28 @@ import asyncio
 import fcntl
 import logging
 import os
+import socket
 import stat
 import struct
 import termios
 import time
+from collections.abc import Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-# Polling the queue is cheap (one ioctl); a supervisor keeping up empties it within milliseconds.
+# Polling the queue is cheap (one ioctl); a supervisor keeping up empties it within milliseconds,
+# so the first checks come quickly (the sooner a write is known, the sooner it is committed).
+_CHECKS_S = (0.001, 0.002, 0.005)
 _CHECK_EVERY_S = 0.01
+# Lines logged between two looks at the clock and the socket, and the most time one slice of
+# logging may hold the event loop before it yields.
+_LINES_PER_LOOK = 32
+SLICE_S = 0.02
+# How long to wait for a stalled supervisor before writing anyway (the write may then block).
+_STALL_LIMIT_S = 30.0
+# How long one wait for "written" lasts before it is tried again (see confirm_written).
+_WRITTEN_WAIT_S = 5.0
 
 
 def _structlog_output_fd() -> int | None:
@@ -57,6 +76,14 @@ class LogChannel:
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
+        self.high_water = 0
+        if fd is not None:
+            try:
+                sndbuf = socket.socket(fileno=os.dup(fd))
+                with sndbuf:
+                    self.high_water = sndbuf.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+            except OSError:
+                self.high_water = 64 * 1024
 
     @classmethod
     def of_this_process(cls) -> LogChannel:
@@ -78,10 +105,45 @@ class LogChannel:
         """True once everything logged so far has been read by the supervisor (and so written);
         False when that did not happen within ``timeout_s`` or the channel broke."""
         deadline = time.monotonic() + timeout_s
+        checks = 0
         while True:
             pending = self.pending_bytes()
             if pending == 0:
                 return True
             if pending < 0 or time.monotonic() >= deadline:
                 return False
+            await asyncio.sleep(_CHECKS_S[checks] if checks < len(_CHECKS_S) else _CHECK_EVERY_S)
+            checks += 1
+
+    async def room(self) -> None:
+        """Yield to the event loop; while the socket is more than half full, wait (without blocking
+        the loop) for the supervisor to read, up to a limit."""
+        await asyncio.sleep(0)
+        if self.fd is None:
+            return
+        deadline = time.monotonic() + _STALL_LIMIT_S
+        while self.pending_bytes() > self.high_water and time.monotonic() < deadline:
             await asyncio.sleep(_CHECK_EVERY_S)
+
+
+async def log_lines(log: logging.Logger | Any, lines: Sequence[str], channel: LogChannel) -> None:
+    """Log each line at INFO, in slices that hold the event loop at most about ``SLICE_S`` and
+    never overfill the supervisor's socket (where a full socket would block the loop)."""
+    started = time.perf_counter()
+    for index, line in enumerate(lines):
+        log.info("%s", line)
+        looking = index % _LINES_PER_LOOK == _LINES_PER_LOOK - 1 and index + 1 < len(lines)
+        if looking and (time.perf_counter() - started >= SLICE_S or channel.pending_bytes() > channel.high_water):
+            await channel.room()
+            started = time.perf_counter()
+
+
+async def confirm_written(channel: LogChannel) -> bool:
+    """Wait until everything logged so far is written to the task log. False only when the channel
+    broke (the supervisor is gone): then nothing may count as delivered. A slow supervisor is
+    waited for, however long: the lines stay unconfirmed (and uncommitted) meanwhile."""
+    while True:
+        if await channel.wait_until_written(_WRITTEN_WAIT_S):
+            return True
+        if channel.pending_bytes() < 0:
+            return False
