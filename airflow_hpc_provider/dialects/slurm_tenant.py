@@ -60,9 +60,10 @@ def socket_name(allocation_id: str) -> str:
     return f"{SOCKET_PREFIX}{allocation_id}"
 
 
-def session_name(key: JobKey) -> str:
-    """The tmux session of a task instance, the same for every try: a retry finds a live one."""
-    return f"airflow-{key.task_digest}"
+def session_name(task_digest: str, try_number: int) -> str:
+    """The tmux session of one try of a task instance. A retry finds the session an earlier try
+    started through ``<digest>.current``, the try that last started one (see :func:`launch_script`)."""
+    return f"airflow-{task_digest}-try{int(try_number)}"
 
 
 # --- files on the cluster -------------------------------------------------------------------------
@@ -96,7 +97,7 @@ class TenantRef:
 
     @property
     def session(self) -> str:
-        return f"airflow-{self.task_digest}"
+        return session_name(self.task_digest, self.try_number)
 
     def directory(self, log_dir: str) -> str:
         return f"{log_dir.rstrip('/')}/tenants/{self.allocation_id}/{self.task_digest}-try{self.try_number}"
@@ -321,15 +322,21 @@ def render_wrapper(spec: TenantSpec) -> str:
 
 
 def launch_script(reservation: str, spec: TenantSpec, *, key: JobKey, log_dir: str) -> str:
-    """One round trip: find the allocation, adopt the task's live session or start a new one.
+    """One round trip: find the allocation, adopt an earlier try's tenant or start a new one.
+
+    The try that last started a tenant of this task instance in the allocation is kept in
+    ``<digest>.current``. Unless a trigger watched it (its ``cursor.watched`` marker: the task was
+    cleared or failed while deferred), it is adopted: ``ADOPTED`` while its session lives, ``DONE``
+    when it already ended (its exit status decides the retry; nothing runs twice).
 
     Prints one of ``NOALLOC``, ``NOTRUNNING <id> <state> <reason>``, ``NOTOURS <id>``,
     ``NOSERVER <id> <tmux's words>``, ``ADOPTED <id> <try>``, ``DONE <id> <try>``,
     ``STARTED <id> <try>``.
     """
     base = remote_shell.home_relative(f"{log_dir.rstrip('/')}/tenants")
-    session = session_name(key)
+    session = session_name(key.task_digest, key.try_number)
     try_dir = f"{key.task_digest}-try{int(key.try_number)}"
+    earlier = f"$2/{key.task_digest}-try$_t"
     env_lines = remote_shell.export_lines(spec.env)
     node = (
         # Runs on the allocation's node, inside a step of it: $1 job id, $2 tenant base dir.
@@ -337,8 +344,13 @@ def launch_script(reservation: str, spec: TenantSpec, *, key: JobKey, log_dir: s
         f"_sess={quote(session)}\n"
         f'_d="$2/{try_dir}"\n'
         '_ls=$(tmux -L "$_s" list-sessions 2>&1) || { printf \'NOSERVER %s %s\\n\' "$1" "$_ls"; exit 0; }\n'
-        'if tmux -L "$_s" has-session -t "=$_sess" 2>/dev/null; then\n'
-        '  printf \'ADOPTED %s %s\\n\' "$1" "$(cat -- "$2/' + key.task_digest + '.current" 2>/dev/null)"; exit 0\n'
+        f'_t=$(cat -- "$2/{key.task_digest}.current" 2>/dev/null)\n'
+        "case $_t in ''|*[!0-9]*) _t=;; esac\n"
+        f'if [ -n "$_t" ] && [ ! -e "{earlier}/cursor.watched" ]; then\n'
+        f'  if tmux -L "$_s" has-session -t "=airflow-{key.task_digest}-try$_t" 2>/dev/null; then\n'
+        '    printf \'ADOPTED %s %s\\n\' "$1" "$_t"; exit 0\n'
+        "  fi\n"
+        f'  if [ -f "{earlier}/exit" ]; then printf \'DONE %s %s\\n\' "$1" "$_t"; exit 0; fi\n'
         "fi\n"
         f'if [ -f "$_d/exit" ]; then printf \'DONE %s %s\\n\' "$1" {int(key.try_number)}; exit 0; fi\n'
         f"printf '%s\\n' {int(key.try_number)} > \"$2/{key.task_digest}.current\"\n"

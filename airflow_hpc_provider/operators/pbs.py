@@ -166,6 +166,7 @@ class PbsOperator(SshBatchJobOperator):
             state=outcome.state,
             log_path=pbs.log_path(cluster.log_dir, key.task_digest, outcome.try_number),
             cursor_path=pbs.cursor_path(cluster.log_dir, key.task_digest, outcome.try_number),
+            ended=outcome.ended,
         )
 
     def trigger(
