@@ -607,13 +607,19 @@ class ClusterPoller:
         for job_id in leaving:
             self._leaving.pop(job_id, None)
         framed = parse_framed(result.stdout, token)
-        for job_id, read in reads.items():
-            chunk = framed.chunks.get(job_id)
-            if chunk is not None:
-                self._take_chunk(tracks[job_id], read, chunk, framed.positions[job_id])
+
+        def take(resumed: bool) -> None:
+            for job_id, read in reads.items():
+                chunk = framed.chunks.get(job_id)
+                if chunk is not None and (read.offset is None) == resumed:
+                    self._take_chunk(tracks[job_id], read, chunk, framed.positions[job_id])
+
+        # A first read says where a job stands (runs announced, cursor): taken before the status.
+        take(resumed=True)
         if with_status:
             report = self.dialect.read_poll(framed.sections, job_ids)
             if report.failure is not None:
+                take(resumed=False)
                 raise ClusterUnreachableError(f"{self.dialect.name} status query failed: {report.failure}")
             for notice in self._fresh(report.notices):
                 self._tell_all(Notice(notice))
@@ -625,7 +631,12 @@ class ClusterPoller:
                 if final is not None and track.final is None:
                     track.final = final
                     if track.next_run is not None and track.boundary is None:
-                        track.boundary = track.offset  # a run we never saw running: it ends here
+                        # A new run we never saw running ended between two polls: its output is
+                        # all that follows what was read before this poll.
+                        track.boundary = track.offset
+        # The status came first in the script, so the chunks are at least as new as it is: a run
+        # seen starting in this poll may already have written into them (see _follow_runs).
+        take(resumed=False)
         for job_id, track in tracks.items():
             if self._read_to_the_end(track, reads.get(job_id)):
                 self._end(track)
