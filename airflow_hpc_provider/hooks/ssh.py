@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import asyncssh
 from airflow.sdk import BaseHook
 
 from airflow_hpc_provider.dialects.remote_shell import whole_or_nothing
@@ -28,6 +30,26 @@ from airflow_hpc_provider.errors import (
     ClusterUnreachableError,
     ConnectionConfigError,
 )
+
+
+class _OnFirstUse:
+    """A module imported when first used. asyncssh takes a second or more to import on a busy host,
+    and a triggerer imports a trigger's module in its event loop: importing it there would stall
+    every trigger. :meth:`SshTransport._connection` imports it in a thread before first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        module: ModuleType = importlib.import_module(self._name)
+        return getattr(module, attribute)
+
+
+if TYPE_CHECKING:
+    import asyncssh
+else:
+    asyncssh = _OnFirstUse("asyncssh")
+_imported = threading.Event()
 
 # asyncssh logs several INFO lines per command; in a task log they would drown the job's output.
 # Quiet it unless someone configured its logger on purpose.
@@ -263,6 +285,9 @@ class SshTransport:
         self.commands_run = 0
 
     async def _connection(self) -> asyncssh.SSHClientConnection:
+        if not _imported.is_set():  # see _OnFirstUse
+            await asyncio.to_thread(importlib.import_module, "asyncssh")
+            _imported.set()
         async with self._connecting:
             if self._conn is not None and not self._conn.is_closed():
                 return self._conn

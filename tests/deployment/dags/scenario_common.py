@@ -19,6 +19,8 @@ WORKER_SLOT_JOB_S = 30
 RESTART_TASKS = 4
 RESTART_LINES = 45
 LOG_LINES = 5
+VOLUME_TASKS = 10
+VOLUME_LINES = 3000
 SCENARIO_DAG_IDS = (
     "dep_worker_slots",
     "dep_mark_failed",
@@ -29,6 +31,9 @@ SCENARIO_DAG_IDS = (
     "dep_restart",
     "dep_ha",
     "dep_trivial",
+    "dep_volume",
+    "dep_adopt_success",
+    "dep_adopt_failure",
 )
 
 
