@@ -33,6 +33,7 @@ import stat
 import struct
 import termios
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ _CHECK_EVERY_S = 0.01
 # Lines logged between two looks at the clock and the socket, and the most time one slice of
 # logging may hold the event loop before it yields.
 _LINES_PER_LOOK = 16
-SLICE_S = 0.02
+SLICE_S = 0.01
 # How long to wait for a stalled supervisor before writing anyway (the write may then block).
 _STALL_LIMIT_S = 30.0
 # How long one wait for "written" lasts before it is tried again (see confirm_written).
@@ -141,18 +142,38 @@ class LogChannel:
             await asyncio.sleep(_CHECK_EVERY_S)
 
 
+# One turn at a time per event loop: every watcher of the process logs its slices in turn. A slice
+# that merely yielded (``sleep(0)``) would run again in the same turn of the loop as every other
+# watcher's slice, so ten watchers would hold the loop ten slices long.
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _turn() -> asyncio.Lock:
+    loop = asyncio.get_running_loop()
+    turn = _turns.get(loop)
+    if turn is None:
+        turn = _turns[loop] = asyncio.Lock()
+    return turn
+
+
 async def log_lines(log: logging.Logger | Any, lines: Sequence[str], channel: LogChannel) -> None:
-    """Log each line at INFO, in slices that hold the event loop at most about ``SLICE_S`` and
-    never overfill the supervisor's socket (where a full socket would block the loop)."""
-    if channel.crowded():
-        await channel.room()
-    started = time.perf_counter()
-    for index, line in enumerate(lines):
-        log.info("%s", line)
-        looking = index % _LINES_PER_LOOK == _LINES_PER_LOOK - 1 and index + 1 < len(lines)
-        if looking and (time.perf_counter() - started >= SLICE_S or channel.crowded()):
-            await channel.room()
+    """Log each line at INFO, from the caller's own task (Airflow routes a line to the task log by
+    the task's context), in slices: at most ``SLICE_S`` per turn of the event loop for all the
+    process's watchers together, and never into an overfull supervisor socket (where a write would
+    block the loop)."""
+    turn = _turn()
+    index = 0
+    while index < len(lines):
+        async with turn:  # fair: a watcher waiting for its turn gets it before this one's next slice
+            if channel.crowded():
+                await channel.room()
             started = time.perf_counter()
+            while index < len(lines):
+                log.info("%s", lines[index])
+                index += 1
+                if index % _LINES_PER_LOOK == 0 and (time.perf_counter() - started >= SLICE_S or channel.crowded()):
+                    break
+        await asyncio.sleep(0)
 
 
 async def confirm_written(channel: LogChannel) -> bool:

@@ -637,6 +637,10 @@ class ClusterPoller:
         # The status came first in the script, so the chunks are at least as new as it is: a run
         # seen starting in this poll may already have written into them (see _follow_runs).
         take(resumed=False)
+        if any(job_id not in framed.chunks for job_id in reads):
+            # An answer cut short: what was read is kept, the rest is read again after a pause
+            # (never at once: a login node that cuts answers off must not be asked again and again).
+            raise ClusterUnreachableError(f"the answer from {self.transport.target.where} was cut short")
         for job_id, track in tracks.items():
             if self._read_to_the_end(track, reads.get(job_id)):
                 self._end(track)

@@ -160,14 +160,15 @@ def sbatch_words(reservation: str, log_dir: str) -> str:
 
 
 def _lookup(name_arg: str) -> str:
-    """Shell that sets ``_j``/``_st``/``_why``/``_tag`` to the newest allocation with that name.
+    """Shell that sets ``_j``/``_st``/``_why``/``_tag``/``_rs`` (restarts) to the newest allocation with that name.
 
     A RUNNING job wins over a queued one (a persistent allocation's successor pends while its
     predecessor still runs); among equals, the highest job id is the newest. Looked up every time:
     a resubmission changes the id behind the name.
     """
     return (
-        f"_q=$(squeue -h -u \"$(id -un)\" -n {name_arg} -t {_ALIVE} -O 'JobID:|,State:|,Reason:|,Comment:|') "
+        f'_q=$(squeue -h -u "$(id -un)" -n {name_arg} -t {_ALIVE} '
+        "-O 'JobID:|,State:|,Reason:|,Comment:|,RestartCnt:|') "
         "|| { echo 'squeue failed' >&2; exit 1; }\n"
         "_row=$(printf '%s\\n' \"$_q\" | awk -F'|' 'NF >= 4 { r = ($2 == \"RUNNING\") ? 1 : 0; "
         "if (r > br || (r == br && $1 + 0 > bi)) { br = r; bi = $1 + 0; best = $0 } } END { print best }')\n"
@@ -175,6 +176,7 @@ def _lookup(name_arg: str) -> str:
         "_st=$(printf '%s' \"$_row\" | cut -d'|' -f2 | tr -d ' ')\n"
         "_why=$(printf '%s' \"$_row\" | cut -d'|' -f3 | tr -d ' ')\n"
         "_tag=$(printf '%s' \"$_row\" | cut -d'|' -f4 | tr -d ' ')\n"
+        "_rs=$(printf '%s' \"$_row\" | cut -d'|' -f5 | tr -d ' ')\n"
     )
 
 
@@ -371,6 +373,8 @@ def launch_script(reservation: str, spec: TenantSpec, *, key: JobKey, log_dir: s
         # Files of a try that never started (no exit, no session) are rewritten; a finished try's are kept.
         + 'if [ ! -f "$_d/exit" ]; then\n'
         + '  mkdir -p -- "$_d" && chmod 700 "$_d" || exit 1\n'
+        # Which run of the allocation hosts the tenant: a requeued allocation restarts without it.
+        + '  printf \'run %s\\n\' "${_rs:-0}" > "$_d/allocation" || exit 1\n'
         + remote_shell.heredoc(render_command(spec), feed='  cat > "$_d/command.sh"')
         + remote_shell.heredoc(render_wrapper(spec), feed='  cat > "$_d/run.sh"')
         # umask: the env file may hold secrets; only the user reads it.
@@ -415,11 +419,14 @@ def poll_script(token: str, tenant_ids: Sequence[str], reads: Sequence[LogRead],
     refs = [TenantRef.parse(value) for value in tenant_ids]
     allocations = sorted({ref.allocation_id for ref in refs})
     body = remote_shell.section(
-        token, "squeue", f"squeue -h -t all -j {quote(','.join(allocations))} -O 'JobID:|,State:|,Reason:|'"
+        token,
+        "squeue",
+        f"squeue -h -t all -j {quote(','.join(allocations))} -O 'JobID:|,State:|,Reason:|,RestartCnt:|'",
     )
+    # One cat per tenant: its exit status (once written) and the allocation run it started in.
     reads_lines = "".join(
         f"printf '%s|' {quote(value)}; cat -- {remote_shell.home_relative(ref.directory(log_dir) + '/exit')} "
-        "2>/dev/null; printf '\\n'; "
+        f"{remote_shell.home_relative(ref.directory(log_dir) + '/allocation')} 2>/dev/null; printf '\\n'; "
         for value, ref in zip(tenant_ids, refs, strict=True)
     )
     body += remote_shell.section(token, "sentinels", reads_lines + "true")
@@ -435,10 +442,56 @@ def _allocation_states(text: str) -> dict[str, tuple[str, str]]:
     return states
 
 
+def _allocation_restarts(text: str) -> dict[str, int]:
+    restarts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = [part.strip() for part in line.split("|")]
+        if len(fields) >= 4 and fields[0] and fields[3].isdigit():
+            restarts[fields[0]] = int(fields[3])
+    return restarts
+
+
+@dataclass(frozen=True)
+class TenantFiles:
+    """What one poll read in a tenant's directory: its exit status line, and the run of its
+    allocation it started in (``None`` for tenants launched before this was recorded)."""
+
+    exit: str | None
+    started_run: int | None
+
+
+def parse_sentinels(text: str, tenant_ids: Sequence[str]) -> dict[str, TenantFiles]:
+    """``<tenant>|<exit file><allocation file>`` records, as the poll script prints them."""
+    wanted = set(tenant_ids)
+    found: dict[str, TenantFiles] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        tenant, sep, content = line.partition("|")
+        if sep and tenant in wanted:
+            current, found[tenant] = tenant, TenantFiles(None, None)
+            line = content
+        if current is None or not line.strip():
+            continue
+        part = line.strip()
+        if part.startswith("run ") and part[4:].isdigit():
+            found[current] = TenantFiles(found[current].exit, int(part[4:]))
+        elif found[current].exit is None:
+            found[current] = TenantFiles(part, found[current].started_run)
+    return found
+
+
 def observe_tenant(
-    ref: TenantRef, tenant: str, sentinel: str | None, allocation: tuple[str, str] | None
+    ref: TenantRef,
+    tenant: str,
+    sentinel: str | None,
+    allocation: tuple[str, str] | None,
+    *,
+    started_run: int | None = None,
+    restarts: int | None = None,
 ) -> Observation:
-    """A sentinel is final; without one, the tenant runs as long as its allocation runs."""
+    """A sentinel is final; without one, the tenant runs as long as its allocation runs, in the
+    run it started in (``started_run``): once the allocation was requeued (``restarts`` grew), its
+    tmux server started again without the tenant's session."""
     if sentinel is not None:
         words = sentinel.split()
         code = int(words[0]) if words and words[0].isdigit() else None
@@ -474,6 +527,17 @@ def observe_tenant(
         )
     native, reason = allocation
     state = slurm.map_state(native, reason)
+    if not state.is_terminal and started_run is not None and restarts is not None and restarts > started_run:
+        return Observation(
+            JobStatus(
+                job_id=tenant,
+                state=JobState.FAILED,
+                native_state=native,
+                reason=f"allocation {ref.allocation_id} was requeued after the tenant started; "
+                "the tenant's session ended with it",
+            ),
+            final=True,
+        )
     if not state.is_terminal:
         shown = JobState.RUNNING if state in _HOSTING else state
         return Observation(
@@ -509,19 +573,23 @@ class SlurmTenantDialect:
         if rc != 0 and "Invalid job id specified" not in text:
             return PollReport(observations={}, failure=f"squeue exited {rc}: {text.strip()!r}")
         allocations = _allocation_states(text) if rc == 0 else {}
+        restarts = _allocation_restarts(text) if rc == 0 else {}
         if "sentinels" not in sections:
             return PollReport(observations={}, failure="no sentinel section in the poll's output")
-        sentinels: dict[str, str | None] = {}
-        for line in sections["sentinels"][1].splitlines():
-            tenant, sep, content = line.partition("|")
-            if sep:
-                sentinels[tenant] = content.strip() or None
+        files = parse_sentinels(sections["sentinels"][1], job_ids)
         observations: dict[str, Observation] = {}
         for tenant in job_ids:
             ref = TenantRef.parse(tenant)
-            if tenant not in sentinels:
+            if tenant not in files:
                 continue  # not read this time: conclude nothing
-            observations[tenant] = observe_tenant(ref, tenant, sentinels[tenant], allocations.get(ref.allocation_id))
+            observations[tenant] = observe_tenant(
+                ref,
+                tenant,
+                files[tenant].exit,
+                allocations.get(ref.allocation_id),
+                started_run=files[tenant].started_run,
+                restarts=restarts.get(ref.allocation_id),
+            )
         return PollReport(observations=observations)
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:

@@ -1,8 +1,10 @@
-"""A requeued Slurm job's output reaches the task log: every line of both runs, once, in order.
+"""Requeued Slurm jobs: a requeued job's output reaches the task log, every line of both runs once,
+in order; a tenant whose allocation is requeued ends instead of being watched forever.
 
 Slurm starts a requeued job again with the same output file (appended to: the provider submits
 with ``--open-mode=append``; by default Slurm would truncate it). The trigger announces the new
-run with a marker line and never repeats the first run's lines.
+run with a marker line and never repeats the first run's lines. A requeued allocation starts its
+tmux server again, without the sessions of the tenants it had.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import asyncio
 import re
 import shlex
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
 from airflow_hpc_provider.jobs import JobKey
 from tests.integration import cluster
+from tests.integration.test_slurm_tenant import book, outcome, release, start, task_key
 from tests.integration.test_slurm_trigger import collected, submit
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio]
@@ -60,3 +64,28 @@ async def test_scontrol_requeue_of_a_running_job_streams_both_runs_once_in_order
     assert log.lines.count(marker) == 1, log.lines
     assert log.lines.index(marker) < log.lines.index("run 2 line 1")
     assert log.lines.index(marker) > log.lines.index(f"run 1 line {first[-1]}")
+
+
+@pytest.fixture
+def allocation(slurm_connection: str) -> Iterator[str]:
+    name = f"it-requeue-{uuid.uuid4().hex[:8]}"
+    asyncio.run(book(name))
+    yield name
+    asyncio.run(release(name))
+
+
+async def test_a_tenant_whose_allocation_is_requeued_fails_with_that_reason_instead_of_running_forever(
+    allocation: str,
+) -> None:
+    trigger = await start(allocation, 'echo "working"; sleep 300', task_key("requeued"))
+    log = collected(trigger)
+    running = asyncio.ensure_future(outcome(trigger, timeout_s=120))
+    try:
+        await log.wait_for("^working$")
+        job = shlex.quote(trigger.tenant_id.split(":")[0])
+        cluster.ssh(f"scontrol requeue {job}")  # preemption with requeue does the same
+        payload = await asyncio.wait_for(running, 120)
+    finally:
+        running.cancel()
+    assert payload["kind"] == "ended" and payload["status"]["state"] == "FAILED", payload
+    assert "was requeued" in payload["status"]["reason"]
