@@ -23,7 +23,7 @@ from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.log_delivery import LogChannel, confirm_written, log_lines
+from airflow_hpc_provider.log_delivery import LogChannel, log_lines
 from airflow_hpc_provider.poller import (
     ClusterPoller,
     JobEnded,
@@ -33,7 +33,7 @@ from airflow_hpc_provider.poller import (
     StatusChanged,
     WatchFailed,
 )
-from airflow_hpc_provider.watch import CONFIRM_TIMEOUT_S, WatchOutcome
+from airflow_hpc_provider.watch import CONFIRM_TIMEOUT_S, WatchOutcome, acknowledge_when_written
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,7 @@ async def _consume(events: Any, poller: ClusterPoller, watch: InstanceWatch, log
             if isinstance(event, OutputLines):
                 # Acknowledged once written: only then may the cursor on the instance move past them.
                 await log_lines(log, event.lines, channel)
-                if await confirm_written(channel):
-                    event.acknowledge()
+                await acknowledge_when_written(event, channel)
             elif isinstance(event, StatusChanged):
                 log.info("EC2 instance %s: %s", instance, event.status.describe())
             elif isinstance(event, Notice):

@@ -164,6 +164,8 @@ async def log_lines(log: logging.Logger | Any, lines: Sequence[str], channel: Lo
     turn = _turn()
     index = 0
     while index < len(lines):
+        if index:
+            await asyncio.sleep(0)  # between slices only: a chunk that fits one slice is logged at once
         async with turn:  # fair: a watcher waiting for its turn gets it before this one's next slice
             if channel.crowded():
                 await channel.room()
@@ -173,7 +175,6 @@ async def log_lines(log: logging.Logger | Any, lines: Sequence[str], channel: Lo
                 index += 1
                 if index % _LINES_PER_LOOK == 0 and (time.perf_counter() - started >= SLICE_S or channel.crowded()):
                     break
-        await asyncio.sleep(0)
 
 
 async def confirm_written(channel: LogChannel) -> bool:

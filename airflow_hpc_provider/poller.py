@@ -594,11 +594,16 @@ class ClusterPoller:
         token = random_token()
         script = commit_lines + self.dialect.poll_script(token, job_ids, list(reads.values()))
         result = await self.transport.run(script, timeout_s=self.settings.command_timeout_s)
+        if result.exit_status != 0:
+            # Killed, cut off, or no shell: nothing in it may count as done (a claim marker above all).
+            detail = (result.error_text or result.text).strip()[-300:]
+            raise ClusterUnreachableError(
+                f"the poll script on {self.transport.target.where} ended with status {result.exit_status}: {detail!r}"
+            )
         self.rounds += 1
         if with_status:
             self.polls += 1
-        # The script ran: its records and markers are written (if one was not, a later watcher
-        # replays a little more, announced; nothing is lost).
+        # The script ran to its end: its records and markers are written.
         for track in tracks.values():
             if track.job.claimed_by_trigger or self._claim_due(track):
                 track.claim_written = True

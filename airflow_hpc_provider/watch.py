@@ -31,6 +31,8 @@ from airflow_hpc_provider.poller import (
 
 # How long the end of a watch waits for its last commit to reach the cluster.
 CONFIRM_TIMEOUT_S = 10.0
+# How long a stopping watch still waits for lines it logged to be written.
+STOPPING_CONFIRM_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,7 @@ async def follow(
     async for event in events:
         if isinstance(event, OutputLines):
             await log_lines(log, event.lines, channel)
-            if await confirm_written(channel):
-                event.acknowledge()
+            await acknowledge_when_written(event, channel)
         elif isinstance(event, StatusChanged):
             log.info("%s job %s: %s", what, job.job_id, event.status.describe())
         elif isinstance(event, Notice):
@@ -118,6 +119,23 @@ async def follow(
         elif isinstance(event, WatchFailed):
             return WatchOutcome("error", job.job_id, message=event.message)
     return WatchOutcome("error", job.job_id, message="the watch ended without an outcome")
+
+
+async def acknowledge_when_written(event: OutputLines, channel: LogChannel) -> None:
+    """Acknowledge lines once they are written to the task log. Stopped meanwhile (a triggerer
+    handing its triggers over), it still lets the supervisor take them for a moment, so that a
+    graceful stop commits lines it logged rather than have the next triggerer replay them."""
+    confirming = asyncio.ensure_future(_confirm(event, channel))
+    try:
+        await asyncio.shield(confirming)
+    except asyncio.CancelledError:
+        await asyncio.wait({confirming}, timeout=STOPPING_CONFIRM_S)
+        raise
+
+
+async def _confirm(event: OutputLines, channel: LogChannel) -> None:
+    if await confirm_written(channel):
+        event.acknowledge()
 
 
 async def cancel_job(

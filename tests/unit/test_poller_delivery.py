@@ -8,6 +8,7 @@ job's state from a file, so a test plays the scheduler by writing that file.
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.dialects.remote_shell import LogRead, section
 from airflow_hpc_provider.hooks.ssh import CommandResult, SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob, claim_marker
+from airflow_hpc_provider.log_delivery import LogChannel
 from airflow_hpc_provider.poller import (
     REPLAY_MARKER,
     ClusterPoller,
@@ -29,6 +31,7 @@ from airflow_hpc_provider.poller import (
     PollReport,
     WatchEvent,
 )
+from airflow_hpc_provider.watch import follow
 
 pytestmark = pytest.mark.asyncio
 
@@ -336,3 +339,28 @@ async def test_a_requeued_jobs_second_run_follows_the_first_after_a_run_marker(
     if seen_between_runs:  # the boundary is exact when a poll saw the job between its runs
         assert seen.index(marker) == 4
     assert max(record[3] for record in cluster.records("7")) == 2, "the announced run must survive a restart"
+
+
+async def test_a_watch_stopped_right_after_it_logged_a_chunk_commits_the_chunk_on_its_way_out(
+    cluster: Cluster,
+) -> None:
+    """A triggerer handing its triggers over (SIGTERM) must not leave lines it logged to be replayed."""
+    cluster.state("1", "RUNNING")
+    cluster.write("1", numbered(3))
+    poller, _ = cluster.poller(interval_s=60)
+    job = cluster.job("1")
+    logger = logging.getLogger(f"test.stop.{id(cluster)}")
+    logger.propagate = False
+    watching: asyncio.Future[object] | None = None
+
+    class StopOnLastLine(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "line 3" and watching is not None:
+                watching.cancel()  # the stop arrives the moment the chunk's last line is logged
+
+    logger.addHandler(StopOnLastLine())
+    watching = asyncio.ensure_future(follow(poller.watch(job), poller, job, logger, LogChannel(None), "Test"))
+    with pytest.raises(asyncio.CancelledError):
+        await watching
+    await poller.close()
+    assert cluster.committed("1") == len(numbered(3))
