@@ -496,24 +496,28 @@ class ClusterPoller:
         )
 
     def _reads_ready(self) -> bool:
-        """A backlog or an ended job's rest to read, for a job whose last chunk is confirmed."""
+        """A backlog, an ended job's rest, or a job just seen writing, to read now (for jobs whose
+        last chunk is confirmed)."""
         return any(
-            (t.more or t.final is not None) and not t.ended and not t.unconfirmed and t.subscribers
+            (t.more or t.final is not None or (t.offset is None and _writing(t)))
+            and not t.ended
+            and not t.unconfirmed
+            and t.subscribers
             for t in self._tracks.values()
         )
 
     def _read_for(self, track: _Track, *, with_status: bool) -> LogRead | None:
         if not track.subscribers or track.unconfirmed or track.ended:
             return None  # an unconfirmed chunk is the most a watcher may leave in doubt: wait for it
-        writing = track.last is not None and track.last.state in _WRITING
-        if track.offset is None:
-            whole = True  # the first read: resume from the cursor records, whatever the state
-        elif track.final is not None:
+        # A job is read once it was seen writing (or ended): a queued one costs the login node nothing
+        # but its line in squeue. Its first read resumes from the cursor records on the cluster.
+        writing = _writing(track)
+        if track.final is not None:
             whole = False
         elif track.more:
             whole = writing
-        elif with_status and writing:
-            whole = True
+        elif writing and (with_status or track.offset is None):
+            whole = True  # each poll; and at once when a job is first seen writing
         elif with_status and track.next_run is not None and track.boundary is None:
             whole = False  # between two runs: read the first run to its very end
         else:
@@ -635,10 +639,6 @@ class ClusterPoller:
                 final = self._settle(track, seen, now)
                 if final is not None and track.final is None:
                     track.final = final
-                    if track.next_run is not None and track.boundary is None:
-                        # A new run we never saw running ended between two polls: its output is
-                        # all that follows what was read before this poll.
-                        track.boundary = track.offset
         # The status came first in the script, so the chunks are at least as new as it is: a run
         # seen starting in this poll may already have written into them (see _follow_runs).
         take(resumed=False)
@@ -693,7 +693,7 @@ class ClusterPoller:
             and track.boundary is None
             and not read.whole_lines
             and not track.more
-            and (track.last is None or track.last.state not in _WRITING)
+            and _between_runs(track)
         ):
             track.boundary = chunk.end  # the first run's output ends here; the next run's follows
             self._flush_partial(track)  # its last line, even unfinished, is the first run's
@@ -725,14 +725,15 @@ class ClusterPoller:
         if run > (track.next_run or track.runs):
             track.next_run, track.boundary = run, None
         status = seen.status
-        if track.next_run is not None and status is not None and status.state in _RUNNING:
-            if track.boundary is None:
-                # The new run started before we saw the gap: it begins about here, and an unfinished
-                # line read so far is the first run's.
-                track.boundary = track.offset
-                self._flush_partial(track)
-            if track.boundary == track.offset:
-                self._announce_run(track)
+        if track.next_run is None or status is None:
+            return
+        if track.boundary is None and (status.state in _RUNNING or status.state.is_terminal):
+            # The new run started (or even ended) before a poll saw the job between its runs: its
+            # output begins about here, and an unfinished line read so far is the first run's.
+            track.boundary = track.offset
+            self._flush_partial(track)
+        if status.state in _RUNNING and track.boundary == track.offset:
+            self._announce_run(track)
 
     def _announce_run(self, track: _Track) -> None:
         if track.next_run is None:
@@ -817,6 +818,16 @@ class ClusterPoller:
         else:
             track.unsettled_since = None
         return None
+
+
+def _writing(track: _Track) -> bool:
+    return track.last is not None and track.last.state in _WRITING
+
+
+def _between_runs(track: _Track) -> bool:
+    """Queued again, held, requeued: the first run stopped writing and the next has not begun."""
+    state = None if track.last is None else track.last.state
+    return state is not None and state not in _WRITING and not state.is_terminal
 
 
 def _shown(status: JobStatus) -> tuple[str, str | None, str | None]:

@@ -29,6 +29,7 @@ from airflow_hpc_provider.poller import (
     OutputLines,
     PollerSettings,
     PollReport,
+    StatusChanged,
     WatchEvent,
 )
 from airflow_hpc_provider.watch import follow
@@ -65,7 +66,8 @@ class LocalShell(SshTransport):
 
 
 class FileDialect:
-    """``states/<id>`` holds ``STATE [RESTARTS]``; a missing file means the job is unknown."""
+    """``states/<id>`` holds ``STATE [RESTARTS]``; a missing file means the job is unknown. A terminal
+    state is final unless written ``STATE?`` (the queue says it ended, accounting does not yet)."""
 
     name = "Test"
 
@@ -81,11 +83,13 @@ class FileDialect:
                 observations[job_id] = Observation(None, final=False)
                 continue
             word, _, restarts = text.strip().partition(" ")
-            state = JobState(word)
+            native = word.rstrip("?")
+            state = JobState(native)
             status = JobStatus(
-                job_id=job_id, state=state, native_state=word, exit_code=0 if state.is_terminal else None
+                job_id=job_id, state=state, native_state=native, exit_code=0 if state.is_terminal else None
             )
-            observations[job_id] = Observation(status, final=state.is_terminal, restarts=int(restarts or 0))
+            final = state.is_terminal and not word.endswith("?")
+            observations[job_id] = Observation(status, final=final, restarts=int(restarts or 0))
         return PollReport(observations=observations)
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:
@@ -295,9 +299,11 @@ async def test_a_trigger_claims_its_job_in_its_first_poll(cluster: Cluster) -> N
         await poller.close()
 
 
-async def collect(events, seen: list[str]) -> None:
+async def collect(events, seen: list[str], states: list[str] | None = None) -> None:
     """A watcher that logs and confirms everything at once, until the job ends."""
     async for event in events:
+        if isinstance(event, StatusChanged) and states is not None:
+            states.append(event.status.native_state)
         if isinstance(event, OutputLines):
             seen.extend(event.lines)
             event.acknowledge()
@@ -364,3 +370,27 @@ async def test_a_watch_stopped_right_after_it_logged_a_chunk_commits_the_chunk_o
         await watching
     await poller.close()
     assert cluster.committed("1") == len(numbered(3))
+
+
+async def test_a_second_run_that_began_and_ended_between_two_polls_is_still_marked_before_its_lines(
+    cluster: Cluster,
+) -> None:
+    cluster.state("7", "RUNNING")
+    cluster.write("7", numbered(2))
+    poller, _ = cluster.poller(interval_s=0.5)
+    seen: list[str] = []
+    states: list[str] = []
+    watching = asyncio.ensure_future(collect(poller.watch(cluster.job("7")), seen, states))
+    try:
+        await until(lambda: len(seen) == 2)
+        cluster.state("7", "PENDING", restarts=1)  # requeued: one poll sees it between its runs
+        await until(lambda: "PENDING" in states, timeout_s=5)
+        cluster.write("7", "second run 1\nsecond run 2\n")
+        cluster.state("7", "COMPLETED?", restarts=1)  # ran and ended before the next poll
+        await asyncio.sleep(1.5)
+        cluster.state("7", "COMPLETED", restarts=1)
+        await asyncio.wait_for(watching, 10)
+    finally:
+        watching.cancel()
+        await poller.close()
+    assert seen == ["line 1", "line 2", "--- run 2 of job 7 (requeued) ---", "second run 1", "second run 2"]
