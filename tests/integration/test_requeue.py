@@ -80,12 +80,14 @@ async def test_a_tenant_whose_allocation_is_requeued_fails_with_that_reason_inst
     trigger = await start(allocation, 'echo "working"; sleep 300', task_key("requeued"))
     log = collected(trigger)
     running = asyncio.ensure_future(outcome(trigger, timeout_s=120))
+    job = shlex.quote(trigger.tenant_id.split(":")[0])
     try:
         await log.wait_for("^working$")
-        job = shlex.quote(trigger.tenant_id.split(":")[0])
         cluster.ssh(f"scontrol requeue {job}")  # preemption with requeue does the same
         payload = await asyncio.wait_for(running, 120)
     finally:
         running.cancel()
+        # Released by id too: a requeued allocation may be between states the release looks for.
+        cluster.ssh(f"scancel {job}", check=False)
     assert payload["kind"] == "ended" and payload["status"]["state"] == "FAILED", payload
     assert "was requeued" in payload["status"]["reason"]
