@@ -58,21 +58,23 @@ def _active_definitions(aws: MotoAws) -> list[str]:
     return [f"{d['jobDefinitionName']}:{d['revision']}" for d in found]
 
 
-def run_example_dag(dag_id: str, connection: dict[str, Any], home: Path) -> str:
-    """``airflow dags test <dag_id>`` of example_dags/ with the printed connection (credentials added)."""
+def airflow_env(home: Path, connection: dict[str, Any]) -> dict[str, str]:
+    """An ``airflow`` command's environment: its own home, example_dags/, the printed connection (with the
+    keys it says to add) and the set-up's own connection to moto."""
     uri = json.dumps({"conn_type": "aws", "login": "testing", "password": "testing", "extra": connection["extra"]})
-    env = {
+    return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         f"AIRFLOW_CONN_{connection['conn_id'].upper()}": uri,
     }
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=300
+
+
+def airflow(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", *argv], env=env, capture_output=True, text=True, timeout=300
     )
-    return done.stdout + done.stderr
 
 
 def test_provision_twice_changes_nothing_the_second_time_and_cleanup_brings_back_the_inventory_from_before(
@@ -100,17 +102,24 @@ def test_provision_twice_changes_nothing_the_second_time_and_cleanup_brings_back
     second = succeeded(batch("provision", *flags(name, "--mode", "revisions", "--json")))
     assert differences(provisioned, inventory(aws)) == []
     assert set(states(second).values()) == {"unchanged"}
-    assert "exists, unchanged" in succeeded(batch("provision", *flags(name, "--mode", "revisions"))).out
 
     # The example DAG runs with the connection exactly as printed (plus the keys it says to add).
     connection: dict[str, Any] = second.document["connection"]  # type: ignore[assignment]
-    output = run_example_dag("batch_hello", connection, tmp_path)
+    env = airflow_env(tmp_path, connection)
+    assert airflow(env, "db", "migrate").returncode == 0
+    dag_test = airflow(env, "dags", "test", "batch_hello")
+    output = dag_test.stdout + dag_test.stderr
     assert "state=success" in output and "DagRun Finished" in output, output[-4000:]
     jobs = aws.client("batch").list_jobs(jobQueue=f"{name}-queue", jobStatus="SUCCEEDED")["jobSummaryList"]
     assert len(jobs) == 1 and f"AWS Batch job {jobs[0]['jobId']} ended SUCCEEDED" in output
     # What the DAG made itself (auto mode's definition) is the task's, not the set-up's: cleanup keeps it.
     dag_made = {f"new: /batch/active_job_definitions/{d}" for d in _active_definitions(aws) if "airflow-hpc-" in d}
     assert len(dag_made) == 1
+    # The same command as an Airflow CLI command of the provider: the report alone on stdout.
+    third = airflow(env, "hpc-aws-setup", "batch", "provision", *flags(name, "--mode", "revisions"))
+    assert third.returncode == 0, third.stderr[-4000:]
+    assert third.stdout.count("exists, unchanged") == len(states(second)), third.stdout
+    assert "created" not in third.stdout and SECRET not in third.stdout + third.stderr
 
     cleaned = succeeded(batch("cleanup", *flags(name)))
     assert set(differences(before, inventory(aws))) == dag_made
