@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
+from airflow_hpc_provider.dialects.slurm_resubmit import SignalBeforeTimeout
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, format_duration
 from airflow_hpc_provider.poller import Observation, PollReport
 
@@ -95,13 +96,16 @@ SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,TimeUsed:|,JobA
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Elapsed,NodeList,MaxRSS"
 
 
-def render_script(spec: JobSpec, *, script: str | None = None) -> str:
+def render_script(spec: JobSpec, *, script: str | None = None, near_limit: SignalBeforeTimeout | None = None) -> str:
     """The batch script: shebang, ``#SBATCH`` resource lines, env names, setup lines, the command.
 
     ``script`` (a whole script by the user) keeps its shebang and its own ``#SBATCH`` lines; ours are
     added right after the shebang, and the setup lines go after the script's directive block.
+    ``near_limit``: the command (or the script's body) runs under a trap for the signal before the
+    time limit, which may requeue the job (:mod:`airflow_hpc_provider.dialects.slurm_resubmit`).
     """
-    directives = [f"#SBATCH {option}\n" for option in resource_options(spec)]
+    options = resource_options(spec) + (near_limit.directives() if near_limit else [])
+    directives = [f"#SBATCH {option}\n" for option in options]
     env_note = (
         f"# environment from Airflow (values passed by sbatch, not written here): {' '.join(spec.env_names)}\n"
         if spec.env_names
@@ -111,6 +115,8 @@ def render_script(spec: JobSpec, *, script: str | None = None) -> str:
     if script is None:
         shebang = "#!/bin/bash -l\n" if spec.login_shell else "#!/bin/bash\n"
         body = spec.command if spec.command.endswith("\n") else spec.command + "\n"
+        if near_limit:
+            body = near_limit.wrap(body)
         return shebang + "".join(directives) + env_note + setup + body
     lines = script.splitlines(keepends=True)
     if lines and lines[0].startswith("#!"):
@@ -126,6 +132,8 @@ def render_script(spec: JobSpec, *, script: str | None = None) -> str:
         shebang += "\n"
     if header and not header.endswith("\n"):
         header += "\n"
+    if near_limit:
+        rest = near_limit.wrap(rest)
     return shebang + "".join(directives) + header + env_note + setup + rest
 
 

@@ -11,6 +11,8 @@ from airflow.triggers.base import TriggerEvent
 
 from airflow_hpc_provider.dialects import directives, slurm
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
+from airflow_hpc_provider.dialects.slurm_resubmit import SignalBeforeTimeout
+from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
@@ -55,9 +57,18 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     :param log_tail_lines: lines of the job's output quoted in the error when it fails.
     :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped instead
         of failed (or succeeded, for 0) when the job exits with it.
+    :param signal_before_timeout: ``"<signal>@<seconds>"`` (e.g. ``"USR1@300"``): that long before
+        the time limit the ``on_signal`` lines run and the command gets the signal (its own handler
+        may checkpoint; without one it ends).
+    :param on_signal: shell lines run in the job when that signal comes, before the command gets
+        it, e.g. ``["touch checkpoint.request"]``; templated.
+    :param resubmit_on_timeout: after the signal and the command's end, requeue the job (same job id,
+        output appended to the same task log under a run marker) up to this many times; needs
+        ``signal_before_timeout`` and a ``time_limit``. The task ends with the last run's result.
     """
 
     scheduler = "Slurm"
+    template_fields: Sequence[str] = (*SshBatchJobOperator.template_fields, "signal_before_timeout", "on_signal")
     reserved_options = slurm.RESERVED_OPTIONS
     multi_job_options = directives.SLURM_ARRAY
     env_rules = directives.SHELL_ENV_RULES + directives.SLURM_ENV_RULES
@@ -87,6 +98,9 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         deferrable: bool | None = None,
         log_tail_lines: int = 20,
         skip_on_exit_code: int | Iterable[int] | None = None,
+        signal_before_timeout: str | None = None,
+        on_signal: Sequence[str] = (),
+        resubmit_on_timeout: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -114,6 +128,26 @@ class SlurmSubmitOperator(SshBatchJobOperator):
             **kwargs,
         )
         self.check_what_is_submitted()
+        self.signal_before_timeout = signal_before_timeout
+        self.on_signal = on_signal
+        self.resubmit_on_timeout = resubmit_on_timeout
+        if "{{" not in f"{signal_before_timeout}{on_signal}":  # a Jinja value is checked once rendered
+            self.near_limit(rendered=False)
+
+    def near_limit(self, *, rendered: bool = True) -> SignalBeforeTimeout | None:
+        """The job's behaviour near its time limit, checked (at parse time when literal)."""
+        if self.signal_before_timeout is None:
+            if self.resubmit_on_timeout or self.on_signal:
+                raise JobSpecError(
+                    f"{self.task_id}: resubmit_on_timeout and on_signal need signal_before_timeout "
+                    "(e.g. 'USR1@300'): the job must hear of its limit before it is reached"
+                )
+            return None
+        if rendered and self.resubmit_on_timeout and self.job_resources.time_limit is None:
+            raise JobSpecError(f"{self.task_id}: resubmit_on_timeout needs a time_limit to resubmit before")
+        return SignalBeforeTimeout.parse(
+            self.signal_before_timeout, resubmits=self.resubmit_on_timeout, on_signal=self.on_signal
+        )
 
     @property
     def slurm_conn_id(self) -> str:
@@ -143,7 +177,7 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         return SlurmDialect()
 
     def render(self, spec: JobSpec, cluster: ClusterSettings) -> str:
-        return self.checked_script(slurm.render_script(spec, script=self.script))
+        return self.checked_script(slurm.render_script(spec, script=self.script, near_limit=self.near_limit()))
 
     async def submit(
         self, transport: SshTransport, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings
