@@ -73,3 +73,13 @@ def test_a_run_the_signal_cut_short_with_no_run_to_follow_never_exits_zero(tmp_p
     out, _ = job.communicate(timeout=30)
     assert job.returncode == CUT_SHORT_EXIT_CODE, out
     assert "--- time limit near: USR1 in run 1 of job" in out and "no run follows: exit 124" in out
+
+
+def test_the_operator_renders_its_near_limit_arguments_into_the_batch_script() -> None:
+    operator = SlurmSubmitOperator(
+        task_id="t", command="python train.py", time_limit=30, signal_before_timeout="USR2@90", resubmit_on_timeout=1
+    )
+    spec = JobSpec(command="python train.py", job_name="j", resources=Resources(time_limit=timedelta(minutes=30)))
+    rendered = operator.render(spec, cluster=None)  # type: ignore[arg-type]
+    assert "#SBATCH --signal=B:USR2@90\n" in rendered and "#SBATCH --requeue\n" in rendered
+    assert "trap _airflow_hpc_near_limit USR2" in rendered
