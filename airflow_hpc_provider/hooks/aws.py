@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
@@ -14,6 +15,8 @@ class MultiServiceAwsHook(AwsBaseHook):
     ``endpoint_url`` of the ``aws`` connection hold for all of them; each is built once. The session
     and the client config are made once too: each new boto3 session loads botocore's service models
     again, and the base hook's config walks the call stack (about a second each on a busy host).
+    Clients are made under a lock: the Batch poller asks for them from worker threads, and a boto3
+    session is not safe to make clients from in two threads at once.
     """
 
     def __init__(self, aws_conn_id: str | None, region_name: str | None, client_type: str) -> None:
@@ -22,18 +25,23 @@ class MultiServiceAwsHook(AwsBaseHook):
         self._clients: dict[str, Any] = {}
         self._session: Any = None
         self._config: Any = None
+        self._making = threading.Lock()
 
     def client(self, service: str | None = None) -> Any:
         """A boto3 client for ``service`` (default: the hook's own)."""
         name = service or self.default_service
-        if name not in self._clients:
-            if self._session is None:
-                self._session = self.get_session(region_name=self.region_name)
-                self._config = self._get_config(None)
-            self._clients[name] = self._session.client(
-                service_name=name,
-                endpoint_url=self.conn_config.get_service_endpoint_url(service_name=name),
-                config=self._config,
-                verify=self.verify,
-            )
-        return self._clients[name]
+        made = self._clients.get(name)
+        if made is not None:
+            return made
+        with self._making:
+            if name not in self._clients:
+                if self._session is None:
+                    self._config = self._get_config(None)
+                    self._session = self.get_session(region_name=self.region_name)
+                self._clients[name] = self._session.client(
+                    service_name=name,
+                    endpoint_url=self.conn_config.get_service_endpoint_url(service_name=name),
+                    config=self._config,
+                    verify=self.verify,
+                )
+            return self._clients[name]
