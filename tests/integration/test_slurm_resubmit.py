@@ -55,8 +55,9 @@ async def test_a_two_minute_job_resubmitted_twice_checkpoints_on_usr1_runs_three
     slurm_connection: str,
 ) -> None:
     near_limit = SignalBeforeTimeout.parse("USR1@90", resubmits=2, on_signal=['echo "on_signal hook ran"'])
+    token = uuid.uuid4().hex
     spec = JobSpec(
-        command=CHECKPOINTING_JOB.format(token=uuid.uuid4().hex),
+        command=CHECKPOINTING_JOB.format(token=token),
         job_name="resubmit-test",
         resources=Resources(time_limit=timedelta(minutes=2)),
     )
@@ -86,7 +87,7 @@ async def test_a_two_minute_job_resubmitted_twice_checkpoints_on_usr1_runs_three
         with contextlib.suppress(asyncio.CancelledError):
             await hurry
         await events.aclose()
-        cluster.ssh(f"scancel {job_id}", check=False)
+        cluster.ssh(f"scancel {job_id}; rm -f ~/.airflow-hpc-test-checkpoint-{token}", check=False)
 
     assert payload["kind"] == "ended" and payload["status"]["state"] == "COMPLETED", (payload, log.lines[-30:])
     lines = log.lines
