@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import JobStatus, WatchedJob
 from airflow_hpc_provider.log_delivery import LogChannel, confirm_written, log_lines
@@ -22,7 +23,6 @@ from airflow_hpc_provider.poller import (
     Notice,
     OutputLines,
     PollerSettings,
-    SchedulerDialect,
     StatusChanged,
     WatchEvent,
     WatchFailed,

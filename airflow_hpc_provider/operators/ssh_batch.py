@@ -20,6 +20,7 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
+from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.dialects.directives import EnvRule, OptionUse, multi_job_requests
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
@@ -35,7 +36,6 @@ from airflow_hpc_provider.jobs import (
     format_duration,
 )
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
-from airflow_hpc_provider.poller import SchedulerDialect
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
 

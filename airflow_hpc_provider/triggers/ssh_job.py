@@ -12,9 +12,9 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.poller import SchedulerDialect
 from airflow_hpc_provider.watch import cancel_job, watch_job
 
 
