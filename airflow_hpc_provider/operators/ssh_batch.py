@@ -37,7 +37,7 @@ from airflow_hpc_provider.jobs import (
 )
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
-from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
+from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
 # Templated too: literal values are checked at parse time, templates right after rendering.
@@ -366,11 +366,11 @@ class SshBatchJobOperator(HpcOperator):
         self._job_id = outcome.job_id
         self._cursor_path = payload.get("cursor_path") or self._cursor_path
         what = f"{self.scheduler} job {outcome.job_id}"
-        if outcome.kind == "timeout":
+        if outcome.kind is Outcome.TIMEOUT:
             self.log.error("%s passed the task's time limit: cancelling it", what)
             self._cancel_now(outcome.job_id)
             raise AirflowTaskTimeout(f"{what} on {conn_id} was cancelled: {outcome.message}")
-        if outcome.kind == "error" or outcome.status is None:
+        if outcome.kind is Outcome.ERROR or outcome.status is None:
             raise JobFailedError(
                 f"lost track of {what} on {conn_id}: {outcome.message} "
                 "(the job was not cancelled and may still be running)",

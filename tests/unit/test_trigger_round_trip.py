@@ -10,29 +10,12 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from airflow.triggers.base import BaseTrigger
 
-import airflow_hpc_provider
-
-
-def package_triggers() -> list[type[BaseTrigger]]:
-    # A file walk, not pkgutil: triggers/ and operators/ are namespace packages pkgutil does not enter.
-    root = Path(airflow_hpc_provider.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        parts = path.relative_to(root).with_suffix("").parts
-        importlib.import_module(".".join(("airflow_hpc_provider", *parts[: -1 if parts[-1] == "__init__" else None])))
-    found: set[type[BaseTrigger]] = set()
-    pending: list[type[BaseTrigger]] = [BaseTrigger]
-    while pending:
-        for subclass in pending.pop().__subclasses__():
-            pending.append(subclass)
-            if subclass.__module__.startswith("airflow_hpc_provider."):
-                found.add(subclass)
-    return sorted(found, key=lambda cls: cls.__qualname__)
+from tests.unit.package_modules import defined_classes
 
 
 def constructor_parameters(cls: type[BaseTrigger]) -> list[str]:
@@ -79,7 +62,7 @@ SAMPLES: dict[str, Any] = {
     "archive_s3_uri": "s3://bucket/prefix/job.log",
 }
 
-TRIGGERS = package_triggers()
+TRIGGERS: list[type[BaseTrigger]] = defined_classes(BaseTrigger)
 
 
 def test_the_discovery_finds_the_triggers_of_every_backend() -> None:
