@@ -21,7 +21,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects.base import SchedulerDialect
-from airflow_hpc_provider.dialects.directives import EnvRule, OptionUse, multi_job_requests
+from airflow_hpc_provider.dialects.directives import SLURM_FAMILIES, EnvRule, OptionUse, multi_job_requests
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
@@ -37,6 +37,7 @@ from airflow_hpc_provider.jobs import (
 )
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
+from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
@@ -90,6 +91,9 @@ class SshBatchJobOperator(HpcOperator):
     # Options that turn one submission into many jobs (arrays), and env names the submission reads.
     multi_job_options: ClassVar[tuple[str, ...]] = ()
     env_rules: ClassVar[tuple[EnvRule, ...]] = ()
+    # The directive lines the scheduler's submission reads in a script (see directives.py).
+    directive_families: ClassVar[tuple[str, ...]] = SLURM_FAMILIES
+    trigger_class: ClassVar[type[SshJobTrigger]]
     template_fields: Sequence[str] = (
         "command",
         "script",
@@ -178,7 +182,22 @@ class SshBatchJobOperator(HpcOperator):
     def trigger(
         self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None
     ) -> BaseTrigger:
-        raise NotImplementedError
+        """The trigger the deferred task waits on: ``trigger_class`` with the job's coordinates and
+        whatever else the scheduler's trigger declares (:meth:`trigger_arguments`)."""
+        assert job.job_id is not None
+        return self.trigger_class(
+            conn_id=cluster.conn_id,
+            job_id=job.job_id,
+            log_path=job.log_path,
+            cursor_path=job.cursor_path,
+            poll_interval=interval_s,
+            deadline=deadline,
+            **self.trigger_arguments(cluster),
+        )
+
+    def trigger_arguments(self, cluster: ClusterSettings) -> dict[str, Any]:
+        """What the scheduler's trigger takes besides the job's coordinates (see subclasses)."""
+        return {}
 
     def resume_from(self, payload: Mapping[str, Any]) -> None:
         """Take back what ``execute`` learned (a fresh operator instance runs ``execute_complete``)."""
@@ -245,7 +264,7 @@ class SshBatchJobOperator(HpcOperator):
         return batch_script
 
     def _refuse_multi_job(self, text: str, where: str, *, templated: bool) -> None:
-        offending = multi_job_requests(text, templated=templated)
+        offending = multi_job_requests(text, templated=templated, families=self.directive_families)
         if offending:
             raise JobSpecError(
                 f"{where}: the directive {offending[0]!r} asks for a job array or a heterogeneous job. "
