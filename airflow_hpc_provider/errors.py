@@ -5,13 +5,21 @@
     HpcProviderError
     ├── JobSpecError*             bad input, raised at DAG parse time where possible (also a ValueError)
     ├── ConnectionConfigError*    an Airflow connection that cannot describe a cluster (also a ValueError)
+    │   └── SsmToolsMissingError*  the AWS CLI or the Session Manager plugin is missing where Airflow runs
     ├── RemoteCommandError        a command on the cluster exited non-zero: says where, and shows its stderr
     │   └── SubmissionError       sbatch/qsub failed (the controller may just be busy: worth retrying)
     │       └── SubmissionRefusedError*  the scheduler refused the job itself (account, partition, QoS...)
     ├── ClusterUnreachableError   SSH could not connect or the link dropped; worth retrying
     │   └── ClusterAuthError*     authentication failed: the login node refused the key or password
     │       └── HostKeyMismatchError*  the login node's host key is not the one the connection trusts
-    └── JobFailedError            the job ended in any state but success (carries the final status)
+    ├── AllocationError           a tenant's reservation cannot host it (unknown, not running, no tmux server)
+    ├── InstanceLimitError        an EC2 connection already runs ``max_instances`` instances: none launched
+    ├── StartupError              an EC2 instance did not come up in time; it was terminated
+    ├── JobFailedError            the job ended in any state but success (carries the final status)
+    └── AwsSignal                 internal: an AWS answer the Batch poller acts on; never reaches a task
+        ├── Throttled             AWS asked us to slow down; nothing is concluded from this poll
+        ├── LogStreamMissing      a CloudWatch stream does not exist (yet)
+        └── LogGroupMissing       a CloudWatch log group does not exist (yet)
 
 The starred errors are *final*: also an Airflow ``AirflowFailException``, so a task that raises it fails at once
 without using its ``retries`` -- no retry can fix a wrong key, an unknown account or a bad argument.
@@ -75,3 +83,40 @@ class JobFailedError(HpcProviderError):
     def __init__(self, message: str, status: JobStatus | None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class AllocationError(HpcProviderError):
+    """The reservation cannot host a tenant: unknown, not running, or without its tmux server."""
+
+    def __init__(self, message: str, *, reservation: str, job_id: str | None = None) -> None:
+        self.reservation = reservation
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class SsmToolsMissingError(ConnectionConfigError):
+    """The AWS CLI or the Session Manager plugin is not installed where Airflow runs."""
+
+
+class InstanceLimitError(HpcProviderError):
+    """``max_instances`` of this connection's instances already run: no instance was launched."""
+
+
+class StartupError(HpcProviderError):
+    """The instance did not come up (running, sshd reachable, task delivered) in time; it was terminated."""
+
+
+class AwsSignal(HpcProviderError):
+    """An AWS answer the Batch poller turns into a decision of its own; caught there, never raised to a task."""
+
+
+class Throttled(AwsSignal):
+    """AWS asked us to slow down; nothing is concluded from this poll."""
+
+
+class LogStreamMissing(AwsSignal):
+    """A FilterLogEvents call named a stream that does not exist (yet)."""
+
+
+class LogGroupMissing(AwsSignal):
+    """A FilterLogEvents call named a log group that does not exist (yet)."""

@@ -36,8 +36,9 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
+from airflow_hpc_provider.dialects.base import Observation, SchedulerDialect
 from airflow_hpc_provider.dialects.remote_shell import (
     RECORDS_BEFORE_COMPACTION,
     LogPosition,
@@ -67,39 +68,6 @@ COMMIT_GATHER_S = 0.02
 REPLAY_MARKER = "--- replayed after a triggerer restart: the next {count} lines may appear twice ---"
 RUN_MARKER = "--- run {run} of job {job_id} (requeued) ---"
 REWRITTEN_MARKER = "--- {path} was rewritten from its start on the cluster: reading it again from there ---"
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What one poll says of one job. ``status`` None: the scheduler knows nothing of it.
-
-    ``restarts``: how often the scheduler has started the job again (a requeue, a preemption with
-    requeue), when the dialect can tell; each restart begins a new run in the same output file.
-    """
-
-    status: JobStatus | None
-    final: bool
-    restarts: int | None = None
-
-
-@dataclass(frozen=True)
-class PollReport:
-    observations: Mapping[str, Observation]
-    # Set when the status query itself failed: nothing may be concluded from this poll.
-    failure: str | None = None
-    notices: tuple[str, ...] = ()
-
-
-class SchedulerDialect(Protocol):
-    """What the poller needs of a batch system (see ``dialects/``)."""
-
-    name: str
-
-    def poll_script(self, token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str: ...
-
-    def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport: ...
-
-    def cancel_script(self, job_ids: Sequence[str]) -> str: ...
 
 
 # --- what watchers receive ------------------------------------------------------------------------

@@ -38,10 +38,10 @@ from datetime import timedelta
 from typing import Any
 
 from airflow_hpc_provider.dialects import remote_shell, slurm
+from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, signal_of_shell_status
-from airflow_hpc_provider.poller import Observation, PollReport
 
 
 class PbsFlavour(enum.Enum):

@@ -20,7 +20,8 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
-from airflow_hpc_provider.dialects.directives import EnvRule, OptionUse, multi_job_requests
+from airflow_hpc_provider.dialects.base import SchedulerDialect
+from airflow_hpc_provider.dialects.directives import SLURM_FAMILIES, EnvRule, OptionUse, multi_job_requests
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
@@ -35,9 +36,9 @@ from airflow_hpc_provider.jobs import (
     format_duration,
 )
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
-from airflow_hpc_provider.poller import SchedulerDialect
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
-from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
+from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
+from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
 # Templated too: literal values are checked at parse time, templates right after rendering.
@@ -90,6 +91,9 @@ class SshBatchJobOperator(HpcOperator):
     # Options that turn one submission into many jobs (arrays), and env names the submission reads.
     multi_job_options: ClassVar[tuple[str, ...]] = ()
     env_rules: ClassVar[tuple[EnvRule, ...]] = ()
+    # The directive lines the scheduler's submission reads in a script (see directives.py).
+    directive_families: ClassVar[tuple[str, ...]] = SLURM_FAMILIES
+    trigger_class: ClassVar[type[SshJobTrigger]]
     template_fields: Sequence[str] = (
         "command",
         "script",
@@ -178,7 +182,22 @@ class SshBatchJobOperator(HpcOperator):
     def trigger(
         self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None
     ) -> BaseTrigger:
-        raise NotImplementedError
+        """The trigger the deferred task waits on: ``trigger_class`` with the job's coordinates and
+        whatever else the scheduler's trigger declares (:meth:`trigger_arguments`)."""
+        assert job.job_id is not None
+        return self.trigger_class(
+            conn_id=cluster.conn_id,
+            job_id=job.job_id,
+            log_path=job.log_path,
+            cursor_path=job.cursor_path,
+            poll_interval=interval_s,
+            deadline=deadline,
+            **self.trigger_arguments(cluster),
+        )
+
+    def trigger_arguments(self, cluster: ClusterSettings) -> dict[str, Any]:
+        """What the scheduler's trigger takes besides the job's coordinates (see subclasses)."""
+        return {}
 
     def resume_from(self, payload: Mapping[str, Any]) -> None:
         """Take back what ``execute`` learned (a fresh operator instance runs ``execute_complete``)."""
@@ -245,7 +264,7 @@ class SshBatchJobOperator(HpcOperator):
         return batch_script
 
     def _refuse_multi_job(self, text: str, where: str, *, templated: bool) -> None:
-        offending = multi_job_requests(text, templated=templated)
+        offending = multi_job_requests(text, templated=templated, families=self.directive_families)
         if offending:
             raise JobSpecError(
                 f"{where}: the directive {offending[0]!r} asks for a job array or a heterogeneous job. "
@@ -366,11 +385,11 @@ class SshBatchJobOperator(HpcOperator):
         self._job_id = outcome.job_id
         self._cursor_path = payload.get("cursor_path") or self._cursor_path
         what = f"{self.scheduler} job {outcome.job_id}"
-        if outcome.kind == "timeout":
+        if outcome.kind is Outcome.TIMEOUT:
             self.log.error("%s passed the task's time limit: cancelling it", what)
             self._cancel_now(outcome.job_id)
             raise AirflowTaskTimeout(f"{what} on {conn_id} was cancelled: {outcome.message}")
-        if outcome.kind == "error" or outcome.status is None:
+        if outcome.kind is Outcome.ERROR or outcome.status is None:
             raise JobFailedError(
                 f"lost track of {what} on {conn_id}: {outcome.message} "
                 "(the job was not cancelled and may still be running)",

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, section
 from airflow_hpc_provider.hooks.ssh import CommandResult, SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob, claim_marker
@@ -25,10 +26,8 @@ from airflow_hpc_provider.poller import (
     ClusterPoller,
     JobEnded,
     Notice,
-    Observation,
     OutputLines,
     PollerSettings,
-    PollReport,
     StatusChanged,
     WatchEvent,
 )
