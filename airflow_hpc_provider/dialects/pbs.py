@@ -951,7 +951,7 @@ class PbsDialect:
         asked = [job_id for job_id in job_ids if job_id in self._ask_slurm]
         if asked:
             script += accounting_section(token, asked)
-        return script + "".join(r.call() for r in reads)
+        return script + remote_shell.log_reads(token, reads)
 
     def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport:
         poll = parse_poll(sections, job_ids, self.flavour)
