@@ -31,6 +31,7 @@ from airflow_hpc_provider.python_task.manifest import S3Body, S3ResultTarget, ch
 from airflow_hpc_provider.python_task.results import Referencer, RemoteResult, ResultDocument
 
 JOB_ID_VARIABLE = "AWS_BATCH_JOB_ID"
+RESULT_CONTENT_TYPE = "application/json"
 # SigV4 presigned URLs live at most 7 days.
 MAX_PRESIGN_S = 7 * 24 * 3600
 
@@ -73,7 +74,9 @@ def result_target(
         return S3ResultTarget(bucket=bucket, key_template=key_template, encryption=encryption)
     if "{" in key_template:
         raise ValueError(f"a presigned result URL is signed for one key, and {key_template!r} is a template")
-    params: dict[str, Any] = {"Bucket": bucket, "Key": key_template, **encryption}
+    # The content type is signed too: without it, urllib would send its form default and the
+    # signature (and moto's reading of the body) would not match.
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key_template, "ContentType": RESULT_CONTENT_TYPE, **encryption}
     url = hook.client("s3").generate_presigned_url(
         "put_object", Params=params, ExpiresIn=min(presign_result_s, MAX_PRESIGN_S)
     )
@@ -82,7 +85,7 @@ def result_target(
         key_template=key_template,
         encryption=encryption,
         put_url=url,
-        put_headers=_encryption_headers(encryption),
+        put_headers={"Content-Type": RESULT_CONTENT_TYPE, **_encryption_headers(encryption)},
     )
 
 
