@@ -8,6 +8,7 @@ import base64
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -414,3 +415,46 @@ def test_a_remote_python_without_cloudpickle_is_told_how_to_install_it_and_anoth
     older = preflight.RemotePython(PythonVersion.current(), "/usr/bin/python3", "2.2.0")
     (warning,) = preflight.check_remote_python(older, where="login1", serializer=serializer)
     assert warning.startswith("cloudpickle 2.2.0 on login1")
+
+
+# --- against the other Pythons this machine has (pyenv's, when present) ---------------------------------
+
+
+def other_pythons() -> list[str]:
+    """Interpreters of another major.minor than this one, oldest first."""
+    found = []
+    for candidate in sorted(Path("/root/.pyenv/versions").glob("*/bin/python"), key=lambda p: p.parts[-3]):
+        version = candidate.parts[-3].split(".")
+        if version[:2] != [str(sys.version_info[0]), str(sys.version_info[1])] and os.access(candidate, os.X_OK):
+            found.append(str(candidate))
+    return found
+
+
+@pytest.mark.skipif(not other_pythons(), reason="no Python of another major.minor on this machine")
+@pytest.mark.parametrize("python", other_pythons() or ["none"])
+def test_another_python_is_named_by_the_preflight_check_and_stopped_by_the_bootstrap(
+    python: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(["sh", "-s"], input=preflight.probe_script(python).encode(), capture_output=True, check=True)
+    remote = preflight.parse_probe(done.stdout.decode())
+    assert remote is not None and not remote.version.same_minor(PythonVersion.current())
+    with pytest.raises(RemotePythonError, match=rf"is {remote.version} \({python}\), the Airflow worker's is "):
+        preflight.check_remote_python(remote, where="here", serializer=load_serializer())
+    if remote.version.major < 3 or remote.version < PythonVersion(3, 6):
+        return  # the bootstrap is written for 3.6+; older ones are the pre-flight check's to stop
+    manifest = manifest_for(add, 1, result=str(tmp_path / "{SLURM_JOB_ID}.result"))
+    ran = subprocess.run(
+        ["sh", "-c", launch.cluster_command(python, manifest)],
+        env={"PATH": "/usr/bin:/bin", "SLURM_JOB_ID": "5"},
+        capture_output=True,
+        text=True,
+    )
+    assert ran.returncode == 3
+    expected = (
+        f"the payload was serialized by Python {PythonVersion.current()} on the Airflow worker; "
+        f"this is Python {remote.version}"
+    )
+    assert ran.stderr.startswith(f"airflow-hpc: {expected}")
+    result = ResultDocument.parse((tmp_path / "5.result").read_bytes(), "here")
+    with pytest.raises(RemoteResultError, match=re.escape(expected)):
+        return_value(result, serializer=load_serializer(), multiple_outputs=False, reference=_no_refs)
