@@ -4,7 +4,8 @@ Used by :class:`~airflow_hpc_provider.triggers.ec2.Ec2InstanceTrigger` (in the t
 operator when it does not defer. The probing is the shared :class:`~airflow_hpc_provider.poller.ClusterPoller`
 over an :class:`~airflow_hpc_provider.hooks.ssm.SsmTransport` with the EC2 runner dialect: one script per
 interval reads the runner's phase/sentinel and the new log bytes, with the log cursor kept on the
-instance (a restarted triggerer neither repeats nor drops lines).
+instance and moved only past lines written to the task log (a restarted triggerer drops no line;
+see the poller's delivery rules for what it may replay).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget
 from airflow_hpc_provider.jobs import WatchedJob
+from airflow_hpc_provider.log_delivery import LogChannel, log_lines
 from airflow_hpc_provider.poller import (
     ClusterPoller,
     JobEnded,
@@ -31,7 +33,7 @@ from airflow_hpc_provider.poller import (
     StatusChanged,
     WatchFailed,
 )
-from airflow_hpc_provider.watch import WatchOutcome
+from airflow_hpc_provider.watch import CONFIRM_TIMEOUT_S, WatchOutcome, acknowledge_when_written
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ async def follow_instance(watch: InstanceWatch, log: logging.Logger | Any) -> Fo
 
 async def _consume(events: Any, poller: ClusterPoller, watch: InstanceWatch, log: Any) -> WatchOutcome:
     instance = watch.instance_id
+    channel = LogChannel.of_this_process()
     last_contact = time.monotonic()
     seen_polls = poller.polls
     # One pending anext() kept across wake-ups: cancelling it would close the poller's generator.
@@ -118,13 +121,15 @@ async def _consume(events: Any, poller: ClusterPoller, watch: InstanceWatch, log
                 continue
             event, pending = pending.result(), None
             if isinstance(event, OutputLines):
-                for line in event.lines:
-                    log.info("%s", line)
+                # Acknowledged once written: only then may the cursor on the instance move past them.
+                await log_lines(log, event.lines, channel)
+                await acknowledge_when_written(event, channel)
             elif isinstance(event, StatusChanged):
                 log.info("EC2 instance %s: %s", instance, event.status.describe())
             elif isinstance(event, Notice):
                 log.warning("%s", event.message)
             elif isinstance(event, JobEnded):
+                await poller.confirm(job_id=instance, timeout_s=CONFIRM_TIMEOUT_S)
                 return WatchOutcome("ended", instance, status=event.status)
             elif isinstance(event, WatchFailed):
                 return WatchOutcome("error", instance, message=event.message)

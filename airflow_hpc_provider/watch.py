@@ -9,21 +9,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import JobStatus, WatchedJob
+from airflow_hpc_provider.log_delivery import LogChannel, confirm_written, log_lines
 from airflow_hpc_provider.poller import (
+    ClusterPoller,
     JobEnded,
     Notice,
     OutputLines,
     PollerSettings,
     SchedulerDialect,
     StatusChanged,
+    WatchEvent,
     WatchFailed,
     shared_poller,
 )
+
+# How long the end of a watch waits for its last commit to reach the cluster.
+CONFIRM_TIMEOUT_S = 10.0
+# How long a stopping watch still waits for lines it logged to be written.
+STOPPING_CONFIRM_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -63,36 +72,79 @@ async def watch_job(
     interval_s: float,
     deadline: float | None,
 ) -> WatchOutcome:
-    """Stream the job's state changes and output into ``log`` until it ends or the deadline passes."""
+    """Stream the job's state changes and output into ``log`` until it ends or the deadline passes.
+
+    Output lines are acknowledged to the poller only once they are written to the task log (see
+    :mod:`~airflow_hpc_provider.log_delivery`), so the cursor on the cluster never runs ahead of it.
+    """
     settings = PollerSettings(interval_s=interval_s)
+    channel = LogChannel.of_this_process()
     async with shared_poller(target, dialect, settings) as poller:
         events = poller.watch(job)
         try:
-            while True:
-                remaining = None if deadline is None else deadline - time.time()
-                if remaining is not None and remaining <= 0:
-                    return WatchOutcome("timeout", job.job_id, message="the task's time limit passed")
-                try:
-                    async with asyncio.timeout(remaining):
-                        event = await anext(events)
-                except TimeoutError:
-                    return WatchOutcome("timeout", job.job_id, message="the task's time limit passed")
-                if isinstance(event, OutputLines):
-                    for line in event.lines:
-                        log.info("%s", line)
-                elif isinstance(event, StatusChanged):
-                    log.info("%s job %s: %s", dialect.name, job.job_id, event.status.describe())
-                elif isinstance(event, Notice):
-                    log.warning("%s", event.message)
-                elif isinstance(event, JobEnded):
-                    return WatchOutcome("ended", job.job_id, status=event.status)
-                elif isinstance(event, WatchFailed):
-                    return WatchOutcome("error", job.job_id, message=event.message)
+            remaining = None if deadline is None else deadline - time.time()
+            if remaining is not None and remaining <= 0:
+                return WatchOutcome("timeout", job.job_id, message="the task's time limit passed")
+            try:
+                async with asyncio.timeout(remaining):
+                    return await follow(events, poller, job, log, channel, dialect.name)
+            except TimeoutError:
+                return WatchOutcome("timeout", job.job_id, message="the task's time limit passed")
         finally:
             await events.aclose()
 
 
-async def cancel_job(target: SshTarget, dialect: SchedulerDialect, job_id: str) -> None:
-    """Cancel through the process's shared connection to the cluster (opened if there is none)."""
+async def follow(
+    events: AsyncIterator[WatchEvent],
+    poller: ClusterPoller,
+    job: WatchedJob,
+    log: logging.Logger | Any,
+    channel: LogChannel,
+    what: str,
+) -> WatchOutcome:
+    """Log one job's events as they come; the outcome once it ends or cannot be watched."""
+    async for event in events:
+        if isinstance(event, OutputLines):
+            await log_lines(log, event.lines, channel)
+            await acknowledge_when_written(event, channel)
+        elif isinstance(event, StatusChanged):
+            log.info("%s job %s: %s", what, job.job_id, event.status.describe())
+        elif isinstance(event, Notice):
+            log.warning("%s", event.message)
+        elif isinstance(event, JobEnded):
+            # What was written is committed before the outcome leaves: a watcher started after
+            # this one (a restarted triggerer that never got the event through) replays nothing.
+            await poller.confirm(job.job_id, timeout_s=CONFIRM_TIMEOUT_S)
+            return WatchOutcome("ended", job.job_id, status=event.status)
+        elif isinstance(event, WatchFailed):
+            return WatchOutcome("error", job.job_id, message=event.message)
+    return WatchOutcome("error", job.job_id, message="the watch ended without an outcome")
+
+
+async def acknowledge_when_written(event: OutputLines, channel: LogChannel) -> None:
+    """Acknowledge lines once they are written to the task log. Stopped meanwhile (a triggerer
+    handing its triggers over), it still lets the supervisor take them for a moment, so that a
+    graceful stop commits lines it logged rather than have the next triggerer replay them."""
+    confirming = asyncio.ensure_future(_confirm(event, channel))
+    try:
+        await asyncio.shield(confirming)
+    except asyncio.CancelledError:
+        await asyncio.wait({confirming}, timeout=STOPPING_CONFIRM_S)
+        raise
+
+
+async def _confirm(event: OutputLines, channel: LogChannel) -> None:
+    if await confirm_written(channel):
+        event.acknowledge()
+
+
+async def cancel_job(
+    target: SshTarget, dialect: SchedulerDialect, job_id: str, *, cursor_path: str | None = None
+) -> None:
+    """Cancel through the process's shared connection to the cluster (opened if there is none).
+
+    With ``cursor_path``, the job is claimed first: a job cancelled on purpose is never adopted by
+    a later try of its task (see :attr:`~airflow_hpc_provider.jobs.WatchedJob.claimed_by_trigger`).
+    """
     async with shared_poller(target, dialect, PollerSettings()) as poller:
-        await poller.cancel([job_id])
+        await poller.cancel([job_id], claims=() if cursor_path is None else (cursor_path,))

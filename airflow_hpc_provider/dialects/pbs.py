@@ -33,7 +33,7 @@ import enum
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -336,6 +336,11 @@ def script_path(log_dir: str, key: JobKey) -> str:
     return f"{log_dir.rstrip('/')}/{key.task_digest}-try{key.try_number}.pbs"
 
 
+def jobs_record(log_dir: str, task_digest: str) -> str:
+    """The task instance's submissions, ``<job id> <try>`` a line, appended by the submit script."""
+    return f"{log_dir.rstrip('/')}/{task_digest}.jobs"
+
+
 # --- submission -------------------------------------------------------------------------------
 
 
@@ -349,6 +354,11 @@ class PbsSubmitOutcome:
     state: str | None
     try_number: int
 
+    @property
+    def ended(self) -> bool:
+        """An adopted job that had already finished (its worker died before watching it)."""
+        return self.adopted and (self.state or "").strip().upper()[:1] in FINISHED_STATES
+
 
 def submit_script(
     spec: JobSpec,
@@ -359,12 +369,14 @@ def submit_script(
     log_dir: str,
     env: Mapping[str, str],
 ) -> str:
-    """One round trip: take a per-task lock, adopt a live job carrying our key, or submit anew.
+    """One round trip: take a per-task lock, adopt an earlier try's job, or submit anew.
 
-    The key is carried in the job name (see :func:`job_name`); adoption reads one ``qstat -f`` of
-    every visible job and picks our user's job whose name ends with ``-<task digest>-try<n>`` and
-    which has not finished (C, F, X). A qstat that fails stops the submission: submitting blind
-    could duplicate a job.
+    Every submission is appended to the task instance's record (:func:`jobs_record`, ``<id> <try>``)
+    before its id is printed, so a worker that dies at any point leaves its job findable. A retry
+    asks ``qstat`` about the recorded ids only: the newest one no trigger watched (see
+    ``WatchedJob.claimed_by_trigger``) is adopted, running or finished. A finished job qstat no
+    longer shows counts when its script recorded an exit status (see :func:`render_script`); one
+    with neither is gone, and a new job is submitted.
 
     The batch script is written to a file under ``log_dir`` first (the wrapper's qsub reads no
     stdin). Environment values are exported in the submitting shell, never put on a command line:
@@ -381,6 +393,8 @@ def submit_script(
     out = remote_shell.home_relative(log_path(log_dir, key.task_digest, key.try_number))
     batch_file = remote_shell.home_relative(script_path(log_dir, key))
     lock = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}.lock")
+    record = remote_shell.home_relative(jobs_record(log_dir, key.task_digest))
+    exits = remote_shell.home_relative(exit_dir(log_dir))
     env_names = ["AIRFLOW_HPC_KEY", *(n for n in env if n != "AIRFLOW_HPC_KEY")]
     qsub = ["qsub", "-N", quote(name), "-o", out, "-j", "oe"]
     if flavour is PbsFlavour.PBS_PRO:
@@ -392,26 +406,38 @@ def submit_script(
         # Torque runs the script with the user's login shell unless told; PBS Pro would too.
         qsub += ["-S", quote(interpreter.group(1))]
     qsub.append(batch_file)
-    find_live = (
-        "printf '%s\\n' \"$_q\" | awk "
-        f'-v want={quote("-" + key.task_digest + "-try")} -v owner="$(id -un)" ' + quote(_ADOPT_AWK)
-    )
+    # PBS Pro shows finished jobs only with -x (history); Torque keeps them for keep_completed.
+    qstat = "qstat -x -f" if flavour is PbsFlavour.PBS_PRO else "qstat -f"
     exports = remote_shell.export_lines({"AIRFLOW_HPC_KEY": key.tag, **env})
     return (
         f"mkdir -p -- {remote_shell.home_relative(log_dir)} || exit 1\n"
         f"exec 9>>{lock}\n"
         "flock -w 120 9 || { echo 'could not take the submission lock' >&2; exit 1; }\n"
-        # The wrapper exits 153 when there is no job at all; that is an answer, not a failure.
-        "_q=$(qstat -f 2>&1); _rc=$?\n"
-        'case $_rc in 0|153) ;; *) printf \'qstat exited %s: %s\\n\' "$_rc" "$_q" >&2; exit 1;; esac\n'
-        # The first live job of this task that no trigger watches (see WatchedJob.claimed_by_trigger).
-        f"_live=; set -- $({find_live})\n"
+        # This task instance's earlier jobs, newest first, less those a trigger watched.
+        "_ids=; set --\n"
+        f"if [ -f {record} ]; then set -- $(awk {quote(_RECORD_AWK)} {record}); fi\n"
+        "_cand=\n"
         "while [ $# -ge 2 ]; do\n"
-        f'  [ -e {claimed}"$2".cursor.watched ] || {{ _live="$1 $2"; break; }}\n'
+        f'  [ -e {claimed}"$2".cursor.watched ] || {{ _cand="$_cand $1:$2"; _ids="$_ids $1"; }}\n'
         "  shift 2\n"
         "done\n"
-        'if [ -n "$_live" ]; then\n'
-        "  printf 'ADOPTED %s\\n' \"$_live\"; _id=${_live%% *}\n"
+        "_pick=\n"
+        'if [ -n "$_ids" ]; then\n'
+        # One qstat for the recorded ids. An id it does not know is an answer (exit 153); any other
+        # failure stops the submission: submitting blind could run a live job twice.
+        f"  _q=$({qstat} $_ids 2>&1); _rc=$?\n"
+        '  case $_rc in 0|153) ;; *) printf \'qstat exited %s: %s\\n\' "$_rc" "$_q" >&2; exit 1;; esac\n'
+        f"  _states=$(printf '%s\\n' \"$_q\" | awk {quote(_STATES_AWK)})\n"
+        "  for _c in $_cand; do\n"
+        "    _j=${_c%:*}; _s=${_j%%.*}\n"
+        "    _st=$(printf '%s\\n' \"$_states\" | awk -v i=\"$_s\" '$1 == i { print $2; exit }')\n"
+        f'    if [ -z "$_st" ] && [ -f {exits}/"$_s" ]; then _st=F; fi\n'
+        '    if [ -n "$_st" ]; then _pick="$_c $_st"; break; fi\n'
+        "  done\n"
+        "fi\n"
+        'if [ -n "$_pick" ]; then\n'
+        "  _c=${_pick%% *}; _id=${_c%:*}\n"
+        '  printf \'ADOPTED %s %s\\n\' "$_id" "${_c##*:}"\n'
         "else\n"
         + remote_shell.heredoc(batch_script, feed=f"  cat > {batch_file}")
         + "  [ -s "
@@ -423,35 +449,29 @@ def submit_script(
         + ') || { _rc=$?; printf \'%s\\n\' "$_id" >&2; exit "$_rc"; }\n'
         # qsub may print warnings first (the wrapper: '-S is ignored'); the id is the last word.
         "  _id=$(printf '%s\\n' \"$_id\" | awk 'NF { w = $NF } END { print w }')\n"
+        # Recorded before it is printed: a link that drops now cannot lose the job.
+        f"  printf '%s %s\\n' \"$_id\" {key.try_number} >> {record} || echo 'cannot record it in' {record} >&2\n"
         f"  printf 'SUBMITTED %s {key.try_number}\\n' \"$_id\"\n"
         "fi\n"
-        '_st=$(qstat -f "$_id" 2>/dev/null | awk \'$1 == "job_state" { print $3; exit }\')\n'
+        'if [ -n "$_pick" ]; then _st=${_pick##* }; else\n'
+        '  _st=$(qstat -f "$_id" 2>/dev/null | awk \'$1 == "job_state" { print $3; exit }\')\n'
+        "fi\n"
         "printf 'STATE %s\\n' \"$_st\"\n"
     )
 
 
-# Reads `qstat -f` text; prints "<id> <try>" of every live job of ours whose name ends with
-# `want` followed by the try number. Attribute lines are indented `key = value` (four spaces on
-# PBS, a tab on the wrapper); other tab-led lines continue the previous value.
-_ADOPT_AWK = r"""
-function check(   n, tail) {
-  if (id == "" || !own || !live) return
-  n = index(name, want)
-  if (n == 0) return
-  tail = substr(name, n + length(want))
-  if (tail !~ /^[0-9]+$/ || substr(name, n) != want tail) return
-  print id, tail
-}
-/^Job Id:/ { check(); id = $0; sub(/^Job Id:[ \t]*/, "", id); name = ""; own = 0; live = 0; last = ""; next }
-/^[ \t]+[A-Za-z_][A-Za-z0-9_.]* = / {
-  k = $0; sub(/^[ \t]+/, "", k); v = k; sub(/ = .*$/, "", k); sub(/^[^=]* = /, "", v); last = k
-  if (k == "Job_Name") name = v
-  else if (k == "Job_Owner") own = (index(v, owner "@") == 1 || v == owner)
-  else if (k == "job_state") live = (v !~ /^[CFX]$/)
-  next
-}
-/^\t/ { if (last == "Job_Name") { c = $0; sub(/^\t/, "", c); name = name c }; next }
-END { check() }
+# Reads the record (``<id> <try>`` lines); prints them newest first, one word each. Ids and tries
+# are checked, so nothing else reaches the shell words built from them.
+_RECORD_AWK = r"""
+NF == 2 && $1 ~ /^[0-9]+(\[[0-9]*\])?(\.[A-Za-z0-9_.-]+)?$/ && $2 ~ /^[0-9]+$/ { a[n++] = $1 " " $2 }
+END { for (i = n - 1; i >= 0; i--) print a[i] }
+"""
+
+# Reads `qstat -f` text; prints "<short id> <state letter>" for each job block. Attribute lines are
+# indented `key = value` (four spaces on PBS, a tab on the wrapper).
+_STATES_AWK = r"""
+/^Job Id:/ { id = $0; sub(/^Job Id:[ \t]*/, "", id); sub(/\..*$/, "", id); next }
+/^[ \t]+job_state = / && id != "" { v = $0; sub(/^[^=]*= */, "", v); print id, v; id = "" }
 """
 
 
@@ -900,6 +920,18 @@ def with_slurm_record(status: JobStatus, record: SlurmRecord) -> JobStatus:
     )
 
 
+def forgotten(job_id: str, code: RecordedExit | int) -> JobStatus:
+    """A job qstat no longer shows, known only by the exit status its script recorded."""
+    status = JobStatus(
+        job_id=job_id,
+        state=JobState.FAILED,
+        native_state="F",
+        reason="finished; qstat no longer shows it, so the exit status is the one its script recorded",
+    )
+    recorded = with_recorded_exit(status, code)
+    return recorded if recorded.state is not JobState.COMPLETED else replace(recorded, reason=status.reason)
+
+
 class PbsDialect:
     """The PBS dialect as the poller sees it, for one flavour and one connection's log directory."""
 
@@ -932,7 +964,12 @@ class PbsDialect:
         for job_id in job_ids:
             status = poll.statuses.get(job_id)
             if status is None:
-                observations[job_id] = Observation(None, final=False)
+                code = exits.get(_short(job_id))
+                # qstat forgot a finished job (an adopted one, ended long ago): its script's own
+                # record of how it ended is the answer. Without one, absent stays absent (LOST later).
+                observations[job_id] = (
+                    Observation(None, final=False) if code is None else Observation(forgotten(job_id, code), final=True)
+                )
                 continue
             recorded = exits.get(_short(job_id))
             seen = with_recorded_exit(status, recorded)

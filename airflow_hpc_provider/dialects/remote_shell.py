@@ -10,6 +10,7 @@ answers) and byte-exact log chunks, so a log line can never be mistaken for a fr
 
 from __future__ import annotations
 
+import enum
 import re
 import secrets
 import shlex
@@ -47,35 +48,83 @@ def home_relative(path: str) -> str:
     return '"$HOME"/' + quote(path)
 
 
-# Reads up to $5 bytes of file $3 from offset $2 ('-' = the offset saved in cursor file $4). With $6 = 1
+# The log reader: ``_log ID OFFSET GEN COMMITTED RUNS RECORD LOG CURSOR MAX WHOLE``.
+#
+# Reads at most MAX bytes of LOG from OFFSET ('-': resume from the records in CURSOR). With WHOLE = 1
 # (the job may still be writing) the chunk stops after its last newline, so no line is cut in two.
-# The new offset is saved in $4 BEFORE the chunk is printed: a watcher restarted from scratch resumes
-# exactly after what was sent, so no line reaches the task log twice.
+#
+# CURSOR is append-only: one record ``COMMITTED SENT GEN RUNS`` per line, each a single small
+# O_APPEND write by a shell builtin (no process, no rename). COMMITTED is the position up to which
+# the output is known to be in the task log; SENT the end of the furthest chunk a watcher printed
+# (written just BEFORE the chunk is printed); GEN counts the times the file was found shorter than
+# the cursor (rewritten from its start); RUNS the scheduler runs already announced in the task log.
+# A reader resuming takes, in the newest GEN, the largest COMMITTED and SENT: it starts at
+# COMMITTED, and [COMMITTED, SENT) is what a previous watcher handed over but never confirmed.
+# A record is written when a chunk is sent, or always with RECORD = 1 (a commit); RECORD = 2 writes
+# it as the file's only record (compaction, rare).
 LOG_READER = r"""
 _log() {
-  if [ "$2" = - ]; then _o=$(cat -- "$4" 2>/dev/null) || _o=0; else _o=$2; fi
-  case $_o in ''|*[!0-9]*) _o=0;; esac
-  _s=$( { wc -c < "$3"; } 2>/dev/null) || _s=-1
-  _s=$(printf '%s' "$_s" | tr -d ' ')
+  _o=$2 _g=$3 _c=$4 _r=$5 _x=0
+  if [ "$_o" = - ]; then
+    _c=0 _s=0 _g=0 _r=1
+    if [ -f "$8" ]; then eval "$(awk '
+      BEGIN { g = -1; c = 0; s = 0; r = 1 }
+      NF == 1 && $1 ~ /^[0-9]+$/ {
+        v = $1 + 0
+        if (g < 0) { g = 0; c = v; s = v } else if (g == 0) { if (v > c) c = v; if (v > s) s = v }
+        next
+      }
+      NF == 4 && $0 ~ /^[0-9]+ [0-9]+ [0-9]+ [0-9]+$/ {
+        if ($3 + 0 > g) { g = $3 + 0; c = $1 + 0; s = $2 + 0; r = $4 + 0 }
+        else if ($3 + 0 == g) { if ($1 + 0 > c) c = $1 + 0; if ($2 + 0 > s) s = $2 + 0; if ($4 + 0 > r) r = $4 + 0 }
+      }
+      END { if (g < 0) g = 0; if (r < 1) r = 1; printf "_c=%.0f _s=%.0f _g=%.0f _r=%.0f\n", c, s, g, r }
+    ' "$8" 2>/dev/null)"; fi
+    _o=$_c
+  else
+    _s=$_o
+  fi
+  _z=$( { wc -c < "$7"; } 2>/dev/null) || _z=-1
+  _z=$(printf '%s' "$_z" | tr -d ' ')
+  if [ "$_z" -ge 0 ] && [ "$_z" -lt "$_o" ]; then _g=$((_g + 1)); _o=0; _c=0; _s=0; _x=1; fi
   _n=0
-  if [ "$_s" -gt "$_o" ]; then _n=$((_s - _o)); if [ "$_n" -gt "$5" ]; then _n=$5; fi; fi
-  if [ "$_n" -gt 0 ] && [ "$6" = 1 ] && [ -n "$(tail -c +$((_o + _n)) -- "$3" | head -c 1 | tr -d '\n')" ]; then
-    _k=$(tail -c +$((_o + 1)) -- "$3" | head -c "$_n" | sed '$d' | wc -c | tr -d ' ')
+  if [ "$_z" -gt "$_o" ]; then _n=$((_z - _o)); if [ "$_n" -gt "$9" ]; then _n=$9; fi; fi
+  if [ "$_n" -gt 0 ] && [ "${10}" = 1 ] && [ -n "$(tail -c +$((_o + _n)) -- "$7" | head -c 1 | tr -d '\n')" ]; then
+    _k=$(tail -c +$((_o + 1)) -- "$7" | head -c "$_n" | sed '$d' | wc -c | tr -d ' ')
     if [ "$_k" -gt 0 ]; then _n=$_k; fi
   fi
-  if [ "$_n" -gt 0 ]; then
-    printf '%s' $((_o + _n)) > "$4.tmp" && mv -f -- "$4.tmp" "$4"
+  if [ "$_n" -gt 0 ] || [ "$6" != 0 ]; then
+    if [ "$6" = 2 ]; then
+      printf '%s %s %s %s\n' "$_c" $((_o + _n)) "$_g" "$_r" > "$8.tmp" && mv -f -- "$8.tmp" "$8"
+    else
+      printf '%s %s %s %s\n' "$_c" $((_o + _n)) "$_g" "$_r" >> "$8"
+    fi
   fi
-  printf '%s log %s %s %s %s\n' "$_t" "$1" "$_o" "$_s" "$_n"
-  if [ "$_n" -gt 0 ]; then tail -c +$((_o + 1)) -- "$3" | head -c "$_n"; fi
+  printf '%s log %s %s %s %s %s %s %s %s\n' "$_t" "$1" "$_o" "$_z" "$_n" "$_s" "$_g" "$_r" "$_x"
+  if [ "$_n" -gt 0 ]; then tail -c +$((_o + 1)) -- "$7" | head -c "$_n"; fi
   printf '\n'
 }
 """
 
+# Records written before compaction: a cursor file stays a few tens of kilobytes at most.
+RECORDS_BEFORE_COMPACTION = 1000
+
+
+class Record(enum.IntEnum):
+    """When the reader writes a cursor record (see ``LOG_READER``)."""
+
+    WITH_DATA = 0
+    ALWAYS = 1
+    COMPACT = 2
+
 
 @dataclass(frozen=True)
 class LogRead:
-    """Read a job's output from ``offset`` (``None``: from the saved cursor) up to ``max_bytes``."""
+    """Read a job's output from ``offset`` (``None``: resume from the cursor records) up to ``max_bytes``.
+
+    ``committed``, ``generation`` and ``runs`` go into the cursor record the read writes (ignored when
+    resuming: the records on the cluster supply them).
+    """
 
     job_id: str
     log_path: str
@@ -83,14 +132,35 @@ class LogRead:
     offset: int | None
     max_bytes: int
     whole_lines: bool = True
+    committed: int = 0
+    generation: int = 0
+    runs: int = 1
+    record: Record = Record.WITH_DATA
 
     def call(self) -> str:
-        offset = "-" if self.offset is None else str(self.offset)
+        offset = "-" if self.offset is None else str(int(self.offset))
         return (
             # Exec sessions start in $HOME, so relative paths resolve there, as sbatch's do.
-            f"_log {quote(self.job_id)} {offset} {quote(self.log_path)} "
-            f"{quote(self.cursor_path)} {self.max_bytes} {int(self.whole_lines)}\n"
+            f"_log {quote(self.job_id)} {offset} {int(self.generation)} {int(self.committed)} {int(self.runs)} "
+            f"{int(self.record)} {quote(self.log_path)} {quote(self.cursor_path)} {int(self.max_bytes)} "
+            f"{int(self.whole_lines)}\n"
         )
+
+
+def cursor_record(cursor_path: str, committed: int, sent: int, generation: int, runs: int, *, compact: bool) -> str:
+    """A shell line that writes one cursor record without reading anything (a commit)."""
+    record = f"printf '%s %s %s %s\\n' {int(committed)} {int(sent)} {int(generation)} {int(runs)}"
+    if compact:
+        temporary = quote(cursor_path + ".tmp")
+        return f"{record} > {temporary} && mv -f -- {temporary} {quote(cursor_path)}\n"
+    return f"{record} >> {quote(cursor_path)}\n"
+
+
+def whole_or_nothing(script: str) -> str:
+    """``script`` as one brace group: a shell reading it from stdin runs nothing until it has read
+    the closing brace, so a script cut off on the way (a dropped link) is a syntax error, never half
+    a submission or half a cursor write."""
+    return "{\n" + script + ("" if script.endswith("\n") else "\n") + "}\n"
 
 
 def section(token: str, name: str, command: str) -> str:
@@ -98,10 +168,26 @@ def section(token: str, name: str, command: str) -> str:
     return f'_r=$( {{ {command}; }} 2>&1); _rc=$?\nprintf \'%s section {name} %s\\n%s\\n\' "$_t" "$_rc" "$_r"\n'
 
 
+@dataclass(frozen=True)
+class LogPosition:
+    """What the reader said of the cursor beside a chunk (see ``LOG_READER``).
+
+    ``sent``: on a resumed read, the furthest end an earlier watcher sent (more than the chunk's
+    offset when it handed over lines it never confirmed); otherwise the chunk's offset.
+    ``shrank``: the file was shorter than the position, so it is read again from its start.
+    """
+
+    sent: int
+    generation: int = 0
+    runs: int = 1
+    shrank: bool = False
+
+
 @dataclass
 class FramedOutput:
     sections: dict[str, tuple[int, str]] = field(default_factory=dict)
     chunks: dict[str, LogChunk] = field(default_factory=dict)
+    positions: dict[str, LogPosition] = field(default_factory=dict)
 
 
 _HEADER = re.compile(rb"^(\S+) (section|log) (.*)$")
@@ -135,11 +221,16 @@ def parse_framed(output: bytes, token: str) -> FramedOutput:
                 name, _, rc = rest.partition(" ")
                 current, status = name, int(rc or 0)
                 continue
-            job_id, offset, size, count = rest.split(" ")
+            job_id, offset, size, count, *marks = rest.split(" ")
             length = int(count)
             data = output[position : position + length]
             position += length + 1  # the newline printed after every chunk
             result.chunks[job_id] = LogChunk(job_id=job_id, offset=int(offset), data=data, size=int(size))
+            # Older readers printed four fields: no marks, a position of their own.
+            sent, generation, runs, shrank = marks[:4] if len(marks) >= 4 else (offset, "0", "1", "0")
+            result.positions[job_id] = LogPosition(
+                sent=int(sent), generation=int(generation), runs=int(runs), shrank=shrank == "1"
+            )
             continue
         if current is not None:
             lines.append(line.decode(errors="replace"))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell
@@ -90,7 +90,8 @@ RESERVED_OPTIONS = ("--output", "--error", "--comment", "--parsable", "-o", "-e"
 
 # JobID is the raw id (an array's elements have ids of their own, 1234 being one of them);
 # JobArrayID is the name: 1234_7 for an array element, 1234+0 for a het job's component.
-SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,TimeUsed:|,JobArrayID:|"
+# RestartCnt counts the times Slurm started the job again (requeue, preemption).
+SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,TimeUsed:|,JobArrayID:|,RestartCnt:|"
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Elapsed,NodeList,MaxRSS"
 
 
@@ -166,14 +167,27 @@ def cursor_path(log_dir: str, key: JobKey, job_id: str) -> str:
     return f"{log_dir.rstrip('/')}/{key.task_digest}-{job_id}.cursor"
 
 
+def jobs_record(log_dir: str, key: JobKey) -> str:
+    """The task instance's submissions, one job id a line, appended by the submit script."""
+    return f"{log_dir.rstrip('/')}/{key.task_digest}.jobs"
+
+
 @dataclass(frozen=True)
 class SubmitOutcome:
-    """``job_id`` None means nothing was submitted: the cluster already runs ``busy_jobs`` of ours."""
+    """``job_id`` None means nothing was submitted: the cluster already runs ``busy_jobs`` of ours.
+
+    ``adopted`` with ``ended``: an earlier try's job that finished while no one watched it; its
+    outcome (and output) decides this try.
+    """
 
     job_id: str | None
     adopted: bool
     state: str | None
     busy_jobs: int | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.adopted and self.state is not None and map_state(self.state.split(" ")[0]).is_terminal
 
 
 def submit_script(
@@ -185,12 +199,16 @@ def submit_script(
     env: Mapping[str, str],
     max_concurrent_jobs: int | None = None,
 ) -> str:
-    """One round trip: take a per-task lock, adopt a live job with our key, or submit a new one.
+    """One round trip: take a per-task lock, adopt an earlier try's job, or submit a new one.
 
     The lock (``flock`` on a file beside the logs) closes the race of two workers submitting the
-    same task at once; the squeue search by comment closes the gap between a submission and
-    Airflow recording it (a crashed worker, a retry). With ``max_concurrent_jobs``, a new job is
-    only submitted while fewer of this provider's jobs are queued or running for this user.
+    same task at once. Every submission is appended to the task instance's record
+    (:func:`jobs_record`) before its id is printed, so a worker that dies at any point leaves its
+    job findable; a retry asks the scheduler about those ids only, never about all the user's jobs.
+    The newest recorded job no trigger watched (see ``WatchedJob.claimed_by_trigger``) is adopted,
+    running or ended: a job that finished while its worker was dead is not run again, its outcome
+    decides the retry. With ``max_concurrent_jobs``, a new job is only submitted while fewer of this
+    provider's jobs are queued or running for this user.
     """
     log_dir_arg = remote_shell.home_relative(log_dir)
     output = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}-%j.log")
@@ -200,6 +218,9 @@ def submit_script(
         f"--job-name={quote(spec.job_name)}",
         f"--comment={quote(key.tag)}",
         f"--output={output}",
+        # A requeued job starts again with the same output file: appended to, never truncated, so
+        # no line of an earlier run is lost before it was read (see ClusterPoller's run markers).
+        "--open-mode=append",
     ]
     if spec.working_dir:
         sbatch.append(f"--chdir={quote(spec.working_dir)}")
@@ -208,27 +229,47 @@ def submit_script(
     lock = remote_shell.home_relative(
         f"{log_dir.rstrip('/')}/{'submit' if max_concurrent_jobs is not None else key.task_digest}.lock"
     )
+    record = remote_shell.home_relative(jobs_record(log_dir, key))
     ours = quote(JobKey.PREFIX + ":")
-    mine = quote(JobKey.PREFIX + ":" + key.task_digest + ":")
     claimed = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}-")
     limit = ""
     if max_concurrent_jobs is not None:
         limit = (
-            f"_busy=$(printf '%s\\n' \"$_q\" | awk -F'|' -v p={ours} 'index($2, p) == 1' | wc -l)\n"
-            f'if [ "$_busy" -ge {int(max_concurrent_jobs)} ]; then printf \'BUSY %s\\n\' "$_busy"; exit 0; fi\n'
+            f"  _q=$(squeue -h -u \"$(id -un)\" -t {ALIVE_STATES} -O 'JobID:|,Comment:|') || exit 1\n"
+            f"  _busy=$(printf '%s\\n' \"$_q\" | awk -F'|' -v p={ours} 'index($2, p) == 1' | wc -l)\n"
+            f'  if [ "$_busy" -ge {int(max_concurrent_jobs)} ]; then printf \'BUSY %s\\n\' "$_busy"; exit 0; fi\n'
         )
     return (
         f"mkdir -p -- {log_dir_arg} || exit 1\n"
         f"exec 9>>{lock}\n"
         "flock -w 120 9 || { echo 'could not take the submission lock' >&2; exit 1; }\n"
-        f"_q=$(squeue -h -u \"$(id -un)\" -t {ALIVE_STATES} -O 'JobID:|,Comment:|') || exit 1\n"
-        # The first live job of this task that no trigger watches (see WatchedJob.claimed_by_trigger).
-        "_live=\n"
-        f"for _j in $(printf '%s\\n' \"$_q\" | awk -F'|' -v p={mine} 'index($2, p) == 1 {{ print $1 }}'); do\n"
-        f'  [ -e {claimed}"$_j".cursor.watched ] || {{ _live=$_j; break; }}\n'
-        "done\n"
-        'if [ -n "$_live" ]; then\n'
-        "  printf 'ADOPTED %s\\n' \"$_live\"; _id=$_live\n"
+        # This task instance's earlier jobs, newest first, less those a trigger watched.
+        "_mine=\n"
+        f"if [ -f {record} ]; then\n"
+        "  for _j in $(awk 'NF == 1 && $1 ~ /^[0-9]+(_[0-9]+)?$/ { a[n++] = $1 } "
+        f"END {{ for (i = n - 1; i >= 0; i--) print a[i] }}' {record}); do\n"
+        f'    [ -e {claimed}"$_j".cursor.watched ] || _mine="$_mine${{_mine:+,}}$_j"\n'
+        "  done\n"
+        "fi\n"
+        "_pick=\n"
+        'if [ -n "$_mine" ]; then\n'
+        # squeue knows every live job and, for a while, ended ones; accounting knows older ones.
+        # Unknown ids are an answer; any other failure stops the submission (submitting blind
+        # could run a live job, or a finished one, twice).
+        "  _k=$(squeue -h -t all -j \"$_mine\" -O 'JobID:|,State:|' 2>&1); _rc=$?\n"
+        '  case $_rc:$_k in 0:*|*"Invalid job id"*) ;; '
+        '*) printf \'squeue exited %s: %s\\n\' "$_rc" "$_k" >&2; exit 1;; esac\n'
+        f"  _pick=$(printf '%s\\n' \"$_k\" | awk -F'|' -v ids=\"$_mine\" {quote(_NEWEST_KNOWN_AWK)})\n"
+        '  if [ -z "$_pick" ]; then\n'
+        '    _k=$(sacct -n -X -P -j "$_mine" -o JobIDRaw,State 2>&1); _rc=$?\n'
+        '    case $_rc:$_k in 0:*|*"accounting storage is disabled"*) ;; '
+        '*) printf \'sacct exited %s: %s\\n\' "$_rc" "$_k" >&2; exit 1;; esac\n'
+        f"    _pick=$(printf '%s\\n' \"$_k\" | awk -F'|' -v ids=\"$_mine\" {quote(_NEWEST_KNOWN_AWK)})\n"
+        "  fi\n"
+        "fi\n"
+        'if [ -n "$_pick" ]; then\n'
+        "  _id=${_pick%% *}\n"
+        '  printf \'ADOPTED %s\\nSTATE %s\\n\' "$_id" "${_pick#* }"\n'
         "else\n"
         + limit
         + remote_shell.export_lines(env)
@@ -236,10 +277,22 @@ def submit_script(
         + remote_shell.heredoc(batch_script, feed=" ".join(sbatch))
         + ") || exit $?\n"
         "  _id=${_id%%;*}\n"
+        # Recorded before it is printed: a link that drops now cannot lose the job.
+        f'  printf \'%s\\n\' "$_id" >> {record} || echo "could not record job $_id in" {record} >&2\n'
         "  printf 'SUBMITTED %s\\n' \"$_id\"\n"
+        "  printf 'STATE %s\\n' \"$(squeue -h -j \"$_id\" -O 'State:|' 2>/dev/null | tr -d '|')\"\n"
         "fi\n"
-        "printf 'STATE %s\\n' \"$(squeue -h -j \"$_id\" -O 'State:|' 2>/dev/null | tr -d '|')\"\n"
     )
+
+
+# Reads "<id>|<state>..." lines; prints "<id> <state>" of the first id in the comma list ``ids``
+# (newest first) that the scheduler knows.
+_NEWEST_KNOWN_AWK = r"""
+BEGIN { n = split(ids, order, ",") }
+{ id = $1; gsub(/ /, "", id); state = $2; sub(/^ +/, "", state); sub(/ .*$/, "", state) }
+id != "" && state != "" { known[id] = state }
+END { for (i = 1; i <= n; i++) if (order[i] in known) { print order[i], known[order[i]]; exit } }
+"""
 
 
 def parse_submit_output(stdout: str) -> SubmitOutcome:
@@ -317,6 +370,8 @@ class SlurmPoll:
 
     # squeue's lines and what each meant, handed to the next poll's parse as ``known_lines``.
     squeue_lines: dict[str, JobStatus] = field(default_factory=dict)
+    # How often each job was started again (requeued), from squeue's RestartCnt.
+    restarts: dict[str, int] = field(default_factory=dict)
 
 
 def parse_poll(
@@ -349,7 +404,20 @@ def parse_poll(
     for job_id, parts in _components(lines.items()).items():
         if job_id in observations:
             observations[job_id] = SlurmObservation(queue=multi_job_status(job_id, parts), accounting=None)
-    return SlurmPoll(observations, accounting_available, tuple(errors), lines)
+    restarts = {}
+    for line, status in lines.items():
+        count = restart_count(line)
+        if count is not None:
+            restarts[status.job_id] = count
+    return SlurmPoll(observations, accounting_available, tuple(errors), lines, restarts)
+
+
+def restart_count(squeue_line: str) -> int | None:
+    """The RestartCnt field of one squeue line (the eighth), when squeue printed it."""
+    fields = squeue_line.split("|")
+    if len(fields) < 8 or not fields[7].strip().isdigit():
+        return None
+    return int(fields[7].strip())
 
 
 def _components(lines: Iterable[tuple[str, JobStatus]]) -> dict[str, list[tuple[str, JobStatus]]]:
@@ -546,7 +614,10 @@ class SlurmDialect:
             self._squeue_lines = poll.squeue_lines
         failure = next((error for error in poll.errors if error.startswith("squeue")), None)
         notices = tuple(error for error in poll.errors if not error.startswith("squeue"))
-        observations = {job_id: observe(seen, poll.accounting_available) for job_id, seen in poll.observations.items()}
+        observations = {
+            job_id: replace(observe(seen, poll.accounting_available), restarts=poll.restarts.get(job_id))
+            for job_id, seen in poll.observations.items()
+        }
         return PollReport(observations=observations, failure=failure, notices=notices)
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:

@@ -60,9 +60,10 @@ def socket_name(allocation_id: str) -> str:
     return f"{SOCKET_PREFIX}{allocation_id}"
 
 
-def session_name(key: JobKey) -> str:
-    """The tmux session of a task instance, the same for every try: a retry finds a live one."""
-    return f"airflow-{key.task_digest}"
+def session_name(task_digest: str, try_number: int) -> str:
+    """The tmux session of one try of a task instance. A retry finds the session an earlier try
+    started through ``<digest>.current``, the try that last started one (see :func:`launch_script`)."""
+    return f"airflow-{task_digest}-try{int(try_number)}"
 
 
 # --- files on the cluster -------------------------------------------------------------------------
@@ -96,7 +97,7 @@ class TenantRef:
 
     @property
     def session(self) -> str:
-        return f"airflow-{self.task_digest}"
+        return session_name(self.task_digest, self.try_number)
 
     def directory(self, log_dir: str) -> str:
         return f"{log_dir.rstrip('/')}/tenants/{self.allocation_id}/{self.task_digest}-try{self.try_number}"
@@ -159,14 +160,15 @@ def sbatch_words(reservation: str, log_dir: str) -> str:
 
 
 def _lookup(name_arg: str) -> str:
-    """Shell that sets ``_j``/``_st``/``_why``/``_tag`` to the newest allocation with that name.
+    """Shell that sets ``_j``/``_st``/``_why``/``_tag``/``_rs`` (restarts) to the newest allocation with that name.
 
     A RUNNING job wins over a queued one (a persistent allocation's successor pends while its
     predecessor still runs); among equals, the highest job id is the newest. Looked up every time:
     a resubmission changes the id behind the name.
     """
     return (
-        f"_q=$(squeue -h -u \"$(id -un)\" -n {name_arg} -t {_ALIVE} -O 'JobID:|,State:|,Reason:|,Comment:|') "
+        f'_q=$(squeue -h -u "$(id -un)" -n {name_arg} -t {_ALIVE} '
+        "-O 'JobID:|,State:|,Reason:|,Comment:|,RestartCnt:|') "
         "|| { echo 'squeue failed' >&2; exit 1; }\n"
         "_row=$(printf '%s\\n' \"$_q\" | awk -F'|' 'NF >= 4 { r = ($2 == \"RUNNING\") ? 1 : 0; "
         "if (r > br || (r == br && $1 + 0 > bi)) { br = r; bi = $1 + 0; best = $0 } } END { print best }')\n"
@@ -174,6 +176,7 @@ def _lookup(name_arg: str) -> str:
         "_st=$(printf '%s' \"$_row\" | cut -d'|' -f2 | tr -d ' ')\n"
         "_why=$(printf '%s' \"$_row\" | cut -d'|' -f3 | tr -d ' ')\n"
         "_tag=$(printf '%s' \"$_row\" | cut -d'|' -f4 | tr -d ' ')\n"
+        "_rs=$(printf '%s' \"$_row\" | cut -d'|' -f5 | tr -d ' ')\n"
     )
 
 
@@ -379,15 +382,21 @@ def step_lines(cpus: int, memory_mb: int | None) -> str:
 
 
 def launch_script(reservation: str, spec: TenantSpec, *, key: JobKey, log_dir: str) -> str:
-    """One round trip: find the allocation, adopt the task's live session or start a new one.
+    """One round trip: find the allocation, adopt an earlier try's tenant or start a new one.
+
+    The try that last started a tenant of this task instance in the allocation is kept in
+    ``<digest>.current``. Unless a trigger watched it (its ``cursor.watched`` marker: the task was
+    cleared or failed while deferred), it is adopted: ``ADOPTED`` while its session lives, ``DONE``
+    when it already ended (its exit status decides the retry; nothing runs twice).
 
     Prints one of ``NOALLOC``, ``NOTRUNNING <id> <state> <reason>``, ``NOTOURS <id>``,
     ``NOSERVER <id> <tmux's words>``, ``ADOPTED <id> <try>``, ``DONE <id> <try>``,
     ``STARTED <id> <try>``.
     """
     base = remote_shell.home_relative(f"{log_dir.rstrip('/')}/tenants")
-    session = session_name(key)
+    session = session_name(key.task_digest, key.try_number)
     try_dir = f"{key.task_digest}-try{int(key.try_number)}"
+    earlier = f"$2/{key.task_digest}-try$_t"
     env_lines = remote_shell.export_lines(spec.env)
     node = (
         # Runs on the allocation's node, inside a step of it: $1 job id, $2 tenant base dir.
@@ -395,8 +404,13 @@ def launch_script(reservation: str, spec: TenantSpec, *, key: JobKey, log_dir: s
         f"_sess={quote(session)}\n"
         f'_d="$2/{try_dir}"\n'
         '_ls=$(tmux -L "$_s" list-sessions 2>&1) || { printf \'NOSERVER %s %s\\n\' "$1" "$_ls"; exit 0; }\n'
-        'if tmux -L "$_s" has-session -t "=$_sess" 2>/dev/null; then\n'
-        '  printf \'ADOPTED %s %s\\n\' "$1" "$(cat -- "$2/' + key.task_digest + '.current" 2>/dev/null)"; exit 0\n'
+        f'_t=$(cat -- "$2/{key.task_digest}.current" 2>/dev/null)\n'
+        "case $_t in ''|*[!0-9]*) _t=;; esac\n"
+        f'if [ -n "$_t" ] && [ ! -e "{earlier}/cursor.watched" ]; then\n'
+        f'  if tmux -L "$_s" has-session -t "=airflow-{key.task_digest}-try$_t" 2>/dev/null; then\n'
+        '    printf \'ADOPTED %s %s\\n\' "$1" "$_t"; exit 0\n'
+        "  fi\n"
+        f'  if [ -f "{earlier}/exit" ]; then printf \'DONE %s %s\\n\' "$1" "$_t"; exit 0; fi\n'
         "fi\n"
         f'if [ -f "$_d/exit" ]; then printf \'DONE %s %s\\n\' "$1" {int(key.try_number)}; exit 0; fi\n'
         f"printf '%s\\n' {int(key.try_number)} > \"$2/{key.task_digest}.current\"\n"
@@ -417,6 +431,8 @@ def launch_script(reservation: str, spec: TenantSpec, *, key: JobKey, log_dir: s
         # Files of a try that never started (no exit, no session) are rewritten; a finished try's are kept.
         + 'if [ ! -f "$_d/exit" ]; then\n'
         + '  mkdir -p -- "$_d" && chmod 700 "$_d" || exit 1\n'
+        # Which run of the allocation hosts the tenant: a requeued allocation restarts without it.
+        + '  printf \'run %s\\n\' "${_rs:-0}" > "$_d/allocation" || exit 1\n'
         + remote_shell.heredoc(render_command(spec), feed='  cat > "$_d/command.sh"')
         + remote_shell.heredoc(render_wrapper(spec), feed='  cat > "$_d/run.sh"')
         # umask: the env file may hold secrets; only the user reads it.
@@ -461,11 +477,14 @@ def poll_script(token: str, tenant_ids: Sequence[str], reads: Sequence[LogRead],
     refs = [TenantRef.parse(value) for value in tenant_ids]
     allocations = sorted({ref.allocation_id for ref in refs})
     body = remote_shell.section(
-        token, "squeue", f"squeue -h -t all -j {quote(','.join(allocations))} -O 'JobID:|,State:|,Reason:|'"
+        token,
+        "squeue",
+        f"squeue -h -t all -j {quote(','.join(allocations))} -O 'JobID:|,State:|,Reason:|,RestartCnt:|'",
     )
+    # One cat per tenant: its exit status (once written) and the allocation run it started in.
     reads_lines = "".join(
         f"printf '%s|' {quote(value)}; cat -- {remote_shell.home_relative(ref.directory(log_dir) + '/exit')} "
-        "2>/dev/null; printf '\\n'; "
+        f"{remote_shell.home_relative(ref.directory(log_dir) + '/allocation')} 2>/dev/null; printf '\\n'; "
         for value, ref in zip(tenant_ids, refs, strict=True)
     )
     body += remote_shell.section(token, "sentinels", reads_lines + "true")
@@ -481,10 +500,56 @@ def _allocation_states(text: str) -> dict[str, tuple[str, str]]:
     return states
 
 
+def _allocation_restarts(text: str) -> dict[str, int]:
+    restarts: dict[str, int] = {}
+    for line in text.splitlines():
+        fields = [part.strip() for part in line.split("|")]
+        if len(fields) >= 4 and fields[0] and fields[3].isdigit():
+            restarts[fields[0]] = int(fields[3])
+    return restarts
+
+
+@dataclass(frozen=True)
+class TenantFiles:
+    """What one poll read in a tenant's directory: its exit status line, and the run of its
+    allocation it started in (``None`` for tenants launched before this was recorded)."""
+
+    exit: str | None
+    started_run: int | None
+
+
+def parse_sentinels(text: str, tenant_ids: Sequence[str]) -> dict[str, TenantFiles]:
+    """``<tenant>|<exit file><allocation file>`` records, as the poll script prints them."""
+    wanted = set(tenant_ids)
+    found: dict[str, TenantFiles] = {}
+    current: str | None = None
+    for line in text.splitlines():
+        tenant, sep, content = line.partition("|")
+        if sep and tenant in wanted:
+            current, found[tenant] = tenant, TenantFiles(None, None)
+            line = content
+        if current is None or not line.strip():
+            continue
+        part = line.strip()
+        if part.startswith("run ") and part[4:].isdigit():
+            found[current] = TenantFiles(found[current].exit, int(part[4:]))
+        elif found[current].exit is None:
+            found[current] = TenantFiles(part, found[current].started_run)
+    return found
+
+
 def observe_tenant(
-    ref: TenantRef, tenant: str, sentinel: str | None, allocation: tuple[str, str] | None
+    ref: TenantRef,
+    tenant: str,
+    sentinel: str | None,
+    allocation: tuple[str, str] | None,
+    *,
+    started_run: int | None = None,
+    restarts: int | None = None,
 ) -> Observation:
-    """A sentinel is final; without one, the tenant runs as long as its allocation runs."""
+    """A sentinel is final; without one, the tenant runs as long as its allocation runs, in the
+    run it started in (``started_run``): once the allocation was requeued (``restarts`` grew), its
+    tmux server started again without the tenant's session."""
     if sentinel is not None:
         words = sentinel.split()
         code = int(words[0]) if words and words[0].isdigit() else None
@@ -520,6 +585,17 @@ def observe_tenant(
         )
     native, reason = allocation
     state = slurm.map_state(native, reason)
+    if not state.is_terminal and started_run is not None and restarts is not None and restarts > started_run:
+        return Observation(
+            JobStatus(
+                job_id=tenant,
+                state=JobState.FAILED,
+                native_state=native,
+                reason=f"allocation {ref.allocation_id} was requeued after the tenant started; "
+                "the tenant's session ended with it",
+            ),
+            final=True,
+        )
     if not state.is_terminal:
         shown = JobState.RUNNING if state in _HOSTING else state
         return Observation(
@@ -554,19 +630,23 @@ class SlurmTenantDialect:
         if rc != 0 and "Invalid job id specified" not in text:
             return PollReport(observations={}, failure=f"squeue exited {rc}: {text.strip()!r}")
         allocations = _allocation_states(text) if rc == 0 else {}
+        restarts = _allocation_restarts(text) if rc == 0 else {}
         if "sentinels" not in sections:
             return PollReport(observations={}, failure="no sentinel section in the poll's output")
-        sentinels: dict[str, str | None] = {}
-        for line in sections["sentinels"][1].splitlines():
-            tenant, sep, content = line.partition("|")
-            if sep:
-                sentinels[tenant] = content.strip() or None
+        files = parse_sentinels(sections["sentinels"][1], job_ids)
         observations: dict[str, Observation] = {}
         for tenant in job_ids:
             ref = TenantRef.parse(tenant)
-            if tenant not in sentinels:
+            if tenant not in files:
                 continue  # not read this time: conclude nothing
-            observations[tenant] = observe_tenant(ref, tenant, sentinels[tenant], allocations.get(ref.allocation_id))
+            observations[tenant] = observe_tenant(
+                ref,
+                tenant,
+                files[tenant].exit,
+                allocations.get(ref.allocation_id),
+                started_run=files[tenant].started_run,
+                restarts=restarts.get(ref.allocation_id),
+            )
         return PollReport(observations=observations)
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:

@@ -20,7 +20,7 @@ from airflow_hpc_provider.dialects.slurm_tenant import (
 )
 from airflow_hpc_provider.errors import HpcProviderError, RemoteCommandError, SubmissionError
 from airflow_hpc_provider.hooks.ssh import SshTransport
-from airflow_hpc_provider.jobs import JobKey
+from airflow_hpc_provider.jobs import JobKey, claim_marker
 
 
 class AllocationError(HpcProviderError):
@@ -120,8 +120,11 @@ async def launch_tenant(
     return outcome
 
 
-async def stop_tenants(transport: SshTransport, tenant_ids: Sequence[str]) -> str:
-    result = await transport.run(slurm_tenant.stop_script(tenant_ids))
+async def stop_tenants(transport: SshTransport, tenant_ids: Sequence[str], *, claims: Sequence[str] = ()) -> str:
+    """Stop tenants; ``claims`` are their cursor paths, marked first so that no later try adopts a
+    tenant stopped on purpose (see :func:`~airflow_hpc_provider.jobs.claim_marker`)."""
+    marks = "".join(f": > {quote(claim_marker(path))}\n" for path in claims)
+    result = await transport.run(marks + slurm_tenant.stop_script(tenant_ids))
     if result.exit_status != 0:
         raise RemoteCommandError(
             "tenant stop (srun + tmux)", transport.target.where, result.exit_status, result.error_text or result.text

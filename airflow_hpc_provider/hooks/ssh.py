@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import asyncssh
 from airflow.sdk import BaseHook
 
+from airflow_hpc_provider.dialects.remote_shell import whole_or_nothing
 from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,
@@ -33,6 +36,26 @@ from airflow_hpc_provider.hooks.pasted_key import repair_pasted_key
 if TYPE_CHECKING:
     from airflow_hpc_provider.hooks.probe import SchedulerProbe
 
+
+class _OnFirstUse:
+    """A module imported when first used. asyncssh takes a second or more to import on a busy host,
+    and a triggerer imports a trigger's module in its event loop: importing it there would stall
+    every trigger. :meth:`SshTransport._connection` imports it in a thread before first use."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Any:
+        module: ModuleType = importlib.import_module(self._name)
+        return getattr(module, attribute)
+
+
+if TYPE_CHECKING:
+    import asyncssh
+else:
+    asyncssh = _OnFirstUse("asyncssh")
+_imported = threading.Event()
+
 # asyncssh logs several INFO lines per command; in a task log they would drown the job's output.
 # Quiet it unless someone configured its logger on purpose.
 if logging.getLogger("asyncssh").level == logging.NOTSET:
@@ -41,6 +64,11 @@ if logging.getLogger("asyncssh").level == logging.NOTSET:
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_MAX_SESSIONS = 8  # OpenSSH's default MaxSessions is 10: stay under it
 DEFAULT_COMMAND_TIMEOUT_S = 300.0
+# A silently dead link (a host gone, a firewall dropping packets) shows no error: asyncssh asks the
+# server every KEEPALIVE_INTERVAL_S while it hears nothing and drops the connection after
+# KEEPALIVE_COUNT_MAX unanswered asks, so a dead link is noticed within about 15-20 s.
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT_MAX = 3
 
 
 def _flag(extra: Mapping[str, Any], name: str, default: bool) -> bool:
@@ -203,8 +231,8 @@ class SshTarget:
             "port": self.port,
             "known_hosts": self.known_hosts_option(),
             "connect_timeout": self.connect_timeout_s,
-            "keepalive_interval": 30,
-            "keepalive_count_max": 3,
+            "keepalive_interval": KEEPALIVE_INTERVAL_S,
+            "keepalive_count_max": KEEPALIVE_COUNT_MAX,
         }
         if self.username:
             options["username"] = self.username
@@ -277,6 +305,9 @@ class SshTransport:
         self.commands_run = 0
 
     async def _connection(self) -> asyncssh.SSHClientConnection:
+        if not _imported.is_set():  # see _OnFirstUse
+            await asyncio.to_thread(importlib.import_module, "asyncssh")
+            _imported.set()
         async with self._connecting:
             if self._conn is not None and not self._conn.is_closed():
                 return self._conn
@@ -306,7 +337,12 @@ class SshTransport:
             return self._conn
 
     async def run(self, script: str, *, timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> CommandResult:
-        """Run a POSIX shell script (sent on stdin) and return its exit status and raw output."""
+        """Run a POSIX shell script (sent on stdin) and return its exit status and raw output.
+
+        The script travels as one brace group (see :func:`whole_or_nothing`): cut off on the way, it
+        runs not at all rather than in part. A command that gives no answer within ``timeout_s``
+        drops the connection (the link is presumed dead; the next command opens a new one).
+        """
         async with self._sessions:
             conn = await self._connection()
             try:
@@ -314,11 +350,15 @@ class SshTransport:
                 # Python 3.11 can swallow a cancellation and keep a cancelled trigger polling.
                 async with asyncio.timeout(timeout_s):
                     completed = await conn.run(
-                        self.target.shell_command, input=script.encode(), encoding=None, check=False
+                        self.target.shell_command,
+                        input=whole_or_nothing(script).encode(),
+                        encoding=None,
+                        check=False,
                     )
             except TimeoutError:
+                await self.close()
                 raise ClusterUnreachableError(
-                    f"a command on {self.target.where} gave no answer within {timeout_s:.0f}s"
+                    f"a command on {self.target.where} gave no answer within {timeout_s:.0f}s; dropped the connection"
                 ) from None
             except (OSError, asyncssh.Error) as error:
                 await self.close()
@@ -329,6 +369,25 @@ class SshTransport:
             stdout = completed.stdout if isinstance(completed.stdout, bytes) else b""
             stderr = completed.stderr if isinstance(completed.stderr, bytes) else b""
             return CommandResult(completed.exit_status, stdout, stderr)
+
+    async def probe(self, *, timeout_s: float) -> bool | None:
+        """Whether the login node's SSH server answers: a TCP connection and its version banner, no
+        login (so no process on the node beyond sshd's own). ``None`` when this transport cannot
+        tell (a jump host in between, or a link of another kind)."""
+        if self.target.jump_host is not None or type(self)._connection is not SshTransport._connection:
+            return None
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(self.target.host, self.target.port)
+                try:
+                    banner = await reader.readline()
+                finally:
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
+        except (OSError, TimeoutError):
+            return False
+        return banner.startswith(b"SSH-")
 
     async def _drop(self) -> None:
         for conn in (self._conn, self._jump):

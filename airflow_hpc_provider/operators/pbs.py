@@ -206,6 +206,7 @@ class PbsOperator(SshBatchJobOperator):
             state=outcome.state,
             log_path=pbs.log_path(cluster.log_dir, key.task_digest, outcome.try_number),
             cursor_path=pbs.cursor_path(cluster.log_dir, key.task_digest, outcome.try_number),
+            ended=outcome.ended,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:

@@ -165,6 +165,7 @@ class SlurmSubmitOperator(SshBatchJobOperator):
             state=outcome.state,
             log_path=slurm.log_path(cluster.log_dir, key, outcome.job_id),
             cursor_path=slurm.cursor_path(cluster.log_dir, key, outcome.job_id),
+            ended=outcome.ended,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:

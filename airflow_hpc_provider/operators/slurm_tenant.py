@@ -355,6 +355,7 @@ class SlurmTenantOperator(HpcOperator):
         self.log_tail_lines = log_tail_lines
         self._tenant_id: str | None = None
         self._log_dir: str | None = None
+        self._cursor_path: str | None = None
 
     def _spec(self, login_shell: bool) -> TenantSpec:
         env = {str(name): str(value) for name, value in self.env.items()}
@@ -388,12 +389,22 @@ class SlurmTenantOperator(HpcOperator):
         assert launched.allocation_id is not None and launched.try_number is not None  # STARTED/ADOPTED/DONE
         tenant = slurm_tenant.tenant_id(launched.allocation_id, key, launched.try_number)
         self._tenant_id, self._log_dir = tenant, defaults.log_dir
+        self._cursor_path = watched_tenant(tenant, defaults.log_dir).cursor_path
         where = f"allocation {launched.allocation_id} (reservation {reservation!r}) on {self.slurm_conn_id}"
         if launched.word == "STARTED":
             self.log.info("Started Slurm tenant %s in %s", tenant, where)
         elif launched.word == "ADOPTED":
             self.log.info(
                 "Adopted Slurm tenant %s in %s: try %s of this task started it", tenant, where, launched.try_number
+            )
+        elif launched.try_number != key.try_number:
+            self.log.warning(
+                "Adopted Slurm tenant %s in %s: try %s of this task started it and it already ended while nothing "
+                "watched it. It is not run again: its outcome decides this try, and its output follows. If it "
+                "failed, the next retry starts a new tenant.",
+                tenant,
+                where,
+                launched.try_number,
             )
         else:
             self.log.info("Slurm tenant %s in %s already ended; reading its outcome", tenant, where)
@@ -434,6 +445,7 @@ class SlurmTenantOperator(HpcOperator):
         outcome = WatchOutcome.from_dict(payload)
         conn_id = payload.get("slurm_conn_id", self.slurm_conn_id)
         self._tenant_id = outcome.job_id
+        self._cursor_path = payload.get("cursor_path") or self._cursor_path
         if outcome.kind == "timeout":
             self.log.error("Slurm tenant %s passed the task's time limit: stopping it", outcome.job_id)
             self._stop_now(conn_id, outcome.job_id)
@@ -472,7 +484,9 @@ class SlurmTenantOperator(HpcOperator):
 
         def run() -> None:
             try:
-                said = _on_cluster(SlurmHook(conn_id).get_target(), lambda t: stop_tenants(t, [tenant]))
+                # Claimed as it is stopped: a tenant stopped on purpose is never adopted by a retry.
+                claims = () if self._cursor_path is None else (self._cursor_path,)
+                said = _on_cluster(SlurmHook(conn_id).get_target(), lambda t: stop_tenants(t, [tenant], claims=claims))
                 self.log.info("Stopping Slurm tenant %s on %s: %s", tenant, conn_id, said.strip())
             except BaseException as error:
                 errors.append(error)

@@ -46,7 +46,10 @@ RESOURCE_FIELDS = ("partition", "account", "cpus", "memory", "time_limit", "gpus
 
 @dataclass(frozen=True)
 class Submitted:
-    """A submission's result. ``job_id`` None: nothing submitted, ``busy_jobs`` of ours already run."""
+    """A submission's result. ``job_id`` None: nothing submitted, ``busy_jobs`` of ours already run.
+
+    ``ended``: the adopted job had already finished (its worker died before watching it).
+    """
 
     job_id: str | None
     adopted: bool
@@ -54,6 +57,7 @@ class Submitted:
     log_path: str = ""
     cursor_path: str = ""
     busy_jobs: int | None = None
+    ended: bool = False
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,7 @@ class SshBatchJobOperator(HpcOperator):
         self.poll_interval = poll_interval
         self.log_tail_lines = log_tail_lines
         self._job_id: str | None = None
+        self._cursor_path: str | None = None
 
     # -- what a subclass provides ------------------------------------------------------------------
 
@@ -306,8 +311,18 @@ class SshBatchJobOperator(HpcOperator):
             time.sleep(BUSY_RETRY_DELAY.total_seconds())
             job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
         job_id = job.job_id
-        self._job_id = job_id
-        if job.adopted:
+        self._job_id, self._cursor_path = job_id, job.cursor_path
+        if job.adopted and job.ended:
+            self.log.warning(
+                "Adopted %s job %s on %s: an earlier try of this task submitted it and it already ended (%s) "
+                "while nothing watched it. It is not run again: its outcome decides this try, and its output "
+                "follows. If it failed, the next retry submits a new job.",
+                self.scheduler,
+                job_id,
+                cluster.conn_id,
+                job.state,
+            )
+        elif job.adopted:
             self.log.info(
                 "Adopted %s job %s on %s: an earlier try of this task submitted it and it is still %s",
                 self.scheduler,
@@ -349,6 +364,7 @@ class SshBatchJobOperator(HpcOperator):
         outcome = WatchOutcome.from_dict(payload)
         conn_id = str(payload.get("conn_id", self.conn_id))
         self._job_id = outcome.job_id
+        self._cursor_path = payload.get("cursor_path") or self._cursor_path
         what = f"{self.scheduler} job {outcome.job_id}"
         if outcome.kind == "timeout":
             self.log.error("%s passed the task's time limit: cancelling it", what)
@@ -410,7 +426,8 @@ class SshBatchJobOperator(HpcOperator):
 
         def run() -> None:
             try:
-                asyncio.run(cancel_job(cluster.target, self.dialect(cluster), job_id))
+                # Claimed as it is cancelled: a job stopped on purpose is never adopted by a retry.
+                asyncio.run(cancel_job(cluster.target, self.dialect(cluster), job_id, cursor_path=self._cursor_path))
             except BaseException as error:
                 errors.append(error)
 

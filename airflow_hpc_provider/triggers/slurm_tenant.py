@@ -60,7 +60,7 @@ class SlurmTenantTrigger(BaseTrigger):
 
     @property
     def watched(self) -> WatchedJob:
-        return watched_tenant(self.tenant_id, self.log_dir)
+        return watched_tenant(self.tenant_id, self.log_dir, claimed=True)
 
     async def _target(self) -> SshTarget:
         target = SshTarget.from_connection(await BaseHook.aget_connection(self.slurm_conn_id))
@@ -77,7 +77,12 @@ class SlurmTenantTrigger(BaseTrigger):
         )
         self._ended = outcome.kind == "ended"
         yield TriggerEvent(
-            {**outcome.to_dict(), "slurm_conn_id": self.slurm_conn_id, "log_path": self.watched.log_path}
+            {
+                **outcome.to_dict(),
+                "slurm_conn_id": self.slurm_conn_id,
+                "log_path": self.watched.log_path,
+                "cursor_path": self.watched.cursor_path,
+            }
         )
 
     async def on_kill(self) -> None:
@@ -89,10 +94,15 @@ class SlurmTenantTrigger(BaseTrigger):
         if self._ended:
             return
         self.log.info("Stopping Slurm tenant %s on %s (task stopped by a user)", self.tenant_id, self.slurm_conn_id)
-        await cancel_job(await self._target(), SlurmTenantDialect(self.log_dir), self.tenant_id)
+        await cancel_job(
+            await self._target(), SlurmTenantDialect(self.log_dir), self.tenant_id, cursor_path=self.watched.cursor_path
+        )
         self.log.info("Stopped Slurm tenant %s", self.tenant_id)
 
 
-def watched_tenant(tenant_id: str, log_dir: str) -> WatchedJob:
+def watched_tenant(tenant_id: str, log_dir: str, *, claimed: bool = False) -> WatchedJob:
+    """The tenant as the poller follows it; ``claimed``: a trigger watches it (see WatchedJob)."""
     directory = TenantRef.parse(tenant_id).directory(log_dir)
-    return WatchedJob(job_id=tenant_id, log_path=f"{directory}/log", cursor_path=f"{directory}/cursor")
+    return WatchedJob(
+        job_id=tenant_id, log_path=f"{directory}/log", cursor_path=f"{directory}/cursor", claimed_by_trigger=claimed
+    )

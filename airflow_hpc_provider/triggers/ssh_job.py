@@ -75,7 +75,13 @@ class SshJobTrigger(BaseTrigger):
         )
         self._ended = outcome.kind == "ended"
         yield TriggerEvent(
-            {**outcome.to_dict(), "conn_id": self.conn_id, "log_path": self.log_path, **self.event_extras()}
+            {
+                **outcome.to_dict(),
+                "conn_id": self.conn_id,
+                "log_path": self.log_path,
+                "cursor_path": self.cursor_path,
+                **self.event_extras(),
+            }
         )
 
     def event_extras(self) -> dict[str, Any]:
@@ -92,5 +98,5 @@ class SshJobTrigger(BaseTrigger):
             return
         name = self.dialect().name
         self.log.info("Cancelling %s job %s on %s (task stopped by a user)", name, self.job_id, self.conn_id)
-        await cancel_job(await self._target(), self.dialect(), self.job_id)
+        await cancel_job(await self._target(), self.dialect(), self.job_id, cursor_path=self.cursor_path)
         self.log.info("Cancelled %s job %s", name, self.job_id)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import socket
 
-from airflow_hpc_provider.log_delivery import LogChannel, unread_bytes
+from airflow_hpc_provider.log_delivery import LogChannel, log_lines, unread_bytes
 
 
 def test_a_socket_reports_unread_bytes_until_its_reader_takes_all_of_them() -> None:
@@ -44,3 +46,45 @@ async def test_a_broken_channel_is_never_taken_for_written() -> None:
 
 async def test_without_a_supervisor_socket_a_logged_line_is_already_written() -> None:
     assert await LogChannel(None).wait_until_written(timeout_s=0.0)
+
+
+class SocketHandler(logging.Handler):
+    """Writes each message to a socket, blocking when it is full, as Airflow's JSON log channel does."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sock.sendall(record.getMessage().encode() + b"\n")
+
+
+async def test_logging_thousands_of_lines_never_blocks_the_loop_on_a_full_socket() -> None:
+    """The only reader runs on the same event loop: a blocking write would never return."""
+    writer, reader = socket.socketpair()
+    reader.setblocking(False)
+    # Where a blocking write would wait for room (and block the loop), this one fails: its line is lost.
+    writer.setblocking(False)
+    logger = logging.getLogger(f"test.delivery.{id(writer)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(SocketHandler(writer))
+    received = bytearray()
+
+    async def supervisor() -> None:  # reads a little at a time, only when the loop lets it
+        while True:
+            await asyncio.sleep(0.001)
+            with contextlib.suppress(BlockingIOError):
+                received.extend(reader.recv(4096))
+
+    reading = asyncio.create_task(supervisor())
+    lines = [f"line {i} " + "x" * 60 for i in range(5000)]
+    try:
+        channel = LogChannel(writer.fileno())
+        await asyncio.wait_for(log_lines(logger, lines, channel), 60)
+        assert await channel.wait_until_written(timeout_s=30)
+    finally:
+        reading.cancel()
+        writer.close()
+        reader.close()
+    assert received.decode().splitlines() == lines

@@ -155,9 +155,14 @@ def test_a_recorded_second_run_adopts_the_live_job_instead_of_submitting_again()
     assert pbs.log_path("logs", RECORDED_KEY.task_digest, outcome.try_number) == ("logs/9e9d6ae961e6cad81a88-try1.log")
 
 
-def test_a_recorded_run_after_the_job_finished_submits_a_new_job():
+def test_a_recorded_second_submission_reads_as_a_new_job_not_an_adopted_one():
     outcome = pbs.parse_submit_output(golden("torque_submit_after_finish.out"))
-    assert (outcome.job_id, outcome.adopted) == ("16", False)
+    assert (outcome.job_id, outcome.adopted, outcome.ended) == ("16", False, False)
+
+
+def test_an_adopted_job_in_a_finished_state_is_told_apart_from_a_live_one():
+    assert pbs.parse_submit_output("ADOPTED 14 1\nSTATE C\n").ended
+    assert not pbs.parse_submit_output("ADOPTED 14 1\nSTATE R\n").ended
 
 
 def test_submit_output_without_an_id_is_an_error_not_a_guess():
@@ -190,14 +195,19 @@ cp -- "$last" "$RECORD/script"
 echo "some warning first"
 echo 777.server
 """
-# Stand-in qstat: no jobs known (as the wrapper: nothing, exit 153), or the recorded file given.
+# Stand-in qstat: records its arguments; no jobs known (as the wrapper: nothing, exit 153), or
+# the recorded file given, or a failure (QSTAT_FAIL).
 FAKE_QSTAT = """#!/bin/sh
+printf '%s\\n' "$*" >> "$RECORD/qstat_args"
+if [ -n "$QSTAT_FAIL" ]; then echo 'qstat: cannot connect to server' >&2; exit 2; fi
 if [ -n "$QSTAT_OUTPUT" ]; then cat -- "$QSTAT_OUTPUT"; exit 0; fi
 exit 153
 """
 
 
-def run_submit(tmp_path: Path, script: str, qstat_output: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_submit(
+    tmp_path: Path, script: str, qstat_output: Path | None = None, *, qstat_fails: bool = False
+) -> subprocess.CompletedProcess[str]:
     bindir = tmp_path / "bin"
     record = tmp_path / "record"
     home = tmp_path / "home"
@@ -211,6 +221,7 @@ def run_submit(tmp_path: Path, script: str, qstat_output: Path | None = None) ->
         "HOME": str(home),
         "RECORD": str(record),
         "QSTAT_OUTPUT": str(qstat_output or ""),
+        "QSTAT_FAIL": "1" if qstat_fails else "",
     }
     return subprocess.run(
         ["/bin/sh", "-s"], input=script, capture_output=True, text=True, env=env, cwd=home, timeout=30, check=False
@@ -247,37 +258,87 @@ def test_nasty_env_values_and_job_names_arrive_verbatim_and_execute_nothing(tmp_
     assert not list(tmp_path.rglob("PWNED*"))
 
 
+def record_jobs(tmp_path: Path, log_dir: str, digest: str, *lines: str) -> None:
+    home = tmp_path / "home"
+    (home / log_dir).mkdir(parents=True, exist_ok=True)
+    (home / log_dir / f"{digest}.jobs").write_text("".join(f"{line}\n" for line in lines))
+
+
 @pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
-@pytest.mark.parametrize(
-    ("fixture", "expected"),
-    [
-        ("torque_qstat_f_running_and_held.txt", "ADOPTED 14 1\n"),
-        ("pbspro_qstat_x_f.txt", "ADOPTED 4102.pbsserver 2\n"),
-    ],
-)
-def test_adoption_finds_our_live_job_in_one_qstat_of_everything(tmp_path, fixture, expected):
-    # 4101 is ours but another task; 4104 (finished) and 4103 (another owner) come later;
-    # 4102's name is wrapped across two lines by qstat.
-    key = RECORDED_KEY if fixture.startswith("torque") else JobKey("0a1b2c3d4e5f60718293", 5)
-    owner = "hpcuser" if fixture.startswith("torque") else "alice"
-    spec = JobSpec(command="x", job_name="x")
-    script = pbs.submit_script(spec, "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={})
-    script = script.replace('owner="$(id -un)"', f"owner={owner}")
-    result = run_submit(tmp_path, script, qstat_output=FIXTURES / fixture)
+def test_a_retry_asks_qstat_about_the_recorded_jobs_only_and_adopts_the_newest_live_one(tmp_path):
+    key = RECORDED_KEY
+    record_jobs(tmp_path, "logs", key.task_digest, "15 1", "14 1")
+    script = pbs.submit_script(
+        JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={}
+    )
+    result = run_submit(tmp_path, script, qstat_output=FIXTURES / "torque_qstat_f_running_and_held.txt")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(expected)
+    assert result.stdout == "ADOPTED 14 1\nSTATE R\n"
+    assert (tmp_path / "record" / "qstat_args").read_text() == "-f 14 15\n"
     assert not (tmp_path / "record" / "argv").exists()
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
+def test_a_recorded_job_a_trigger_watched_is_never_adopted(tmp_path):
+    key = RECORDED_KEY
+    record_jobs(tmp_path, "logs", key.task_digest, "14 1")
+    (tmp_path / "home" / "logs" / f"{key.task_digest}-try1.cursor.watched").write_text("")
+    script = pbs.submit_script(
+        JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={}
+    )
+    result = run_submit(tmp_path, script, qstat_output=FIXTURES / "torque_qstat_f_running_and_held.txt")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("SUBMITTED 777.server 1\n")
+    assert not (tmp_path / "record" / "qstat_args").read_text().startswith("-f 14")
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
+def test_a_finished_job_qstat_forgot_is_adopted_when_its_script_recorded_how_it_ended(tmp_path):
+    key = RECORDED_KEY
+    record_jobs(tmp_path, "logs", key.task_digest, "21 1")
+    (tmp_path / "home" / "logs" / "exit").mkdir()
+    (tmp_path / "home" / "logs" / "exit" / "21").write_text("3\n")
+    script = pbs.submit_script(
+        JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={}
+    )
+    result = run_submit(tmp_path, script)  # qstat knows nothing: exit 153
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ADOPTED 21 1\nSTATE F\n"
+    assert pbs.parse_submit_output(result.stdout).ended
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
+def test_a_job_gone_without_a_trace_is_submitted_again_and_recorded_before_its_id_is_printed(tmp_path):
+    key = RECORDED_KEY
+    record_jobs(tmp_path, "logs", key.task_digest, "21 1")
+    script = pbs.submit_script(
+        JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={}
+    )
+    result = run_submit(tmp_path, script)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("SUBMITTED 777.server 1\n")
+    assert (tmp_path / "home" / "logs" / f"{key.task_digest}.jobs").read_text() == "21 1\n777.server 1\n"
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
 def test_a_failing_qstat_stops_the_submission_instead_of_risking_a_duplicate(tmp_path):
+    record_jobs(tmp_path, "logs", KEY.task_digest, "14 2")
     spec = JobSpec(command="x", job_name="x")
     script = pbs.submit_script(spec, "#!/bin/sh\n", PbsFlavour.PBS_PRO, key=KEY, log_dir="logs", env={})
-    script = script.replace("_q=$(qstat -f 2>&1); _rc=$?", "_q='qstat: cannot connect to server'; _rc=2")
-    result = run_submit(tmp_path, script)
+    result = run_submit(tmp_path, script, qstat_fails=True)
     assert result.returncode == 1
     assert "qstat exited 2" in result.stderr
     assert not (tmp_path / "record" / "argv").exists()
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
+def test_a_first_submission_asks_qstat_nothing(tmp_path):
+    script = pbs.submit_script(
+        JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.PBS_PRO, key=KEY, log_dir="logs", env={}
+    )
+    result = run_submit(tmp_path, script)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "record" / "qstat_args").read_text() == "-f 777.server\n"  # only the new job's state
 
 
 # --- polling: the Torque wrapper, recorded ------------------------------------------------------
@@ -453,14 +514,3 @@ def test_a_status_round_trips_through_its_dict_form():
 def test_stand_in_programs_are_executable_here():
     # Guards the quoting tests above against silently testing nothing on an odd machine.
     assert os.access("/bin/sh", os.X_OK)
-
-
-@pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
-def test_adoption_ignores_another_users_job_with_our_digest_and_submits(tmp_path):
-    spec = JobSpec(command="x", job_name="x")
-    key = JobKey("0a1b2c3d4e5f60718293", 5)
-    script = pbs.submit_script(spec, "#!/bin/sh\n", PbsFlavour.PBS_PRO, key=key, log_dir="logs", env={})
-    script = script.replace('owner="$(id -un)"', "owner=carol")
-    result = run_submit(tmp_path, script, qstat_output=FIXTURES / "pbspro_qstat_x_f.txt")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("SUBMITTED 777.server 5\n")

@@ -17,6 +17,7 @@ from airflow_hpc_provider.poller import (
     OutputLines,
     PollerSettings,
     StatusChanged,
+    _Subscriber,
     _Track,
 )
 
@@ -32,7 +33,7 @@ def make_poller() -> ClusterPoller:
 def track() -> tuple[_Track, asyncio.Queue]:
     queue: asyncio.Queue = asyncio.Queue()
     job = _Track(job=WatchedJob(job_id="7", log_path="7.log", cursor_path="7.cursor"))
-    job.queues.append(queue)
+    job.subscribers.append(_Subscriber(queue))
     return job, queue
 
 
@@ -135,7 +136,7 @@ def test_undecodable_output_is_shown_with_replacement_characters_not_dropped() -
 def test_nothing_but_a_final_observation_or_a_grace_period_ends_a_watch(observation, expected) -> None:
     poller, (job, _) = make_poller(), track()
     assert poller._settle(job, observation, now=0.0) is expected
-    assert not any(isinstance(e, JobEnded) for e in drained(job.queues[0]))
+    assert not any(isinstance(e, JobEnded) for e in drained(job.subscribers[0].queue))
 
 
 def test_the_same_trouble_poll_after_poll_is_reported_once_and_again_when_it_changes() -> None:

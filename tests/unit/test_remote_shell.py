@@ -174,23 +174,94 @@ def test_the_log_reader_sends_binary_data_and_lines_that_forge_frames_verbatim(t
     framed = poll_locally(tmp_path, LogRead("1", "job.log", "job.cursor", 0, 1 << 20, whole_lines=False))
 
     assert framed.chunks["1"] == LogChunk(job_id="1", offset=0, data=data, size=len(data))
-    assert (tmp_path / "job.cursor").read_text() == str(len(data))
+    assert (tmp_path / "job.cursor").read_text() == f"0 {len(data)} 0 1\n"
 
 
-def test_the_log_reader_resumes_from_the_saved_cursor_and_never_repeats_a_byte(tmp_path: Path) -> None:
+def test_a_resumed_read_starts_at_the_committed_position_and_reports_what_was_sent_beyond_it(tmp_path: Path) -> None:
     log = tmp_path / "job.log"
     log.write_bytes(b"one\ntwo\n")
     read = LogRead("1", "job.log", "job.cursor", None, 1 << 20)
 
-    first = poll_locally(tmp_path, read).chunks["1"]
+    first = poll_locally(tmp_path, read)
+    # Sent but never committed: a watcher that resumes starts again at 0 and is told 8 was sent.
+    again = poll_locally(tmp_path, read)
+    commit = remote_shell.cursor_record("job.cursor", 8, 8, 0, 1, compact=False)
+    run_sh(commit, cwd=tmp_path)
     with log.open("ab") as handle:
         handle.write(b"three\n")
-    second = poll_locally(tmp_path, read).chunks["1"]
-    third = poll_locally(tmp_path, read).chunks["1"]
+    after_commit = poll_locally(tmp_path, read)
 
-    assert (first.offset, first.data) == (0, b"one\ntwo\n")
-    assert (second.offset, second.data) == (8, b"three\n")
-    assert (third.offset, third.data, third.size) == (14, b"", 14)
+    assert (first.chunks["1"].offset, first.chunks["1"].data, first.positions["1"].sent) == (0, b"one\ntwo\n", 0)
+    assert (again.chunks["1"].offset, again.positions["1"].sent) == (0, 8)
+    assert (after_commit.chunks["1"].offset, after_commit.chunks["1"].data) == (8, b"three\n")
+    assert after_commit.positions["1"].sent == 8
+
+
+def test_a_read_from_a_known_offset_records_the_commit_it_carries_before_the_chunk(tmp_path: Path) -> None:
+    (tmp_path / "job.log").write_bytes(b"one\ntwo\nthree\n")
+    read = LogRead("1", "job.log", "job.cursor", 8, 1 << 20, committed=8, generation=0, runs=2)
+
+    chunk = poll_locally(tmp_path, read).chunks["1"]
+
+    assert (chunk.offset, chunk.data) == (8, b"three\n")
+    assert (tmp_path / "job.cursor").read_text() == "8 14 0 2\n"
+
+
+def test_a_read_with_nothing_new_writes_a_record_only_when_it_carries_a_commit(tmp_path: Path) -> None:
+    (tmp_path / "job.log").write_bytes(b"one\n")
+    quiet = LogRead("1", "job.log", "job.cursor", 4, 100, committed=0)
+    commit = LogRead("1", "job.log", "job.cursor", 4, 100, committed=4, record=remote_shell.Record.ALWAYS)
+
+    poll_locally(tmp_path, quiet)
+    assert not (tmp_path / "job.cursor").exists()
+    poll_locally(tmp_path, commit)
+    assert (tmp_path / "job.cursor").read_text() == "4 4 0 1\n"
+
+
+def test_resuming_takes_the_largest_commit_and_sent_mark_of_the_newest_generation(tmp_path: Path) -> None:
+    (tmp_path / "job.log").write_bytes(b"a\nb\nc\nd\ne\n")
+    records = "0 4 0 1\n4 8 0 1\n2 6 0 3\n" + "garbage line\n" + "1 9 0\n"
+    (tmp_path / "job.cursor").write_text(records)
+
+    framed = poll_locally(tmp_path, LogRead("1", "job.log", "job.cursor", None, 100))
+
+    assert (framed.chunks["1"].offset, framed.chunks["1"].data) == (4, b"c\nd\ne\n")
+    assert framed.positions["1"] == remote_shell.LogPosition(sent=8, generation=0, runs=3, shrank=False)
+
+
+def test_a_cursor_of_an_older_reader_a_bare_number_resumes_where_it_says(tmp_path: Path) -> None:
+    (tmp_path / "job.log").write_bytes(b"old\nnew\n")
+    (tmp_path / "job.cursor").write_text("4")  # no newline: what the previous version wrote
+
+    framed = poll_locally(tmp_path, LogRead("1", "job.log", "job.cursor", None, 100))
+
+    assert (framed.chunks["1"].offset, framed.chunks["1"].data, framed.positions["1"].sent) == (4, b"new\n", 4)
+
+
+def test_a_file_shorter_than_the_position_is_read_again_from_its_start_as_a_new_generation(tmp_path: Path) -> None:
+    (tmp_path / "job.log").write_bytes(b"fresh\n")
+    (tmp_path / "job.cursor").write_text("40 50 0 1\n")
+
+    resumed = poll_locally(tmp_path, LogRead("1", "job.log", "job.cursor", None, 100))
+    steady = poll_locally(tmp_path, LogRead("1", "job.log", "job.cursor", 50, 100, committed=50))
+
+    assert (resumed.chunks["1"].offset, resumed.chunks["1"].data) == (0, b"fresh\n")
+    assert resumed.positions["1"] == remote_shell.LogPosition(sent=0, generation=1, runs=1, shrank=True)
+    assert (steady.chunks["1"].offset, steady.positions["1"].shrank, steady.positions["1"].generation) == (0, True, 1)
+    # The newest generation's records win, whatever the older ones say.
+    after = poll_locally(tmp_path, LogRead("1", "job.log", "job.cursor", None, 100))
+    assert (after.chunks["1"].offset, after.positions["1"].generation) == (0, 1)
+
+
+def test_a_compacting_read_leaves_its_record_as_the_cursor_files_only_line(tmp_path: Path) -> None:
+    (tmp_path / "job.log").write_bytes(b"a\nb\n")
+    (tmp_path / "job.cursor").write_text("0 2 0 1\n" * 50)
+
+    poll_locally(
+        tmp_path, LogRead("1", "job.log", "job.cursor", 2, 100, committed=2, record=remote_shell.Record.COMPACT)
+    )
+
+    assert (tmp_path / "job.cursor").read_text() == "2 4 0 1\n"
 
 
 def test_the_log_reader_holds_back_a_half_written_line(tmp_path: Path) -> None:
@@ -199,7 +270,7 @@ def test_the_log_reader_holds_back_a_half_written_line(tmp_path: Path) -> None:
     chunk = poll_locally(tmp_path, LogRead("1", "job.log", "job.cursor", None, 1 << 20)).chunks["1"]
 
     assert chunk.data == b"done\n"
-    assert (tmp_path / "job.cursor").read_text() == "5"
+    assert (tmp_path / "job.cursor").read_text() == "0 5 0 1\n"
 
 
 def test_the_log_reader_sends_at_most_max_bytes(tmp_path: Path) -> None:
@@ -223,7 +294,7 @@ def test_a_path_with_spaces_and_quotes_reaches_the_log_reader_intact(tmp_path: P
     chunk = poll_locally(tmp_path, LogRead("1", "it's a log", "cur $(x)", 0, 100)).chunks["1"]
 
     assert chunk.data == b"x\n"
-    assert (tmp_path / "cur $(x)").read_text() == "2"
+    assert (tmp_path / "cur $(x)").read_text() == "0 2 0 1\n"
 
 
 def test_a_section_frames_stdout_stderr_and_the_exit_status(tmp_path: Path) -> None:
@@ -241,6 +312,27 @@ def delimiter_of(text: str) -> str:
     match = re.match(r"cat <<'([A-Za-z0-9_]+)'\n", text)
     assert match
     return match.group(1)
+
+
+@pytest.mark.parametrize("cut", [0.2, 0.5, 0.8, 0.99])
+def test_a_script_cut_off_on_the_way_runs_none_of_its_commands(cut: float, tmp_path: Path) -> None:
+    script = remote_shell.whole_or_nothing(
+        "touch first\n" + remote_shell.heredoc("body\n", feed="cat > second") + "touch third\n"
+    )
+    done = subprocess.run(
+        ["/bin/sh", "-s"], input=script[: int(len(script) * cut)].encode(), capture_output=True, cwd=tmp_path
+    )
+
+    assert done.returncode != 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_a_whole_script_runs_all_of_its_commands(tmp_path: Path) -> None:
+    run_sh(
+        remote_shell.whole_or_nothing("touch first\n" + remote_shell.heredoc("body", feed="cat > second")), cwd=tmp_path
+    )
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["first", "second"]
 
 
 def test_a_heredoc_delivers_its_body_unexpanded(tmp_path: Path) -> None:

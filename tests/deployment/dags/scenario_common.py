@@ -23,6 +23,8 @@ LOG_LINES = 5
 BATCH_CONN_ID = "aws_dep_batch"
 BATCH_RESTART_TASKS = 10
 BATCH_QUIET_TASKS = 4
+VOLUME_TASKS = 10
+VOLUME_LINES = 3000
 SCENARIO_DAG_IDS = (
     "dep_worker_slots",
     "dep_mark_failed",
@@ -33,6 +35,9 @@ SCENARIO_DAG_IDS = (
     "dep_restart",
     "dep_ha",
     "dep_trivial",
+    "dep_volume",
+    "dep_adopt_success",
+    "dep_adopt_failure",
 )
 
 
