@@ -22,8 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from botocore.exceptions import ClientError
-
+import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.hooks.batch import BatchHook, error_code
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.python_task.codec import EncodedBody
@@ -103,9 +102,10 @@ def _encryption_headers(encryption: Mapping[str, Any]) -> dict[str, str]:
 
 def read_result(hook: BatchHook, bucket: str, key: str) -> bytes | None:
     """The result document, or ``None`` when the job wrote none."""
+    s3 = hook.client("s3")
     try:
-        data: bytes = hook.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as error:
+        data: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except s3.exceptions.ClientError as error:
         if error_code(error) in ("NoSuchKey", "404"):
             return None
         raise
