@@ -122,8 +122,17 @@ def read_value_script(path: str) -> str:
     return f"base64 < {remote_shell.home_relative(path)}\n"
 
 
-def cleanup_script(paths: Sequence[str]) -> str:
-    """Delete the payload and result files; files already gone are no error."""
-    if not paths:
+def cleanup_script(paths: Sequence[str], *, payloads_of: tuple[str, JobKey] | None = None) -> str:
+    """Delete the payload and result files; files already gone are no error.
+
+    ``payloads_of=(log_dir, key)`` also deletes the stored payloads of every try of the task
+    instance: a retry that adopted an earlier try's job ran that try's payload, and wrote its own.
+    """
+    words = [remote_shell.home_relative(path) for path in paths]
+    if payloads_of is not None:
+        log_dir, key = payloads_of
+        # The quoted prefix, then an unquoted glob: only "*" is left to the shell.
+        words.append(remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}-try") + "*.payload")
+    if not words:
         return ":\n"
-    return "rm -f -- " + " ".join(remote_shell.home_relative(path) for path in paths) + "\n"
+    return "rm -f -- " + " ".join(words) + "\n"

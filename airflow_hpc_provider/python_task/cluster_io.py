@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from airflow_hpc_provider.errors import RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTransport
+from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.python_task import cluster_files
 from airflow_hpc_provider.python_task.codec import EncodedBody
 from airflow_hpc_provider.python_task.results import RemoteResult
@@ -41,8 +42,10 @@ async def load_stored(transport: SshTransport, ref: RemoteResult) -> bytes:
     return base64.b64decode(result.stdout)
 
 
-async def delete_files(transport: SshTransport, paths: Sequence[str]) -> None:
-    result = await transport.run(cluster_files.cleanup_script(paths))
+async def delete_files(
+    transport: SshTransport, paths: Sequence[str], *, payloads_of: tuple[str, JobKey] | None = None
+) -> None:
+    result = await transport.run(cluster_files.cleanup_script(paths, payloads_of=payloads_of))
     if result.exit_status != 0:
         raise RemoteCommandError(
             "deleting the payload and result", transport.target.where, result.exit_status, result.error_text

@@ -371,6 +371,23 @@ def test_the_result_read_and_cleanup_scripts_find_and_remove_the_files(tmp_path:
     assert not (tmp_path / result).exists()
 
 
+def test_the_cleanup_deletes_the_stored_payloads_of_every_try_of_the_task_and_of_no_other(tmp_path: Path) -> None:
+    # A retry that adopted try 1's job ran try 1's payload and stored its own: both go once read.
+    log_dir = "logs dir/it's"
+    retry = JobKey(KEY.task_digest, 2)
+    other = JobKey("0" * 20, 1)
+    paths = [cluster_files.payload_path(log_dir, key) for key in (KEY, retry, other)]
+    (tmp_path / log_dir).mkdir(parents=True)
+    for path in paths:
+        (tmp_path / path).write_bytes(b"payload")
+    script = cluster_files.cleanup_script([], payloads_of=(log_dir, retry))
+    env = {"HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    subprocess.run(["sh", "-s"], input=script.encode(), env=env, check=True)
+    assert [(tmp_path / path).exists() for path in paths] == [False, False, True]
+    # Nothing left to match is no error either.
+    subprocess.run(["sh", "-s"], input=script.encode(), env=env, check=True)
+
+
 def test_the_cleanup_policy_keeps_everything_or_deletes_payload_and_result() -> None:
     assert locations_to_delete(CleanupPolicy.parse("delete"), "p", "r") == ("p", "r")
     assert locations_to_delete(CleanupPolicy.DELETE, None, "r") == ("r",)
