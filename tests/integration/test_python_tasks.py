@@ -123,3 +123,10 @@ def test_a_retry_after_a_crashed_worker_adopts_the_running_job_and_returns_its_r
     assert (
         cluster.ssh(f"ls .airflow-hpc/logs/ | grep -c '^{digest}-.*\\.\\(result\\|payload\\)$' || true").strip() == "0"
     )
+
+
+def test_a_function_runs_as_a_pbs_job_too_and_returns_its_value(outcomes: str) -> None:
+    log = task_output(outcomes, "on_pbs")
+    match = re.search(r"Submitted PBS job (\S+) on pbs_local", log)
+    assert match, log[-3000:]
+    assert f"the PBS task returned 42 from PBS job {match.group(1)}" in task_output(outcomes, "show")

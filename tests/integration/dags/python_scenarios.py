@@ -118,6 +118,18 @@ with _dag("py_outcomes"):
 
     others.append(on_python_312())
 
+    @task.pbs(pbs_conn_id="pbs_local", poll_interval=1, walltime=timedelta(minutes=5))
+    def on_pbs(x: int) -> str:
+        import os
+
+        return f"{x * 3} from PBS job {os.environ['PBS_JOBID']}"
+
+    @task
+    def show(value: str) -> None:
+        print(f"the PBS task returned {value}")
+
+    others.append(show(on_pbs(14)))
+
     # Last of all (dags test runs one task at a time), so that the job still runs when "job" starts.
     @task(trigger_rule="all_done")
     def earlier_try_left_a_job(**context: Any) -> str:
