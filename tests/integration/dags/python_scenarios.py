@@ -51,8 +51,8 @@ def square_slowly(x: int) -> dict[str, Any]:
 
 
 with _dag("py_outcomes"):
-
-    @task.slurm(multiple_outputs=True, setup=NO_AIRFLOW, **SLURM)
+    # Watched on the worker (deferrable=False): the value comes back through the same path.
+    @task.slurm(multiple_outputs=True, setup=NO_AIRFLOW, deferrable=False, **SLURM)
     def describe(a: int, b: int) -> dict[str, Any]:
         import importlib.util
         import sys
