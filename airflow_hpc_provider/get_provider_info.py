@@ -160,6 +160,15 @@ def _integrations(with_aws: bool) -> list[dict[str, Any]]:
     return found
 
 
+def _task_decorators(with_aws: bool) -> list[dict[str, str]]:
+    """``@task.slurm``, ``@task.pbs`` (and ``@task.batch`` with the aws extra): Python functions as jobs."""
+    decorators = {
+        "slurm": "airflow_hpc_provider.decorators.slurm.slurm_task",
+        "pbs": "airflow_hpc_provider.decorators.pbs.pbs_task",
+    }
+    return [{"name": name, "class-name": path} for name, path in decorators.items()]
+
+
 def _modules(kind: str, with_aws: bool) -> list[dict[str, Any]]:
     """Which modules hold the operators, hooks or triggers of each integration."""
     table: dict[str, dict[str, list[str]]] = {
@@ -203,6 +212,7 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": _modules("hooks", with_aws),
         "triggers": _modules("triggers", with_aws),
         "config": CONFIG,
+        "task-decorators": _task_decorators(with_aws),
         # AWS Batch and EC2 use the amazon provider's standard "aws" connection type; no new type here
         # (EC2 defaults live in its extra under "ec2", see docs/connections/aws_ec2.rst).
         "extra-links": (

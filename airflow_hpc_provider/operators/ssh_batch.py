@@ -202,6 +202,10 @@ class SshBatchJobOperator(HpcOperator):
     def resume_from(self, payload: Mapping[str, Any]) -> None:
         """Take back what ``execute`` learned (a fresh operator instance runs ``execute_complete``)."""
 
+    def script_for_log(self, batch_script: str) -> str:
+        """The batch script as the task log shows it once submitted (a subclass may shorten it)."""
+        return batch_script
+
     # -- checking and building -------------------------------------------------------------------
 
     def _check_option(self, option: str) -> str:
@@ -310,10 +314,7 @@ class SshBatchJobOperator(HpcOperator):
         cluster = self.cluster()
         spec = self.job_spec(context, cluster)
         batch_script = self.render(spec, cluster)
-        ti = context["ti"]
-        key = JobKey.for_task_instance(
-            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
-        )
+        key = self.job_key(context)
         job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
         while job.job_id is None:
             self.log.info(
@@ -351,7 +352,7 @@ class SshBatchJobOperator(HpcOperator):
             )
         else:
             self.log.info("Submitted %s job %s on %s (%s)", self.scheduler, job_id, cluster.conn_id, job.state)
-            self.log.info("Batch script:\n%s", batch_script)
+            self.log.info("Batch script:\n%s", self.script_for_log(batch_script))
         self.push_xcom(context, f"{self.scheduler.lower()}_job_id", job_id)
 
         interval = self.poll_interval or cluster.poll_interval_s or default_poll_interval_s()
@@ -365,6 +366,14 @@ class SshBatchJobOperator(HpcOperator):
         )
         return self.execute_complete(
             context, {**result.to_dict(), "conn_id": cluster.conn_id, "log_path": job.log_path}
+        )
+
+    @staticmethod
+    def job_key(context: Context) -> JobKey:
+        """The key this try's job carries, by which a retry finds (adopts) it."""
+        ti = context["ti"]
+        return JobKey.for_task_instance(
+            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
         )
 
     async def _submit_once(self, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings) -> Submitted:
