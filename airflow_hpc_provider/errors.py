@@ -4,6 +4,9 @@
 
     HpcProviderError
     ├── JobSpecError*             bad input, raised at DAG parse time where possible (also a ValueError)
+    │   ├── SerializerUnavailableError*  a Python task's serializer (cloudpickle) is not on the worker
+    │   ├── PayloadSerializationError*   a Python task's function or argument cannot be serialized
+    │   └── RemotePythonError*    the cluster's Python cannot run the payload (found before submitting)
     ├── ConnectionConfigError*    an Airflow connection that cannot describe a cluster (also a ValueError)
     │   └── SsmToolsMissingError*  the AWS CLI or the Session Manager plugin is missing where Airflow runs
     ├── RemoteCommandError        a command on the cluster exited non-zero: says where, and shows its stderr
@@ -16,6 +19,8 @@
     ├── InstanceLimitError        an EC2 connection already runs ``max_instances`` instances: none launched
     ├── StartupError              an EC2 instance did not come up in time; it was terminated
     ├── JobFailedError            the job ended in any state but success (carries the final status)
+    │   ├── RemoteFunctionError   a Python task's function raised remotely: type, message, traceback
+    │   └── RemoteResultError     a Python task's job ended without a readable result
     └── AwsSignal                 internal: an AWS answer the Batch poller acts on; never reaches a task
         ├── Throttled             AWS asked us to slow down; nothing is concluded from this poll
         ├── LogStreamMissing      a CloudWatch stream does not exist (yet)
@@ -120,3 +125,38 @@ class LogStreamMissing(AwsSignal):
 
 class LogGroupMissing(AwsSignal):
     """A FilterLogEvents call named a log group that does not exist (yet)."""
+
+
+# Python functions as jobs (python_task/): the function or its payload, and its remote end.
+
+
+class SerializerUnavailableError(JobSpecError):
+    """The serializer a Python task needs is not importable on the Airflow worker."""
+
+
+class PayloadSerializationError(JobSpecError):
+    """The function or one of its arguments cannot be serialized; nothing was submitted."""
+
+    def __init__(self, message: str, culprit: str) -> None:
+        self.culprit = culprit
+        super().__init__(message)
+
+
+class RemotePythonError(JobSpecError):
+    """The Python on the cluster cannot run what this worker serializes (checked before submission)."""
+
+
+class RemoteFunctionError(JobFailedError):
+    """The function raised remotely. The message ends with the remote traceback."""
+
+    def __init__(self, type_name: str, message: str, traceback: str, status: JobStatus | None = None) -> None:
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = traceback
+        super().__init__(
+            f"the function raised {type_name}: {message}\n\nRemote traceback:\n{traceback.rstrip()}", status
+        )
+
+
+class RemoteResultError(JobFailedError):
+    """The job ended without a result this worker can read (the bootstrap failed, the file is gone)."""

@@ -27,14 +27,13 @@ from airflow.sdk import Context
 from airflow.sdk.exceptions import AirflowSkipException, AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
-from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
+from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError, RemoteResultError
 from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator
 from airflow_hpc_provider.python_task import cluster_files, cluster_io
 from airflow_hpc_provider.python_task.cleanup import CleanupPolicy, locations_to_delete
 from airflow_hpc_provider.python_task.codec import CLUSTER_INLINE_LIMIT_BYTES, encode_body
-from airflow_hpc_provider.python_task.errors import RemoteResultError
 from airflow_hpc_provider.python_task.launch import check_python_command, cluster_command
 from airflow_hpc_provider.python_task.manifest import (
     DEFAULT_RESULT_INLINE_LIMIT_BYTES,

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.errors import RemotePythonError
 from airflow_hpc_provider.hooks.ssh import SshTransport
-from airflow_hpc_provider.python_task.errors import RemotePythonError
 from airflow_hpc_provider.python_task.launch import check_python_command
 from airflow_hpc_provider.python_task.serializer import PythonVersion, Serializer
 

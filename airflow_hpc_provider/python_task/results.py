@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from airflow_hpc_provider.errors import RemoteFunctionError, RemoteResultError
 from airflow_hpc_provider.jobs import JobStatus
 from airflow_hpc_provider.python_task.codec import Compression, decode_body
-from airflow_hpc_provider.python_task.errors import RemoteFunctionError, RemoteResultError
 from airflow_hpc_provider.python_task.serializer import Serializer
 
 FORMAT = 1

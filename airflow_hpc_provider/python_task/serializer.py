@@ -29,8 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from airflow_hpc_provider.errors import JobSpecError
-from airflow_hpc_provider.python_task.errors import PayloadSerializationError, SerializerUnavailableError
+from airflow_hpc_provider.errors import JobSpecError, PayloadSerializationError, SerializerUnavailableError
 
 # Airflow's names for serializers (the `serializer` argument of its Python decorators).
 AIRFLOW_SERIALIZERS = ("pickle", "cloudpickle", "dill")

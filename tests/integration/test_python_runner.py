@@ -21,18 +21,18 @@ from typing import Any
 import pytest
 
 from airflow_hpc_provider.dialects import slurm
+from airflow_hpc_provider.errors import (
+    PayloadSerializationError,
+    RemoteFunctionError,
+    RemotePythonError,
+    RemoteResultError,
+)
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR, SlurmHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, Resources
 from airflow_hpc_provider.python_task import cluster_files, cluster_io
 from airflow_hpc_provider.python_task.cleanup import CleanupPolicy, locations_to_delete
 from airflow_hpc_provider.python_task.codec import CLUSTER_INLINE_LIMIT_BYTES, encode_body
-from airflow_hpc_provider.python_task.errors import (
-    PayloadSerializationError,
-    RemoteFunctionError,
-    RemotePythonError,
-    RemoteResultError,
-)
 from airflow_hpc_provider.python_task.launch import cluster_command
 from airflow_hpc_provider.python_task.manifest import (
     DEFAULT_RESULT_INLINE_LIMIT_BYTES,

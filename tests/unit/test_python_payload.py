@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from airflow_hpc_provider.errors import JobSpecError
+from airflow_hpc_provider.errors import (
+    JobSpecError,
+    PayloadSerializationError,
+    RemoteFunctionError,
+    RemotePythonError,
+    RemoteResultError,
+    SerializerUnavailableError,
+)
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.python_task import cluster_files, launch, preflight
 from airflow_hpc_provider.python_task.cleanup import CleanupPolicy, locations_to_delete
@@ -29,13 +36,6 @@ from airflow_hpc_provider.python_task.codec import (
     EncodedBody,
     decode_body,
     encode_body,
-)
-from airflow_hpc_provider.python_task.errors import (
-    PayloadSerializationError,
-    RemoteFunctionError,
-    RemotePythonError,
-    RemoteResultError,
-    SerializerUnavailableError,
 )
 from airflow_hpc_provider.python_task.manifest import (
     FileResultTarget,
