@@ -37,9 +37,10 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_hpc_provider.batch_logs import LogPosition
-from airflow_hpc_provider.batch_streams import LogGroupMissing, LogStreamMissing, LogStreamPlanner, WantedStream
+from airflow_hpc_provider.batch_streams import LogStreamPlanner, WantedStream
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import LogStream
+from airflow_hpc_provider.errors import LogGroupMissing, LogStreamMissing, Throttled
 from airflow_hpc_provider.hooks.batch import AUTH_CODES, THROTTLING_CODES, BatchHook, error_code, error_text
 from airflow_hpc_provider.jobs import JobState, JobStatus
 from airflow_hpc_provider.poller import (
@@ -97,10 +98,6 @@ class BatchPollerSettings:
     max_missing_probe_s: float = 60.0
     claim_attempts: int = 3
     claims_per_poll: int = 100
-
-
-class Throttled(Exception):
-    """AWS asked us to slow down; nothing is concluded from this poll."""
 
 
 @dataclass

@@ -31,16 +31,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_hpc_provider.dialects.batch import LOG_STREAMS_PER_CALL
+from airflow_hpc_provider.errors import LogGroupMissing, LogStreamMissing
 
 StreamId = tuple[str, str]  # (log group, stream name)
-
-
-class LogStreamMissing(Exception):
-    """A FilterLogEvents call named a stream that does not exist (yet)."""
-
-
-class LogGroupMissing(Exception):
-    """A FilterLogEvents call named a log group that does not exist (yet)."""
 
 
 # group, stream names, start time (ms) -> events, each with "logStreamName", oldest first.

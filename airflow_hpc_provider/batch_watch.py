@@ -30,7 +30,7 @@ from airflow_hpc_provider.batch_poller import BatchPollerSettings, BatchTarget, 
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.log_delivery import LogChannel
 from airflow_hpc_provider.poller import JobEnded, Notice, OutputLines, StatusChanged, WatchFailed
-from airflow_hpc_provider.watch import WatchOutcome
+from airflow_hpc_provider.watch import Outcome, WatchOutcome
 
 # How long the event loop may be held by logging one slice before other tasks get a turn.
 LOG_TURN_S = 0.02
@@ -80,12 +80,12 @@ async def _follow(
     while True:
         remaining = None if deadline is None else deadline - time.time()
         if remaining is not None and remaining <= 0:
-            return WatchOutcome("timeout", job_id, message="the task's time limit passed")
+            return WatchOutcome(Outcome.TIMEOUT, job_id, message="the task's time limit passed")
         try:
             async with asyncio.timeout(remaining):
                 event = await anext(events)
         except TimeoutError:
-            return WatchOutcome("timeout", job_id, message="the task's time limit passed")
+            return WatchOutcome(Outcome.TIMEOUT, job_id, message="the task's time limit passed")
         if isinstance(event, OutputLines):
             await delivery.hand_over(event.lines)
         elif isinstance(event, LogProgress):
@@ -95,9 +95,9 @@ async def _follow(
         elif isinstance(event, Notice):
             log.warning("%s", event.message)
         elif isinstance(event, JobEnded):
-            return WatchOutcome("ended", job_id, status=event.status)
+            return WatchOutcome(Outcome.ENDED, job_id, status=event.status)
         elif isinstance(event, WatchFailed):
-            return WatchOutcome("error", job_id, message=event.message)
+            return WatchOutcome(Outcome.ERROR, job_id, message=event.message)
 
 
 class _Delivery:

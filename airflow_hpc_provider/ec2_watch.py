@@ -33,7 +33,7 @@ from airflow_hpc_provider.poller import (
     StatusChanged,
     WatchFailed,
 )
-from airflow_hpc_provider.watch import CONFIRM_TIMEOUT_S, WatchOutcome, acknowledge_when_written
+from airflow_hpc_provider.watch import CONFIRM_TIMEOUT_S, Outcome, WatchOutcome, acknowledge_when_written
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ async def follow_instance(watch: InstanceWatch, log: logging.Logger | Any) -> Fo
     try:
         outcome = await _consume(events, poller, watch, log)
         followed = Followed(outcome)
-        if outcome.kind == "ended":
+        if outcome.kind is Outcome.ENDED:
             await _archive(transport, watch, followed, log)
         return followed
     finally:
@@ -100,13 +100,13 @@ async def _consume(events: Any, poller: ClusterPoller, watch: InstanceWatch, log
         while True:
             now = time.time()
             if watch.deadline is not None and now >= watch.deadline:
-                return WatchOutcome("timeout", instance, message="the task's time limit passed")
+                return WatchOutcome(Outcome.TIMEOUT, instance, message="the task's time limit passed")
             if poller.polls != seen_polls:
                 seen_polls, last_contact = poller.polls, time.monotonic()
             silent = time.monotonic() - last_contact
             if silent >= watch.unreachable_timeout_s:
                 return WatchOutcome(
-                    "error",
+                    Outcome.ERROR,
                     instance,
                     message=f"the instance was unreachable through the SSM tunnel for {silent:.0f}s",
                 )
@@ -130,9 +130,9 @@ async def _consume(events: Any, poller: ClusterPoller, watch: InstanceWatch, log
                 log.warning("%s", event.message)
             elif isinstance(event, JobEnded):
                 await poller.confirm(job_id=instance, timeout_s=CONFIRM_TIMEOUT_S)
-                return WatchOutcome("ended", instance, status=event.status)
+                return WatchOutcome(Outcome.ENDED, instance, status=event.status)
             elif isinstance(event, WatchFailed):
-                return WatchOutcome("error", instance, message=event.message)
+                return WatchOutcome(Outcome.ERROR, instance, message=event.message)
     finally:
         if pending is not None:
             pending.cancel()

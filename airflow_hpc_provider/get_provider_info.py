@@ -91,6 +91,12 @@ CLUSTER_FIELDS: dict[str, Any] = {
 }
 
 HIDDEN = ["schema", "extra"]
+# How the form of every SSH-reached cluster connection (slurm, pbs, sge) names Airflow's own fields.
+LOGIN_NODE_FORM: dict[str, Any] = {
+    "hidden-fields": HIDDEN,
+    "relabeling": {"host": "Login node", "login": "User", "password": "Password (if no key)"},
+    "placeholders": {"host": "login.cluster.example.org", "port": "22"},
+}
 
 
 def _option(description: str, kind: str, default: str | None, example: str | None = None) -> dict[str, Any]:
@@ -140,6 +146,11 @@ def _integrations(with_aws: bool) -> list[dict[str, Any]]:
     found = [
         {"integration-name": "Slurm", "external-doc-url": "https://slurm.schedmd.com/", "tags": ["software"]},
         {"integration-name": "PBS", "external-doc-url": "https://www.openpbs.org/", "tags": ["software"]},
+        {
+            "integration-name": "Grid Engine",
+            "external-doc-url": "https://gridscheduler.sourceforge.net/",
+            "tags": ["software"],
+        },
     ]
     if with_aws:
         found += [
@@ -149,24 +160,37 @@ def _integrations(with_aws: bool) -> list[dict[str, Any]]:
     return found
 
 
+def _task_decorators(with_aws: bool) -> list[dict[str, str]]:
+    """``@task.slurm``, ``@task.pbs`` (and ``@task.batch`` with the aws extra): Python functions as jobs."""
+    decorators = {
+        "slurm": "airflow_hpc_provider.decorators.slurm.slurm_task",
+        "pbs": "airflow_hpc_provider.decorators.pbs.pbs_task",
+    }
+    return [{"name": name, "class-name": path} for name, path in decorators.items()]
+
+
 def _modules(kind: str, with_aws: bool) -> list[dict[str, Any]]:
     """Which modules hold the operators, hooks or triggers of each integration."""
     table: dict[str, dict[str, list[str]]] = {
         "operators": {
             "Slurm": ["airflow_hpc_provider.operators.slurm", "airflow_hpc_provider.operators.slurm_tenant"],
             "PBS": ["airflow_hpc_provider.operators.pbs"],
+            "Grid Engine": ["airflow_hpc_provider.operators.sge"],
             "AWS Batch": ["airflow_hpc_provider.operators.batch"],
             "Amazon EC2": ["airflow_hpc_provider.operators.ec2"],
         },
         "hooks": {
             "Slurm": ["airflow_hpc_provider.hooks.slurm", "airflow_hpc_provider.hooks.slurm_tenant"],
             "PBS": ["airflow_hpc_provider.hooks.pbs"],
+            "Grid Engine": ["airflow_hpc_provider.hooks.sge"],
             "AWS Batch": ["airflow_hpc_provider.hooks.batch"],
             "Amazon EC2": ["airflow_hpc_provider.hooks.ec2", "airflow_hpc_provider.hooks.ssm"],
         },
         "triggers": {
             "Slurm": ["airflow_hpc_provider.triggers.slurm", "airflow_hpc_provider.triggers.slurm_tenant"],
             "PBS": ["airflow_hpc_provider.triggers.pbs"],
+            # The Grid Engine trigger is declared beside its operator (one module per scheduler).
+            "Grid Engine": ["airflow_hpc_provider.operators.sge"],
             "AWS Batch": ["airflow_hpc_provider.triggers.batch"],
             "Amazon EC2": ["airflow_hpc_provider.triggers.ec2"],
         },
@@ -179,7 +203,7 @@ def get_provider_info() -> dict[str, Any]:
     with_aws = aws_extra_installed()
     return {
         "package-name": "airflow-hpc-provider",
-        "name": "HPC (Slurm, PBS, AWS Batch, EC2)",
+        "name": "HPC (Slurm, PBS, Grid Engine, AWS Batch, EC2)",
         "description": "Run Airflow tasks as jobs on HPC clusters and in AWS, watched without holding worker slots. "
         f"Docs: {DOCS_URL}",
         "versions": [__version__],
@@ -188,6 +212,7 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": _modules("hooks", with_aws),
         "triggers": _modules("triggers", with_aws),
         "config": CONFIG,
+        "task-decorators": _task_decorators(with_aws),
         # `airflow hpc-aws-setup {batch,ec2} {provision,show,cleanup}` (docs/aws_setup.rst).
         "cli": ["airflow_hpc_provider.setup.cli.get_setup_cli_commands"] if with_aws else [],
         # AWS Batch and EC2 use the amazon provider's standard "aws" connection type; no new type here
@@ -207,11 +232,7 @@ def get_provider_info() -> dict[str, Any]:
                     "partition": _text("Default partition", "Partition used when a task names none."),
                     **CLUSTER_FIELDS,
                 },
-                "ui-field-behaviour": {
-                    "hidden-fields": HIDDEN,
-                    "relabeling": {"host": "Login node", "login": "User", "password": "Password (if no key)"},
-                    "placeholders": {"host": "login.cluster.example.org", "port": "22"},
-                },
+                "ui-field-behaviour": LOGIN_NODE_FORM,
             },
             {
                 "connection-type": "pbs",
@@ -227,11 +248,22 @@ def get_provider_info() -> dict[str, Any]:
                     "queue": _text("Default queue", "Queue used when a task names none (overrides a Slurm partition)."),
                     **{name: field for name, field in CLUSTER_FIELDS.items() if name != "max_concurrent_jobs"},
                 },
-                "ui-field-behaviour": {
-                    "hidden-fields": HIDDEN,
-                    "relabeling": {"host": "Login node", "login": "User", "password": "Password (if no key)"},
-                    "placeholders": {"host": "login.cluster.example.org", "port": "22"},
+                "ui-field-behaviour": LOGIN_NODE_FORM,
+            },
+            {
+                "connection-type": "sge",
+                "hook-class-name": "airflow_hpc_provider.hooks.sge.SgeHook",
+                "hook-name": "Grid Engine (over SSH)",
+                "conn-fields": {
+                    **SSH_FIELDS,
+                    "queue": _text("Default queue", "Cluster queue (-q) used when a task names none."),
+                    "project": _text("Default project", "Project (-P) charged when a task names no account."),
+                    "parallel_environment": _text(
+                        "Parallel environment", "The site's parallel environment for tasks with cpus > 1 (often smp)."
+                    ),
+                    **{name: field for name, field in CLUSTER_FIELDS.items() if name in ("log_dir", "poll_interval")},
                 },
+                "ui-field-behaviour": LOGIN_NODE_FORM,
             },
         ],
     }

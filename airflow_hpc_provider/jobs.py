@@ -16,27 +16,46 @@ from typing import Any
 
 
 class JobState(enum.Enum):
-    """The states every batch system's native states map onto."""
+    """The states every batch system's native states map onto.
 
-    PENDING = "PENDING"
-    HELD = "HELD"
-    RUNNING = "RUNNING"
-    SUSPENDED = "SUSPENDED"
-    COMPLETING = "COMPLETING"
-    REQUEUED = "REQUEUED"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    TIMEOUT = "TIMEOUT"
-    OUT_OF_MEMORY = "OUT_OF_MEMORY"
-    NODE_FAIL = "NODE_FAIL"
-    PREEMPTED = "PREEMPTED"
-    BOOT_FAIL = "BOOT_FAIL"
-    DEADLINE = "DEADLINE"
-    # Known to nobody any more: neither the queue nor accounting has the job. Never a success.
-    LOST = "LOST"
-    # A native state this provider does not know: logged, and treated as still going.
-    UNKNOWN = "UNKNOWN"
+    Each member's docstring says what it means across the systems (Slurm, PBS Pro/Torque, Grid
+    Engine, tenants, AWS Batch, EC2 runners); the value is the member's name, which is what events
+    and XCom carry.
+    """
+
+    _value_: str
+
+    # Runs only while the class is built; afterwards JobState("RUNNING") looks a member up by value
+    # (the default on ``doc`` is for type checkers, which read such a call as a call of __new__).
+    def __new__(cls, value: str, doc: str = "") -> JobState:
+        member = object.__new__(cls)
+        member._value_ = value
+        member.__doc__ = doc
+        return member
+
+    PENDING = "PENDING", "Queued, waiting for resources or its start time (Batch: submitted to starting)."
+    HELD = "HELD", "Queued but kept from starting until someone or something releases it (a hold, an error hold)."
+    RUNNING = "RUNNING", "Running: the job script (container, tenant, runner) has started."
+    SUSPENDED = "SUSPENDED", "Started, then stopped in place by the scheduler or an admin; may resume."
+    COMPLETING = "COMPLETING", "The script ended; the scheduler is still cleaning up or staging files out."
+    REQUEUED = "REQUEUED", "Put back in the queue to run again from the start (its output file gets a new run)."
+    COMPLETED = "COMPLETED", "Ended with exit status 0: the only success."
+    FAILED = "FAILED", "Ended with a non-zero exit status, or was killed by a signal the job did not ask for."
+    CANCELLED = "CANCELLED", "Removed by a user, an admin or this provider (scancel, qdel, TerminateJob)."
+    TIMEOUT = "TIMEOUT", "Killed for running past its walltime (Slurm --time, PBS walltime, Grid Engine h_rt)."
+    OUT_OF_MEMORY = "OUT_OF_MEMORY", "Killed for using more memory than it asked for (cgroup OOM, mem/vmem limit)."
+    NODE_FAIL = "NODE_FAIL", "Ended because a node it ran on failed; the job itself may be fine."
+    PREEMPTED = "PREEMPTED", "Stopped to make room for other work and not requeued (a spot reclaim on AWS)."
+    BOOT_FAIL = "BOOT_FAIL", "Never started: its node (or instance) failed to boot."
+    DEADLINE = "DEADLINE", "Never started or was stopped because its deadline passed (Slurm --deadline)."
+    LOST = (
+        "LOST",
+        (
+            "Known to nobody any more: neither the queue nor accounting has the job, past the grace period. "
+            "Never a success."
+        ),
+    )
+    UNKNOWN = "UNKNOWN", "A native state this provider does not know: logged once, and treated as still going."
 
     @property
     def is_terminal(self) -> bool:

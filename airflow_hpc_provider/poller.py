@@ -36,8 +36,9 @@ import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
+from airflow_hpc_provider.dialects.base import Observation, SchedulerDialect
 from airflow_hpc_provider.dialects.remote_shell import (
     RECORDS_BEFORE_COMPACTION,
     LogPosition,
@@ -63,43 +64,15 @@ _CONFIRM_TWICE = frozenset({JobState.PREEMPTED})
 MIN_POLL_SPACING_S = 1.0
 # Acknowledgements that arrive within this long go to the cluster in one script.
 COMMIT_GATHER_S = 0.02
+# A newly watched job is asked about again this long after it was first watched, doubling up to the
+# interval: a short job ends seconds after it does, not a whole interval later. Status polls are
+# shared, so a burst of newcomers costs a few extra polls in all, and jobs watched for longer than
+# the interval cost one poll per interval as before.
+FIRST_EARLY_POLL_S = 1.0
 
 REPLAY_MARKER = "--- replayed after a triggerer restart: the next {count} lines may appear twice ---"
 RUN_MARKER = "--- run {run} of job {job_id} (requeued) ---"
 REWRITTEN_MARKER = "--- {path} was rewritten from its start on the cluster: reading it again from there ---"
-
-
-@dataclass(frozen=True)
-class Observation:
-    """What one poll says of one job. ``status`` None: the scheduler knows nothing of it.
-
-    ``restarts``: how often the scheduler has started the job again (a requeue, a preemption with
-    requeue), when the dialect can tell; each restart begins a new run in the same output file.
-    """
-
-    status: JobStatus | None
-    final: bool
-    restarts: int | None = None
-
-
-@dataclass(frozen=True)
-class PollReport:
-    observations: Mapping[str, Observation]
-    # Set when the status query itself failed: nothing may be concluded from this poll.
-    failure: str | None = None
-    notices: tuple[str, ...] = ()
-
-
-class SchedulerDialect(Protocol):
-    """What the poller needs of a batch system (see ``dialects/``)."""
-
-    name: str
-
-    def poll_script(self, token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str: ...
-
-    def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport: ...
-
-    def cancel_script(self, job_ids: Sequence[str]) -> str: ...
 
 
 # --- what watchers receive ------------------------------------------------------------------------
@@ -195,6 +168,7 @@ class _Track:
     final: JobStatus | None = None
     drained_bytes: int = 0
     ended: bool = False  # JobEnded went out
+    watched_since: float = field(default_factory=time.monotonic)
 
     def send(self, event: WatchEvent) -> None:
         for subscriber in self.subscribers:
@@ -394,7 +368,7 @@ class ClusterPoller:
                     # way must wake the next one, not wait a whole interval for its first status.
                     self._wake.clear()
                     last_status = now
-                    next_status = now + self.settings.interval_s
+                    next_status = self._next_status(now)
                 try:
                     if with_status:
                         await self.poll_once()
@@ -426,6 +400,19 @@ class ClusterPoller:
                 async with self._progress:
                     self._progress.notify_all()
             await self._wait_for_work(next_status, last_status)
+
+    def _next_status(self, now: float) -> float:
+        """An interval from now, or sooner: the next early poll of a job watched for less than that."""
+        due = now + self.settings.interval_s
+        for track in self._tracks.values():
+            if track.final is not None or track.ended:
+                continue
+            step = FIRST_EARLY_POLL_S
+            while step < self.settings.interval_s and track.watched_since + step <= now:
+                step *= 2
+            if step < self.settings.interval_s:
+                due = min(due, track.watched_since + step)
+        return due
 
     def _backoff(self, failures: int) -> float:
         # Exponential backoff with jitter, so a cluster coming back is not hit by every triggerer at

@@ -7,27 +7,30 @@ both paths log the same lines and end with the same :class:`WatchOutcome`.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import JobStatus, WatchedJob
 from airflow_hpc_provider.log_delivery import LogChannel, confirm_written, log_lines
 from airflow_hpc_provider.poller import (
-    ClusterPoller,
     JobEnded,
     Notice,
     OutputLines,
     PollerSettings,
-    SchedulerDialect,
     StatusChanged,
     WatchEvent,
     WatchFailed,
     shared_poller,
 )
+
+if TYPE_CHECKING:
+    from airflow_hpc_provider.poller import ClusterPoller
 
 # How long the end of a watch waits for its last commit to reach the cluster.
 CONFIRM_TIMEOUT_S = 10.0
@@ -35,18 +38,29 @@ CONFIRM_TIMEOUT_S = 10.0
 STOPPING_CONFIRM_S = 2.0
 
 
+class Outcome(enum.StrEnum):
+    """How a watch ended; the value is what the trigger event carries as ``kind``."""
+
+    ENDED = "ended"
+    """The job ended; the outcome carries its final status (success or not is the status's to say)."""
+    TIMEOUT = "timeout"
+    """The task's time limit passed first; the operator cancels the job."""
+    ERROR = "error"
+    """The job could not be watched (a connection refused, an answer that cannot be read)."""
+
+
 @dataclass(frozen=True)
 class WatchOutcome:
-    """``ended`` (with the final status), ``timeout`` (deadline passed), or ``error`` (cannot watch)."""
+    """How a watch ended (:class:`Outcome`), with the final status when the job ended."""
 
-    kind: str
+    kind: Outcome
     job_id: str
     status: JobStatus | None = None
     message: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
+            "kind": self.kind.value,
             "job_id": self.job_id,
             "status": None if self.status is None else self.status.to_dict(),
             "message": self.message,
@@ -55,11 +69,10 @@ class WatchOutcome:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WatchOutcome:
         status = data.get("status")
+        # An unknown kind raises ValueError: an event is never read as some outcome it did not say.
+        kind = Outcome(data["kind"])
         return cls(
-            kind=str(data["kind"]),
-            job_id=str(data["job_id"]),
-            status=None if status is None else JobStatus.from_dict(status),
-            message=data.get("message"),
+            kind, str(data["job_id"]), None if status is None else JobStatus.from_dict(status), data.get("message")
         )
 
 
@@ -84,12 +97,12 @@ async def watch_job(
         try:
             remaining = None if deadline is None else deadline - time.time()
             if remaining is not None and remaining <= 0:
-                return WatchOutcome("timeout", job.job_id, message="the task's time limit passed")
+                return WatchOutcome(Outcome.TIMEOUT, job.job_id, message="the task's time limit passed")
             try:
                 async with asyncio.timeout(remaining):
                     return await follow(events, poller, job, log, channel, dialect.name)
             except TimeoutError:
-                return WatchOutcome("timeout", job.job_id, message="the task's time limit passed")
+                return WatchOutcome(Outcome.TIMEOUT, job.job_id, message="the task's time limit passed")
         finally:
             await events.aclose()
 
@@ -115,10 +128,10 @@ async def follow(
             # What was written is committed before the outcome leaves: a watcher started after
             # this one (a restarted triggerer that never got the event through) replays nothing.
             await poller.confirm(job.job_id, timeout_s=CONFIRM_TIMEOUT_S)
-            return WatchOutcome("ended", job.job_id, status=event.status)
+            return WatchOutcome(Outcome.ENDED, job.job_id, status=event.status)
         elif isinstance(event, WatchFailed):
-            return WatchOutcome("error", job.job_id, message=event.message)
-    return WatchOutcome("error", job.job_id, message="the watch ended without an outcome")
+            return WatchOutcome(Outcome.ERROR, job.job_id, message=event.message)
+    return WatchOutcome(Outcome.ERROR, job.job_id, message="the watch ended without an outcome")
 
 
 async def acknowledge_when_written(event: OutputLines, channel: LogChannel) -> None:

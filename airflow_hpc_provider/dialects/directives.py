@@ -16,6 +16,10 @@ How the schedulers read their directives (checked on the test cluster, Slurm 22.
 * ``sbatch`` also reads ``#PBS`` lines, anywhere in the script, even after commands; ``-t`` and
   ``-J`` make a job array there, as they do for Torque (``-t``) and PBS Pro (``-J``), which read
   ``#PBS`` lines up to the first command.
+* Grid Engine's ``qsub`` reads ``#$`` lines; options are whole words (``-t 1-3``, ``-pe smp 2``),
+  never clustered, and ``-t`` makes a job array. It reads neither ``#SBATCH`` nor ``#PBS`` lines,
+  and ``sbatch`` and the PBS qsubs read no ``#$`` lines, so each operator asks only about its own
+  families (:func:`multi_job_requests`).
 * ``sbatch`` reads its options from ``SBATCH_*`` variables too (``SBATCH_ARRAY_INX`` makes an
   array): see :mod:`airflow_hpc_provider.resources` for the environment names that are refused.
 """
@@ -37,11 +41,16 @@ _QSUB_SHORT_WITH_ARGUMENT = frozenset("aAbcCdDejJkKlLmMNopPqrRStTuvwW")
 
 SLURM_ARRAY = ("--array", "-a")
 PBS_ARRAY = ("-t", "-J")
+SGE_ARRAY = ("-t",)
 # A line of its own in a script separates the components of a heterogeneous job.
 _HETJOB_WORDS = frozenset({"hetjob", "packjob"})
 
 _SBATCH_MAGIC = re.compile(r"^#(SBATCH|SLURM)")
 _PBS_MAGIC = re.compile(r"^#PBS")
+_SGE_MAGIC = re.compile(r"^#\$")
+# The directive families each scheduler's submission reads (sbatch reads #PBS lines too).
+SLURM_FAMILIES = ("SBATCH", "PBS")
+SGE_FAMILIES = ("SGE",)
 _JINJA_ONLY = re.compile(r"^\s*(\{%.*%\}|\{#.*#\})\s*$")
 
 
@@ -91,6 +100,11 @@ def pbs_options(text: str) -> list[OptionUse]:
     return found
 
 
+def sge_options(text: str) -> list[OptionUse]:
+    """The qsub options in ``text`` (one ``#$`` line's worth): Grid Engine options are whole words."""
+    return [OptionUse(word, text) for word in words(text) if word.startswith("-") and len(word) > 1]
+
+
 def _cluster(letters: str, with_argument: frozenset[str]) -> list[str]:
     """``Ha1-2`` -> ``['H', 'a']``: flags, then the first letter that takes the rest as its value."""
     seen: list[str] = []
@@ -113,7 +127,7 @@ def _expand_abbreviation(name: str, long_names: Sequence[str]) -> str:
 class ScriptDirective:
     """A directive line of a script that a scheduler will read: its family and its options."""
 
-    family: str  # "SBATCH" or "PBS"
+    family: str  # "SBATCH", "PBS" or "SGE"
     line: str
     options: tuple[OptionUse, ...]
     separates_components: bool = False  # '#SBATCH hetjob'
@@ -143,14 +157,19 @@ def script_directives(script: str, *, templated: bool = False) -> list[ScriptDir
             found.append(ScriptDirective("SBATCH", line, options, separates_components=hetjob))
         elif _PBS_MAGIC.match(line):
             found.append(ScriptDirective("PBS", line, tuple(pbs_options(line[len("#PBS") :]))))
+        elif _SGE_MAGIC.match(line):
+            found.append(ScriptDirective("SGE", line, tuple(sge_options(line[len("#$") :]))))
     return found
 
 
-def multi_job_requests(script: str, *, templated: bool = False) -> list[str]:
-    """The lines of ``script`` that would make it a job array or a heterogeneous job, as written."""
-    array_options = {"SBATCH": set(SLURM_ARRAY), "PBS": set(PBS_ARRAY)}
+def multi_job_requests(script: str, *, templated: bool = False, families: Sequence[str] = SLURM_FAMILIES) -> list[str]:
+    """The lines of ``script`` that would make it a job array or a heterogeneous job, as written,
+    among the directive ``families`` the submitting scheduler reads."""
+    array_options = {"SBATCH": set(SLURM_ARRAY), "PBS": set(PBS_ARRAY), "SGE": set(SGE_ARRAY)}
     offending: list[str] = []
     for directive in script_directives(script, templated=templated):
+        if directive.family not in families:
+            continue
         names = {use.name for use in directive.options}
         if directive.separates_components or names & array_options[directive.family]:
             offending.append(directive.line.strip())
@@ -213,6 +232,13 @@ PBS_ENV_RULES = (
     *(
         EnvRule(rule.pattern, rule.reason + " (the Slurm-backed PBS wrappers' qsub runs sbatch)")
         for rule in SLURM_ENV_RULES
+    ),
+)
+SGE_ENV_RULES = (
+    EnvRule(
+        "SGE_*",
+        "qsub reads SGE_ROOT, SGE_CELL and SGE_QMASTER_PORT (which cluster it submits to), and Grid "
+        "Engine sets the others inside the job",
     ),
 )
 TENANT_ENV_RULES = (

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import (
     LogRead,
     export_lines,
@@ -31,7 +32,6 @@ from airflow_hpc_provider.dialects.remote_shell import (
 )
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobState, JobStatus
-from airflow_hpc_provider.poller import Observation, PollReport
 
 # EC2 refuses user-data above 16 KB (before base64).
 USER_DATA_LIMIT_BYTES = 16 * 1024

@@ -38,10 +38,10 @@ from datetime import timedelta
 from typing import Any
 
 from airflow_hpc_provider.dialects import remote_shell, slurm
+from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, signal_of_shell_status
-from airflow_hpc_provider.poller import Observation, PollReport
 
 
 class PbsFlavour(enum.Enum):
@@ -951,7 +951,7 @@ class PbsDialect:
         asked = [job_id for job_id in job_ids if job_id in self._ask_slurm]
         if asked:
             script += accounting_section(token, asked)
-        return script + "".join(r.call() for r in reads)
+        return script + remote_shell.log_reads(token, reads)
 
     def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport:
         poll = parse_poll(sections, job_ids, self.flavour)

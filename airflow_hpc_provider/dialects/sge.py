@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell, slurm
+from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.dialects.sge_status import (
     parse_error_reasons,
@@ -53,7 +54,6 @@ from airflow_hpc_provider.dialects.sge_status import (
 from airflow_hpc_provider.dialects.slurm import SubmitOutcome
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus
-from airflow_hpc_provider.poller import Observation, PollReport
 
 # Options the provider owns: the job name (the key), where output goes (to stream it), how the
 # environment travels, which shell runs the script, and how qsub answers.

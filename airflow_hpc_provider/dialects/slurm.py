@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.dialects.slurm_resubmit import SignalBeforeTimeout
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, format_duration
-from airflow_hpc_provider.poller import Observation, PollReport
 
 # Native state -> shared state. Anything else maps to UNKNOWN (and is logged by the poller).
 SLURM_STATES: Mapping[str, JobState] = {

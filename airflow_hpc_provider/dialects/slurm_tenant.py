@@ -28,10 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from airflow_hpc_provider.dialects import remote_shell, slurm
+from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, signal_of_shell_status
-from airflow_hpc_provider.poller import Observation, PollReport
 
 # The comment of an allocation booked by this provider: the promise that a tmux server runs in it.
 ALLOCATION_TAG = "airflow-hpc-allocation:v1"

@@ -105,7 +105,7 @@ class AdoptableJob:
 
 
 @dataclass(frozen=True)
-class StoredScript:
+class StoredObject:
     uri: str
     sha256: str
     encryption: str | None
@@ -325,13 +325,13 @@ class BatchHook(MultiServiceAwsHook):
             log.warning("could not tag AWS Batch job %s before terminating it: %s", job_id, error)
         self.client().terminate_job(jobId=job_id, reason=reason)
 
-    # -- scripts too large for SubmitJob ------------------------------------------------------------
+    # -- scripts too large for SubmitJob, and Python tasks' payloads ---------------------------------
 
-    def store_script(self, bucket: str, key: str, script: str) -> StoredScript:
-        """Upload with the bucket's own default encryption stated explicitly.
+    def bucket_encryption(self, bucket: str) -> dict[str, Any]:
+        """The bucket's default encryption as PutObject arguments (empty: none, or not ours to read).
 
         Buckets whose policy demands an encryption header on every PutObject refuse a plain upload,
-        so the bucket's default (SSE-S3 or SSE-KMS with its key) is read and sent along.
+        so uploads state the bucket's default (SSE-S3, or SSE-KMS with its key) explicitly.
         """
         s3 = self.client("s3")
         extra: dict[str, Any] = {}
@@ -350,10 +350,17 @@ class BatchHook(MultiServiceAwsHook):
                 extra["SSEKMSKeyId"] = default["KMSMasterKeyID"]
             if rules[0].get("BucketKeyEnabled"):
                 extra["BucketKeyEnabled"] = True
-        data = script.encode()
-        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/x-shellscript", **extra)
-        return StoredScript(
+        return extra
+
+    def store_bytes(self, bucket: str, key: str, data: bytes, content_type: str) -> StoredObject:
+        """Upload with the bucket's own default encryption stated explicitly (:meth:`bucket_encryption`)."""
+        extra = self.bucket_encryption(bucket)
+        self.client("s3").put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type, **extra)
+        return StoredObject(
             uri=f"s3://{bucket}/{key}",
             sha256=hashlib.sha256(data).hexdigest(),
             encryption=extra.get("ServerSideEncryption"),
         )
+
+    def store_script(self, bucket: str, key: str, script: str) -> StoredObject:
+        return self.store_bytes(bucket, key, script.encode(), "text/x-shellscript")

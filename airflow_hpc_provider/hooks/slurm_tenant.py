@@ -18,18 +18,9 @@ from airflow_hpc_provider.dialects.slurm_tenant import (
     Released,
     TenantSpec,
 )
-from airflow_hpc_provider.errors import HpcProviderError, RemoteCommandError, SubmissionError
+from airflow_hpc_provider.errors import AllocationError, RemoteCommandError, SubmissionError
 from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.jobs import JobKey, claim_marker
-
-
-class AllocationError(HpcProviderError):
-    """The reservation cannot host a tenant: unknown, not running, or without its tmux server."""
-
-    def __init__(self, message: str, *, reservation: str, job_id: str | None = None) -> None:
-        self.reservation = reservation
-        self.job_id = job_id
-        super().__init__(message)
 
 
 def rebook_hint(reservation: str) -> str:

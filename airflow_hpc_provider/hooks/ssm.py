@@ -34,7 +34,12 @@ import asyncssh
 from botocore.exceptions import ClientError
 
 from airflow_hpc_provider.dialects.ec2 import DEFAULT_OS_USER, host_keys_from_console
-from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError, ConnectionConfigError
+from airflow_hpc_provider.errors import (
+    ClusterAuthError,
+    ClusterUnreachableError,
+    ConnectionConfigError,
+    SsmToolsMissingError,
+)
 from airflow_hpc_provider.hooks.batch import error_code, error_text
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook, is_auth_error
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
@@ -56,10 +61,6 @@ INSTALL_HELP = (
     "session-manager-working-with-install-plugin.html), and make sure both are on the PATH of the "
     "Airflow processes."
 )
-
-
-class SsmToolsMissingError(ConnectionConfigError):
-    """The AWS CLI or the Session Manager plugin is not installed where Airflow runs."""
 
 
 @dataclass(frozen=True)

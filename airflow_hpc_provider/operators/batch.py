@@ -29,7 +29,7 @@ from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink
 from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
-from airflow_hpc_provider.watch import WatchOutcome
+from airflow_hpc_provider.watch import Outcome, WatchOutcome
 
 MODES = ("locked", "revisions", "auto")
 PLATFORMS = ("EC2", "FARGATE")
@@ -401,13 +401,13 @@ class BatchRevisionOperator(HpcOperator):
         payload = event.payload if isinstance(event, TriggerEvent) else event
         outcome = WatchOutcome.from_dict(payload)
         self._push_log_stream(context, outcome.job_id)
-        if outcome.kind == "timeout":
+        if outcome.kind is Outcome.TIMEOUT:
             if not payload.get("owned", True):  # watch-only: not ours to stop
                 raise AirflowTaskTimeout(f"AWS Batch job {outcome.job_id}: {outcome.message} (left running)")
             self.log.error("AWS Batch job %s passed the task's time limit: terminating it", outcome.job_id)
             self._terminate(outcome.job_id, TIMEOUT_REASON)
             raise AirflowTaskTimeout(f"AWS Batch job {outcome.job_id} was terminated: {outcome.message}")
-        if outcome.kind == "error" or outcome.status is None:
+        if outcome.kind is Outcome.ERROR or outcome.status is None:
             raise JobFailedError(
                 f"lost track of AWS Batch job {outcome.job_id}: {outcome.message} "
                 "(the job was not terminated and may still be running)",

@@ -30,10 +30,11 @@ from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,
     ConnectionConfigError,
-    HpcProviderError,
+    InstanceLimitError,
     JobFailedError,
     JobSpecError,
     RemoteCommandError,
+    StartupError,
 )
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook, LaunchRequest
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget, find_tools
@@ -41,7 +42,7 @@ from airflow_hpc_provider.jobs import JobKey, JobStatus, describe_exit, signal_o
 from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import check_env_names, parse_time_limit
 from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
-from airflow_hpc_provider.watch import WatchOutcome
+from airflow_hpc_provider.watch import Outcome, WatchOutcome
 
 DEFAULT_POLL_INTERVAL_S = 15.0
 DEFAULT_STARTUP_TIMEOUT = timedelta(minutes=10)
@@ -50,14 +51,6 @@ DEFAULT_KILL_AFTER = timedelta(seconds=30)
 # Auth refusals are retried a few times during start-up: on a fresh instance the Instance Connect
 # hook of sshd can lag behind sshd itself.
 STARTUP_AUTH_ATTEMPTS = 3
-
-
-class InstanceLimitError(HpcProviderError):
-    """``max_instances`` of this connection's instances already run: no instance was launched."""
-
-
-class StartupError(HpcProviderError):
-    """The instance did not come up (running, sshd reachable, task delivered) in time; it was terminated."""
 
 
 class _StartupProgress:
@@ -487,9 +480,9 @@ class Ec2EphemeralOperator(HpcOperator):
             self._terminate(instance_id)
         for place in payload.get("archived") or ():
             self.log.info("The whole log of %s is archived at %s", instance_id, place)
-        if outcome.kind == "timeout":
+        if outcome.kind is Outcome.TIMEOUT:
             raise AirflowTaskTimeout(f"EC2 instance {instance_id} passed the task's time limit and was terminated")
-        if outcome.kind == "error" or outcome.status is None:
+        if outcome.kind is Outcome.ERROR or outcome.status is None:
             raise JobFailedError(f"EC2 instance {instance_id}: {outcome.message}; it was terminated", None)
         status = outcome.status
         summary = self.summary(status)

@@ -61,6 +61,7 @@ class PbsOperator(SshBatchJobOperator):
     """
 
     scheduler = "PBS"
+    trigger_class = PbsJobTrigger
     template_fields: Sequence[str] = (*SshBatchJobOperator.template_fields, "pbs_queue")
     reserved_options = pbs.RESERVED_OPTIONS
     multi_job_options = directives.PBS_ARRAY
@@ -221,25 +222,13 @@ class PbsOperator(SshBatchJobOperator):
             self._cancel_now(str(payload["job_id"]))
         return super().execute_complete(context, event)
 
-    def trigger(
-        self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None
-    ) -> PbsJobTrigger:
-        assert job.job_id is not None
+    def trigger_arguments(self, cluster: ClusterSettings) -> dict[str, Any]:
         if self._known_flavour() is PbsFlavour.PBS_PRO:
             self.log.info(
                 "PBS Pro often copies a job's output back only when the job ends: if no lines appear "
                 "while it runs, they will when it finishes"
             )
-        return PbsJobTrigger(
-            conn_id=cluster.conn_id,
-            job_id=job.job_id,
-            log_path=job.log_path,
-            cursor_path=job.cursor_path,
-            poll_interval=interval_s,
-            deadline=deadline,
-            flavour=self._known_flavour().value,
-            log_dir=cluster.log_dir,
-        )
+        return {"flavour": self._known_flavour().value, "log_dir": cluster.log_dir}
 
 
 def _check_one_queue(partition: str | None) -> None:

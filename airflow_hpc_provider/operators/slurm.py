@@ -68,6 +68,7 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     """
 
     scheduler = "Slurm"
+    trigger_class = SlurmJobTrigger
     template_fields: Sequence[str] = (*SshBatchJobOperator.template_fields, "signal_before_timeout", "on_signal")
     reserved_options = slurm.RESERVED_OPTIONS
     multi_job_options = directives.SLURM_ARRAY
@@ -210,16 +211,3 @@ class SlurmSubmitOperator(SshBatchJobOperator):
             self.log.error("Slurm job %s is a job array: cancelling it", payload.get("job_id"))
             self._cancel_now(str(payload["job_id"]))
         return super().execute_complete(context, event)
-
-    def trigger(
-        self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None
-    ) -> SlurmJobTrigger:
-        assert job.job_id is not None
-        return SlurmJobTrigger(
-            conn_id=cluster.conn_id,
-            job_id=job.job_id,
-            log_path=job.log_path,
-            cursor_path=job.cursor_path,
-            poll_interval=interval_s,
-            deadline=deadline,
-        )

@@ -23,10 +23,9 @@ from airflow.triggers.base import TriggerEvent
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import directives, slurm_tenant
 from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
-from airflow_hpc_provider.errors import JobFailedError, JobSpecError
+from airflow_hpc_provider.errors import AllocationError, JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
-    AllocationError,
     book_allocation,
     find_allocation,
     launch_tenant,
@@ -45,7 +44,7 @@ from airflow_hpc_provider.resources import (
     parse_memory_mb,
 )
 from airflow_hpc_provider.triggers.slurm_tenant import SlurmTenantTrigger, watched_tenant
-from airflow_hpc_provider.watch import WatchOutcome, watch_job
+from airflow_hpc_provider.watch import Outcome, WatchOutcome, watch_job
 
 T = TypeVar("T")
 # A tenant's env is sourced in the allocation right before its srun step: see directives.
@@ -446,11 +445,11 @@ class SlurmTenantOperator(HpcOperator):
         conn_id = payload.get("slurm_conn_id", self.slurm_conn_id)
         self._tenant_id = outcome.job_id
         self._cursor_path = payload.get("cursor_path") or self._cursor_path
-        if outcome.kind == "timeout":
+        if outcome.kind is Outcome.TIMEOUT:
             self.log.error("Slurm tenant %s passed the task's time limit: stopping it", outcome.job_id)
             self._stop_now(conn_id, outcome.job_id)
             raise AirflowTaskTimeout(f"Slurm tenant {outcome.job_id} on {conn_id} was stopped: {outcome.message}")
-        if outcome.kind == "error" or outcome.status is None:
+        if outcome.kind is Outcome.ERROR or outcome.status is None:
             raise JobFailedError(
                 f"lost track of Slurm tenant {outcome.job_id} on {conn_id}: {outcome.message} "
                 "(the tenant was not stopped and may still be running)",

@@ -20,7 +20,8 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
-from airflow_hpc_provider.dialects.directives import EnvRule, OptionUse, multi_job_requests
+from airflow_hpc_provider.dialects.base import SchedulerDialect
+from airflow_hpc_provider.dialects.directives import SLURM_FAMILIES, EnvRule, OptionUse, multi_job_requests
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
@@ -35,9 +36,9 @@ from airflow_hpc_provider.jobs import (
     format_duration,
 )
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
-from airflow_hpc_provider.poller import SchedulerDialect
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
-from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
+from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
+from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
 # Templated too: literal values are checked at parse time, templates right after rendering.
@@ -90,6 +91,9 @@ class SshBatchJobOperator(HpcOperator):
     # Options that turn one submission into many jobs (arrays), and env names the submission reads.
     multi_job_options: ClassVar[tuple[str, ...]] = ()
     env_rules: ClassVar[tuple[EnvRule, ...]] = ()
+    # The directive lines the scheduler's submission reads in a script (see directives.py).
+    directive_families: ClassVar[tuple[str, ...]] = SLURM_FAMILIES
+    trigger_class: ClassVar[type[SshJobTrigger]]
     template_fields: Sequence[str] = (
         "command",
         "script",
@@ -178,10 +182,29 @@ class SshBatchJobOperator(HpcOperator):
     def trigger(
         self, cluster: ClusterSettings, job: Submitted, interval_s: float, deadline: float | None
     ) -> BaseTrigger:
-        raise NotImplementedError
+        """The trigger the deferred task waits on: ``trigger_class`` with the job's coordinates and
+        whatever else the scheduler's trigger declares (:meth:`trigger_arguments`)."""
+        assert job.job_id is not None
+        return self.trigger_class(
+            conn_id=cluster.conn_id,
+            job_id=job.job_id,
+            log_path=job.log_path,
+            cursor_path=job.cursor_path,
+            poll_interval=interval_s,
+            deadline=deadline,
+            **self.trigger_arguments(cluster),
+        )
+
+    def trigger_arguments(self, cluster: ClusterSettings) -> dict[str, Any]:
+        """What the scheduler's trigger takes besides the job's coordinates (see subclasses)."""
+        return {}
 
     def resume_from(self, payload: Mapping[str, Any]) -> None:
         """Take back what ``execute`` learned (a fresh operator instance runs ``execute_complete``)."""
+
+    def script_for_log(self, batch_script: str) -> str:
+        """The batch script as the task log shows it once submitted (a subclass may shorten it)."""
+        return batch_script
 
     # -- checking and building -------------------------------------------------------------------
 
@@ -245,7 +268,7 @@ class SshBatchJobOperator(HpcOperator):
         return batch_script
 
     def _refuse_multi_job(self, text: str, where: str, *, templated: bool) -> None:
-        offending = multi_job_requests(text, templated=templated)
+        offending = multi_job_requests(text, templated=templated, families=self.directive_families)
         if offending:
             raise JobSpecError(
                 f"{where}: the directive {offending[0]!r} asks for a job array or a heterogeneous job. "
@@ -291,10 +314,7 @@ class SshBatchJobOperator(HpcOperator):
         cluster = self.cluster()
         spec = self.job_spec(context, cluster)
         batch_script = self.render(spec, cluster)
-        ti = context["ti"]
-        key = JobKey.for_task_instance(
-            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
-        )
+        key = self.job_key(context)
         job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
         while job.job_id is None:
             self.log.info(
@@ -332,7 +352,7 @@ class SshBatchJobOperator(HpcOperator):
             )
         else:
             self.log.info("Submitted %s job %s on %s (%s)", self.scheduler, job_id, cluster.conn_id, job.state)
-            self.log.info("Batch script:\n%s", batch_script)
+            self.log.info("Batch script:\n%s", self.script_for_log(batch_script))
         self.push_xcom(context, f"{self.scheduler.lower()}_job_id", job_id)
 
         interval = self.poll_interval or cluster.poll_interval_s or default_poll_interval_s()
@@ -346,6 +366,14 @@ class SshBatchJobOperator(HpcOperator):
         )
         return self.execute_complete(
             context, {**result.to_dict(), "conn_id": cluster.conn_id, "log_path": job.log_path}
+        )
+
+    @staticmethod
+    def job_key(context: Context) -> JobKey:
+        """The key this try's job carries, by which a retry finds (adopts) it."""
+        ti = context["ti"]
+        return JobKey.for_task_instance(
+            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
         )
 
     async def _submit_once(self, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings) -> Submitted:
@@ -366,11 +394,11 @@ class SshBatchJobOperator(HpcOperator):
         self._job_id = outcome.job_id
         self._cursor_path = payload.get("cursor_path") or self._cursor_path
         what = f"{self.scheduler} job {outcome.job_id}"
-        if outcome.kind == "timeout":
+        if outcome.kind is Outcome.TIMEOUT:
             self.log.error("%s passed the task's time limit: cancelling it", what)
             self._cancel_now(outcome.job_id)
             raise AirflowTaskTimeout(f"{what} on {conn_id} was cancelled: {outcome.message}")
-        if outcome.kind == "error" or outcome.status is None:
+        if outcome.kind is Outcome.ERROR or outcome.status is None:
             raise JobFailedError(
                 f"lost track of {what} on {conn_id}: {outcome.message} "
                 "(the job was not cancelled and may still be running)",

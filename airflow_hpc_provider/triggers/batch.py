@@ -12,7 +12,7 @@ from airflow_hpc_provider.batch_logs import MemoryPositionStore, PositionStore, 
 from airflow_hpc_provider.batch_poller import BatchTarget
 from airflow_hpc_provider.batch_watch import terminate_batch_job, watch_batch_job
 from airflow_hpc_provider.dialects import batch
-from airflow_hpc_provider.watch import WatchOutcome
+from airflow_hpc_provider.watch import Outcome, WatchOutcome
 
 CANCEL_REASON = "Stopped from Airflow: the task was marked failed, marked success or cleared"
 
@@ -99,7 +99,7 @@ class BatchJobTrigger(BaseTrigger):
             # The job's owner marks it watched: a later try (say, of a cleared task) never adopts it.
             claim=batch.CLAIM_BY_TRIGGER if self.terminate_on_kill else None,
         )
-        self._ended = outcome.kind == "ended"
+        self._ended = outcome.kind is Outcome.ENDED
         yield TriggerEvent({**outcome.to_dict(), "aws_conn_id": self.aws_conn_id, "owned": self.terminate_on_kill})
 
     async def on_kill(self) -> None:

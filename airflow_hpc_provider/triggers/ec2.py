@@ -11,7 +11,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.ec2_watch import InstanceWatch, follow_instance, terminate_instance
 from airflow_hpc_provider.hooks.ssm import SsmTunnelTarget
-from airflow_hpc_provider.watch import WatchOutcome
+from airflow_hpc_provider.watch import Outcome, WatchOutcome
 
 
 class Ec2InstanceTrigger(BaseTrigger):
@@ -108,10 +108,12 @@ class Ec2InstanceTrigger(BaseTrigger):
         except asyncio.CancelledError:
             raise  # a triggerer restart or hand-over: the instance stays, the next trigger adopts it
         except Exception as error:  # a bug or a broken setting: still never leave the instance running
-            payload = WatchOutcome("error", self.instance_id, message=f"{type(error).__name__}: {error}").to_dict()
+            payload = WatchOutcome(
+                Outcome.ERROR, self.instance_id, message=f"{type(error).__name__}: {error}"
+            ).to_dict()
         self._finished = True
         try:
-            await self._terminate("the task ended" if payload["kind"] == "ended" else str(payload.get("message")))
+            await self._terminate("the task ended" if payload["kind"] == Outcome.ENDED else str(payload.get("message")))
             payload["terminated"] = True
         except Exception as error:  # the operator tries again in execute_complete
             self.log.error("could not terminate %s: %s", self.instance_id, error)

@@ -15,7 +15,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_hpc_provider.dialects.slurm_tenant import SlurmTenantDialect, TenantRef
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.watch import WatchOutcome, cancel_job, watch_job
+from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
 
 
 class SlurmTenantTrigger(BaseTrigger):
@@ -75,7 +75,7 @@ class SlurmTenantTrigger(BaseTrigger):
             interval_s=self.poll_interval,
             deadline=self.deadline,
         )
-        self._ended = outcome.kind == "ended"
+        self._ended = outcome.kind is Outcome.ENDED
         yield TriggerEvent(
             {
                 **outcome.to_dict(),

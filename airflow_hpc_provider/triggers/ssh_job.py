@@ -12,10 +12,10 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.poller import SchedulerDialect
-from airflow_hpc_provider.watch import cancel_job, watch_job
+from airflow_hpc_provider.watch import Outcome, cancel_job, watch_job
 
 
 class SshJobTrigger(BaseTrigger):
@@ -73,7 +73,7 @@ class SshJobTrigger(BaseTrigger):
         outcome = await watch_job(
             await self._target(), self.dialect(), job, self.log, interval_s=self.poll_interval, deadline=self.deadline
         )
-        self._ended = outcome.kind == "ended"
+        self._ended = outcome.kind is Outcome.ENDED
         yield TriggerEvent(
             {
                 **outcome.to_dict(),

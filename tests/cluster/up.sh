@@ -18,6 +18,7 @@
 #   HPCINFRA_MEM=MB         RealMemory advertised (default 16000)
 #   HPCINFRA_USER=name      non-root ssh/job user, created if missing (default hpcuser)
 #   HPCINFRA_SGE=1|0        Grid Engine (default 1; its other settings: tests/cluster/gridengine.sh)
+#   HPCINFRA_CLOUDPICKLE=V  cloudpickle release installed (pip --user) for the test user's python3 (default 3.1.3)
 set -euo pipefail
 B=${HPC_CLUSTER_DIR:-/tmp/airflow-hpc-cluster}
 DBD=${HPCINFRA_DBD:-1}; CG=${HPCINFRA_CGROUP:-auto}; GE=${HPCINFRA_SGE:-1}
@@ -269,6 +270,23 @@ cd - >/dev/null
 
 # ---------- 7. Grid Engine ----------
 if [ "$GE" = 1 ]; then . "$(dirname "${BASH_SOURCE[0]}")/gridengine.sh"; fi
+
+# ---------- 8. cloudpickle for the test user's python3 (Python functions as jobs) ----------
+# The cluster's own /usr/bin/python3, no Airflow: only the serializer, installed as a user would do
+# it on a site (pip --user, into ~/.local, which python3 finds by itself). Debian marks its Python as
+# externally managed (PEP 668), hence --break-system-packages: it touches only the user's ~/.local.
+# Pinned to the release the project's venv resolves, so worker and cluster pickle alike. A failed
+# install warns and leaves the rest of the cluster up: the python-task tests then fail naming it.
+CP=${HPCINFRA_CLOUDPICKLE:-3.1.3}
+TUSER_HOME=$(getent passwd "$TUSER" | cut -d: -f6)
+if [ "$(HOME=$TUSER_HOME runuser -u "$TUSER" -- python3 -c 'import cloudpickle; print(cloudpickle.__version__)' 2>/dev/null)" != "$CP" ]; then
+  if HOME=$TUSER_HOME runuser -u "$TUSER" -- python3 -m pip install --quiet --user --break-system-packages \
+       --disable-pip-version-check "cloudpickle==$CP" >$B/pip-cloudpickle.log 2>&1; then
+    log "cloudpickle $CP installed for $TUSER (pip --user)"
+  else
+    echo "up.sh: WARNING: could not install cloudpickle $CP for $TUSER (see $B/pip-cloudpickle.log)" >&2
+  fi
+fi
 
 # the Airflow connections the example DAGs, tests and benchmarks use: host keys verified
 { cat <<EOF

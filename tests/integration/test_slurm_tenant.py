@@ -18,9 +18,9 @@ import pytest
 
 from airflow_hpc_provider.dialects import slurm_tenant
 from airflow_hpc_provider.dialects.slurm_tenant import AllocationSpec, TenantSpec
+from airflow_hpc_provider.errors import AllocationError
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR, SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
-    AllocationError,
     book_allocation,
     find_allocation,
     launch_tenant,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from airflow_hpc_provider.batch_streams import LogGroupMissing, LogStreamMissing, LogStreamPlanner, WantedStream
+from airflow_hpc_provider.batch_streams import LogStreamPlanner, WantedStream
+from airflow_hpc_provider.errors import LogGroupMissing, LogStreamMissing
 
 GROUP = "/aws/batch/job"
 

@@ -15,12 +15,14 @@ from airflow_hpc_provider.jobs import JobState, JobStatus
 from airflow_hpc_provider.operators.batch import BatchRevisionOperator
 from airflow_hpc_provider.operators.ec2 import Ec2EphemeralOperator
 from airflow_hpc_provider.operators.pbs import PbsOperator
+from airflow_hpc_provider.operators.sge import SgeOperator
 from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
 from airflow_hpc_provider.operators.slurm_tenant import SlurmTenantOperator
 
 OPERATORS = {
     "slurm": lambda **kw: SlurmSubmitOperator(task_id="t", command="true", **kw),
     "pbs": lambda **kw: PbsOperator(task_id="t", command="true", **kw),
+    "sge": lambda **kw: SgeOperator(task_id="t", command="true", **kw),
     "tenant": lambda **kw: SlurmTenantOperator(task_id="t", reservation="pool", command="true", **kw),
     "batch": lambda **kw: BatchRevisionOperator(task_id="t", command="true", image="alpine:3", **kw),
     "ec2": lambda **kw: Ec2EphemeralOperator(task_id="t", image="alpine:3", command="true", time_limit=5, **kw),

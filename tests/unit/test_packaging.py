@@ -90,7 +90,7 @@ def test_without_the_aws_extra_airflow_is_told_of_no_aws_module(monkeypatch: pyt
         for entry in info[kind]
         for module in entry["python-modules"]
     ]
-    assert {entry["integration-name"] for entry in info["integrations"]} == {"Slurm", "PBS"}
+    assert {entry["integration-name"] for entry in info["integrations"]} == {"Slurm", "PBS", "Grid Engine"}
     assert info["extra-links"] == []
     assert not any("batch" in module or "ec2" in module or "ssm" in module for module in listed)
 

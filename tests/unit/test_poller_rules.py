@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from airflow_hpc_provider.dialects.base import Observation
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob
@@ -13,7 +14,6 @@ from airflow_hpc_provider.poller import (
     ClusterPoller,
     JobEnded,
     Notice,
-    Observation,
     OutputLines,
     PollerSettings,
     StatusChanged,

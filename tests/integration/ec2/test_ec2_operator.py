@@ -18,12 +18,10 @@ import pytest
 from airflow.sdk.exceptions import AirflowTaskTimeout, TaskDeferred
 
 from airflow_hpc_provider.dialects import ec2
-from airflow_hpc_provider.errors import JobFailedError, SubmissionError
+from airflow_hpc_provider.errors import InstanceLimitError, JobFailedError, StartupError, SubmissionError
 from airflow_hpc_provider.operators.ec2 import (
     Ec2EphemeralOperator,
     Ec2ReaperOperator,
-    InstanceLimitError,
-    StartupError,
 )
 from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
 from tests.integration.batch.moto_batch import MotoAws

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError
+from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError, SsmToolsMissingError
 from airflow_hpc_provider.hooks.ssm import (
-    SsmToolsMissingError,
     SsmTransport,
     SsmTunnelHook,
     SsmTunnelTarget,
