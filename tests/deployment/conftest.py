@@ -61,14 +61,24 @@ class AccountedJob:
 
 
 def jobs_named(prefix: str) -> list[AccountedJob]:
-    """Every job in Slurm's accounting whose name starts with ``prefix`` (our DAGs put the run id in it)."""
-    out = cluster.ssh("sacct -n -P -X -S now-1days -o JobIDRaw,JobName%400,State,Start,End")
-    jobs = []
-    for line in out.splitlines():
-        fields = line.split("|")
-        if len(fields) == 5 and fields[1].startswith(prefix):
-            jobs.append(AccountedJob(fields[0], fields[1], fields[2].split(" ")[0], fields[3], fields[4]))
-    return jobs
+    """Every job whose name starts with ``prefix`` (our DAGs put the run id in it), by job id.
+
+    From Slurm's accounting, and from the controller for the jobs slurmdbd has not recorded yet:
+    slurmctld sends records to slurmdbd asynchronously, so a job that ended a moment ago may be
+    missing from sacct while squeue still lists it.
+    """
+    out = cluster.ssh(
+        "sacct -n -P -X -S now-1days -o JobIDRaw,JobName%400,State,Start,End; echo '--- squeue'; "
+        "squeue -h -t all -o '%A|%j|%T|%S|%e'"
+    )
+    accounted, listed = out.split("--- squeue\n", 1)
+    jobs: dict[str, AccountedJob] = {}
+    for source in (accounted, listed):
+        for line in source.splitlines():
+            fields = line.split("|")
+            if len(fields) == 5 and fields[1].startswith(prefix) and fields[0] not in jobs:
+                jobs[fields[0]] = AccountedJob(fields[0], fields[1], fields[2].split(" ")[0], fields[3], fields[4])
+    return sorted(jobs.values(), key=lambda job: (len(job.job_id), job.job_id))
 
 
 def job_state(job_id: str) -> str:
