@@ -12,51 +12,41 @@ Before submission (``execute``, on the worker), in this order, so each failure s
 3. store a payload past the inline limit in the job's directory, else keep it in the script;
 4. make the job's command the bootstrap reading its manifest.
 
-After the job ended (``execute_complete``): read the result document the job wrote (it is named by
-the job's id, so a retry that adopted an earlier try's job finds it), turn it into the return value
-or the remote exception with its traceback, then delete what was read (``cleanup``).
+After the job ended (``execute_complete``, shared with ``@task.batch`` in
+:mod:`~airflow_hpc_provider.python_task.remote_call`): read the result document the job wrote (it
+is named by the job's id, so a retry that adopted an earlier try's job finds it), turn it into the
+return value or the remote exception with its traceback, then delete what was read (``cleanup``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowSkipException, AirflowTaskTimeout
-from airflow.triggers.base import TriggerEvent
 
-from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError, RemoteResultError
+from airflow_hpc_provider.errors import RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.jobs import JobKey
+from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator
 from airflow_hpc_provider.python_task import cluster_files, cluster_io
 from airflow_hpc_provider.python_task.cleanup import CleanupPolicy, locations_to_delete
 from airflow_hpc_provider.python_task.codec import CLUSTER_INLINE_LIMIT_BYTES, encode_body
-from airflow_hpc_provider.python_task.launch import check_python_command, cluster_command
-from airflow_hpc_provider.python_task.manifest import (
-    DEFAULT_RESULT_INLINE_LIMIT_BYTES,
-    FileBody,
-    FileResultTarget,
-    InlineBody,
-    PayloadManifest,
-)
+from airflow_hpc_provider.python_task.launch import cluster_command
+from airflow_hpc_provider.python_task.manifest import FileBody, FileResultTarget, InlineBody, PayloadManifest
 from airflow_hpc_provider.python_task.preflight import check_remote_python, probe_remote_python
-from airflow_hpc_provider.python_task.results import ResultDocument, return_value
-from airflow_hpc_provider.python_task.serializer import SerializedCall, load_serializer, serialize_call
-from airflow_hpc_provider.watch import WatchOutcome
-
-# What __init__ of the operator gets for command=: replaced by the bootstrap in execute.
-_COMMAND_PLACEHOLDER = ":"
+from airflow_hpc_provider.python_task.remote_call import RemotePythonCall
+from airflow_hpc_provider.python_task.results import Referencer, ResultDocument
+from airflow_hpc_provider.python_task.serializer import SerializedCall, load_serializer
 
 
-def python_job_template_fields(operator: type[SshBatchJobOperator]) -> tuple[str, ...]:
+def python_job_template_fields(operator: type[HpcOperator]) -> tuple[str, ...]:
     """The decorated function's arguments, then the operator's fields but the command it builds itself."""
     return ("op_args", "op_kwargs", *(name for name in operator.template_fields if name not in ("command", "script")))
 
 
-class ClusterPythonJob(SshBatchJobOperator):
+class ClusterPythonJob(RemotePythonCall, SshBatchJobOperator):
     """Mixin: run ``python_callable(*op_args, **op_kwargs)`` as the job (see the module docstring).
 
     :param python: the interpreter on the cluster (a name on PATH or a path); modules and venvs go
@@ -68,41 +58,15 @@ class ClusterPythonJob(SshBatchJobOperator):
     :param check_python: ask the job's Python for its version before submitting (one SSH command).
     """
 
-    # Set by DecoratedOperator (a later base of the concrete class).
-    python_callable: Callable[..., Any]
-    op_args: Collection[Any]
-    op_kwargs: Mapping[str, Any]
-
-    def __init__(
-        self,
-        *,
-        python: str = "python3",
-        cleanup: str = CleanupPolicy.DELETE.value,
-        result_inline_limit_bytes: int = DEFAULT_RESULT_INLINE_LIMIT_BYTES,
-        check_python: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        for name in ("command", "script"):
-            if kwargs.get(name) is not None:
-                raise JobSpecError(f"{name}= is not for a decorated function: the function is what the job runs")
-        try:
-            self.python = check_python_command(python)
-            self.cleanup = CleanupPolicy.parse(cleanup)
-        except ValueError as error:
-            raise JobSpecError(str(error)) from None
-        if isinstance(result_inline_limit_bytes, bool) or not isinstance(result_inline_limit_bytes, int):
-            raise JobSpecError(f"result_inline_limit_bytes={result_inline_limit_bytes!r}: give a number of bytes")
-        self.result_inline_limit_bytes = result_inline_limit_bytes
+    def __init__(self, *, check_python: bool = True, **kwargs: Any) -> None:
         self.check_python = bool(check_python)
-        kwargs["command"] = _COMMAND_PLACEHOLDER
         super().__init__(**kwargs)
 
     # -- before submission -------------------------------------------------------------------------
 
     def execute(self, context: Context) -> Any:
         cluster = self.cluster()
-        serializer = load_serializer()
-        call = serialize_call(self.python_callable, tuple(self.op_args), dict(self.op_kwargs), serializer=serializer)
+        call = self.serialized_call()
         self.command = asyncio.run(self._prepare(cluster, self.job_key(context), call))
         return super().execute(context)
 
@@ -143,7 +107,7 @@ class ClusterPythonJob(SshBatchJobOperator):
 
     def script_for_log(self, batch_script: str) -> str:
         # The bootstrap (400 lines) and an inline payload (up to 64 KiB of base64) say nothing to a reader.
-        name = getattr(self.python_callable, "__qualname__", repr(self.python_callable))
+        name = self.callable_name()
         if not self.command:
             return batch_script
         return batch_script.replace(
@@ -152,21 +116,14 @@ class ClusterPythonJob(SshBatchJobOperator):
 
     # -- after the job ended -----------------------------------------------------------------------
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> Any:
-        payload = event.payload if isinstance(event, TriggerEvent) else event
-        job_id = WatchOutcome.from_dict(payload).job_id
-        failure: JobFailedError | None = None
-        try:
-            super().execute_complete(context, event)
-        except JobFailedError as error:
-            if error.status is None:  # track lost: the job may still run, and need its payload
-                raise
-            failure = error
-        except (AirflowTaskTimeout, AirflowSkipException):
-            asyncio.run(self._read_and_clean(context, job_id, read=False))
-            raise
-        document = asyncio.run(self._read_and_clean(context, job_id, read=True))
-        return self._value(document, job_id, failure)
+    def fetch_result(self, context: Context, job_id: str, *, read: bool) -> tuple[str, bytes | None]:
+        return asyncio.run(self._read_and_clean(context, job_id, read=read))
+
+    def result_referencer(self, document: ResultDocument) -> Referencer:
+        return cluster_files.referencer(document, self.conn_id)
+
+    def job_label(self, job_id: str) -> str:
+        return f"{self.scheduler} job {job_id}"
 
     async def _read_and_clean(self, context: Context, job_id: str, *, read: bool) -> tuple[str, bytes | None]:
         cluster = self.cluster()
@@ -186,23 +143,3 @@ class ClusterPythonJob(SshBatchJobOperator):
             return path, document
         finally:
             await transport.close()
-
-    def _value(self, read: tuple[str, bytes | None], job_id: str, failure: JobFailedError | None) -> Any:
-        path, text = read
-        what = f"{self.scheduler} job {job_id}"
-        if text is None:
-            if failure is not None:
-                raise failure
-            raise RemoteResultError(f"{what} ended without writing its result to {path}", None)
-        document = ResultDocument.parse(text, path)
-        # A raised function or a bootstrap that could not run it: its own error, not the exit code's.
-        value = return_value(
-            document,
-            serializer=load_serializer(),
-            multiple_outputs=bool(self.multiple_outputs),
-            reference=cluster_files.referencer(document, self.conn_id),
-            status=failure.status if failure is not None else None,
-        )
-        if failure is not None:  # the function returned, yet the job failed after (killed, out of memory)
-            raise failure
-        return value
