@@ -166,6 +166,8 @@ def _task_decorators(with_aws: bool) -> list[dict[str, str]]:
         "slurm": "airflow_hpc_provider.decorators.slurm.slurm_task",
         "pbs": "airflow_hpc_provider.decorators.pbs.pbs_task",
     }
+    if with_aws:
+        decorators["batch"] = "airflow_hpc_provider.decorators.batch.batch_task"
     return [{"name": name, "class-name": path} for name, path in decorators.items()]
 
 

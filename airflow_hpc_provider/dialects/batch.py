@@ -309,8 +309,8 @@ class ContainerRequest:
     gpus: int | None = None
 
 
-def container_overrides(script: str, env: Mapping[str, str], request: ContainerRequest) -> dict[str, Any]:
-    overrides: dict[str, Any] = {"command": ["bash", "-c", script]}
+def container_overrides(command: Sequence[str], env: Mapping[str, str], request: ContainerRequest) -> dict[str, Any]:
+    overrides: dict[str, Any] = {"command": list(command)}
     requirements = []
     if request.vcpus is not None:
         value = int(request.vcpus) if float(request.vcpus).is_integer() else request.vcpus

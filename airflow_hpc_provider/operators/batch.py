@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -38,6 +39,15 @@ KILL_REASON = "Stopped from Airflow: the worker running the task was told to sto
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 # Images warned about in locked mode, per process: "warn once", not once per task.
 _warned_images: set[tuple[str, str]] = set()
+
+
+@dataclass(frozen=True)
+class ContainerCommand:
+    """The container's command, the environment it adds to the task's ``env``, and what the log shows."""
+
+    command: tuple[str, ...]
+    env: Mapping[str, str]
+    for_log: str
 
 
 class BatchRevisionOperator(HpcOperator):
@@ -258,16 +268,24 @@ class BatchRevisionOperator(HpcOperator):
         )
         return batch.render_bootstrap(stored.uri, stored.sha256)
 
+    def container_command(self, hook: BatchHook, key: JobKey, env: Mapping[str, str]) -> ContainerCommand:
+        """What the container runs, after the adoption check and before SubmitJob: the command's
+        script under ``bash -c`` here; ``@task.batch`` runs its bootstrap instead."""
+        script = self._command_script(hook, key, env)
+        return ContainerCommand(command=("bash", "-c", script), env={}, for_log=script)
+
     def _request(
-        self, name: str, queue: str, definition: ResolvedDefinition, script: str, key: JobKey
+        self, name: str, queue: str, definition: ResolvedDefinition, container: ContainerCommand, key: JobKey
     ) -> dict[str, Any]:
-        env = {str(k): str(v) for k, v in self.env.items()}
+        env = {**{str(k): str(v) for k, v in self.env.items()}, **container.env}
         request: dict[str, Any] = {
             "jobName": name,
             "jobQueue": queue,
             "jobDefinition": definition.arn,
             "containerOverrides": batch.container_overrides(
-                script, env, ContainerRequest(vcpus=self.vcpus, memory_mb=self.memory_mb, gpus=self.gpus)
+                container.command,
+                env,
+                ContainerRequest(vcpus=self.vcpus, memory_mb=self.memory_mb, gpus=self.gpus),
             ),
             "tags": {**{str(k): str(v) for k, v in self.tags.items()}, batch.KEY_TAG: key.tag},
         }
@@ -357,9 +375,7 @@ class BatchRevisionOperator(HpcOperator):
             raise ConnectionConfigError(
                 f"no job queue: give job_queue= or set job_queue in the extra of connection {self.aws_conn_id}"
             )
-        key = JobKey.for_task_instance(
-            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
-        )
+        key = self.job_key(context)
         base = batch.job_name_base(ti.dag_id, ti.task_id, self.job_name)
         earlier = hook.find_job_to_adopt(queue, base, key)
         if earlier is not None:
@@ -381,8 +397,8 @@ class BatchRevisionOperator(HpcOperator):
             return earlier.job_id
         definition = self._definition(hook)
         env = {str(k): str(v) for k, v in self.env.items()}
-        script = self._command_script(hook, key, env)
-        request = self._request(batch.job_name_for(base, key), queue, definition, script, key)
+        container = self.container_command(hook, key, env)
+        request = self._request(batch.job_name_for(base, key), queue, definition, container, key)
         job_id = hook.submit(request)
         origin = "registered by this task" if definition.registered else "existing"
         self.log.info(
@@ -394,8 +410,15 @@ class BatchRevisionOperator(HpcOperator):
             definition.revision,
             origin,
         )
-        self.log.info("Script:\n%s", script)
+        self.log.info("Script:\n%s", container.for_log)
         return job_id
+
+    @staticmethod
+    def job_key(context: Context) -> JobKey:
+        ti = context["ti"]
+        return JobKey.for_task_instance(
+            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
+        )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
         payload = event.payload if isinstance(event, TriggerEvent) else event

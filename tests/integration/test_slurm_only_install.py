@@ -62,7 +62,7 @@ def test_a_slurm_only_install_has_neither_boto3_nor_the_amazon_provider(slurm_on
     assert run([python, "-c", probe]).stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("module", ["operators.batch", "operators.ec2"])
+@pytest.mark.parametrize("module", ["operators.batch", "operators.ec2", "decorators.batch"])
 def test_importing_an_aws_operator_without_the_extra_says_which_extra_to_install(
     slurm_only_venv: Path, module: str
 ) -> None:

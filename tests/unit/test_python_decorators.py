@@ -1,4 +1,4 @@
-"""``@task.slurm`` and ``@task.pbs`` as a DAG author meets them: registered, and checked at parse time."""
+"""``@task.slurm``, ``@task.pbs`` and ``@task.batch`` as a DAG author meets them: registered, checked when parsed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 from airflow.sdk import DAG, task
 
+from airflow_hpc_provider.decorators.batch import BatchPythonOperator
 from airflow_hpc_provider.decorators.pbs import PbsPythonOperator
 from airflow_hpc_provider.decorators.slurm import SlurmPythonOperator
 from airflow_hpc_provider.errors import JobSpecError
@@ -15,7 +16,7 @@ from airflow_hpc_provider.get_provider_info import get_provider_info
 
 def test_the_provider_registers_its_task_decorators_and_airflow_finds_them() -> None:
     names = {entry["name"] for entry in get_provider_info()["task-decorators"]}
-    assert {"slurm", "pbs"} <= names
+    assert {"slurm", "pbs", "batch"} <= names
     with DAG("decorators", schedule=None, start_date=datetime(2026, 1, 1)):
 
         @task.slurm(slurm_conn_id="hpc", cpus=2, memory="1G", setup=["module load python/3.11"])
@@ -26,9 +27,16 @@ def test_the_provider_registers_its_task_decorators_and_airflow_finds_them() -> 
         def on_pbs(x: int) -> int:
             return x
 
+        @task.batch(aws_conn_id="aws", image="repo/python:3.11", payload_bucket="payloads", vcpus=2, memory="1G")
+        def on_batch(x: int) -> int:
+            return x
+
         slurm_task = on_slurm(1).operator
         pbs_task = on_pbs(1).operator
+        batch_task = on_batch(1).operator
     assert isinstance(slurm_task, SlurmPythonOperator) and isinstance(pbs_task, PbsPythonOperator)
+    assert isinstance(batch_task, BatchPythonOperator) and batch_task.memory_mb == 1024
+    assert "op_kwargs" in batch_task.template_fields and "command" not in batch_task.template_fields
     assert slurm_task.job_resources.cpus == 2 and slurm_task.setup == ["module load python/3.11"]
     assert "op_kwargs" in slurm_task.template_fields and "command" not in slurm_task.template_fields
 
@@ -46,6 +54,38 @@ def test_arguments_that_cannot_work_fail_when_the_dag_is_parsed(arguments: dict[
     with DAG("refusals", schedule=None, start_date=datetime(2026, 1, 1)):
 
         @task.slurm(slurm_conn_id="hpc", **arguments)
+        def function() -> None:
+            return None
+
+        with pytest.raises(JobSpecError, match=message):
+            function()
+
+
+BATCH = {"aws_conn_id": "aws", "image": "repo/python:3.11", "payload_bucket": "payloads"}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({**BATCH, "payload_bucket": None}, "payload_bucket=None: give the name of an S3 bucket"),
+        ({**BATCH, "payload_bucket": "s3://payloads"}, "payload_bucket='s3://payloads'"),
+        ({**BATCH, "payload_bucket": "Payloads_Bucket"}, "payload_bucket='Payloads_Bucket'"),
+        ({**BATCH, "payload_prefix": "/"}, "payload_prefix='/': give a key prefix"),
+        ({**BATCH, "payload_prefix": "runs/{user}"}, "payload_prefix: .* names"),
+        ({**BATCH, "command": "echo hi"}, "command= is not for a decorated function"),
+        ({**BATCH, "job_id": "abc"}, "job_id= is not for a decorated function"),
+        ({**BATCH, "wait_for_completion": False}, "waits for its result"),
+        ({**BATCH, "env": {"AIRFLOW_HPC_PAYLOAD": "x"}}, "the manifest's own variable"),
+        ({**BATCH, "vcpus": 0.5}, "fractions are Fargate only"),
+        ({**BATCH, "cleanup": "never"}, "cleanup='never'"),
+    ],
+)
+def test_batch_arguments_that_cannot_work_fail_when_the_dag_is_parsed(
+    arguments: dict[str, object], message: str
+) -> None:
+    with DAG("batch_refusals", schedule=None, start_date=datetime(2026, 1, 1)):
+
+        @task.batch(**arguments)
         def function() -> None:
             return None
 

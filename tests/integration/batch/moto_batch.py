@@ -3,7 +3,10 @@
 moto without Docker marks a job SUCCEEDED inside the SubmitJob call. To test streaming, cancel and
 adoption, :class:`HeldJobs` wraps moto's ``BatchSimpleBackend._mark_job_as_finished`` in the test
 process (where ``ThreadedMotoServer`` runs): jobs sent to a queue it holds start RUNNING and stay so
-until the test finishes them, or until TerminateJob fails them as AWS does. Two more wraps make moto
+until the test finishes them, or until TerminateJob fails them as AWS does. Jobs sent to a queue it
+*runs* start RUNNING too, and their container command (with the job's environment,
+``AWS_BATCH_JOB_ID`` and S3 at moto) runs as a local process, the stand-in for a compute
+environment: its output lines go to the job's CloudWatch stream and its exit code ends the job. Two more wraps make moto
 answer as AWS does where it differs: FilterLogEvents naming a stream that does not exist fails with
 ``ResourceNotFoundException`` (moto silently skips the name), and RegisterJobDefinition numbers
 revisions atomically (moto's threads can give two callers the same revision). Only moto is patched;
@@ -15,8 +18,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +50,10 @@ def free_port() -> int:
 class HeldJobs:
     queues: set[str] = field(default_factory=set)
     terminated: dict[str, str] = field(default_factory=dict)
+    # Queues whose jobs run their container command as a local process (see the module docstring).
+    running: set[str] = field(default_factory=set)
+    endpoint_url: str | None = None
+    processes: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
 
     def install(self) -> Iterator[None]:
         original_finish = BatchSimpleBackend._mark_job_as_finished
@@ -53,7 +64,7 @@ class HeldJobs:
         held = self
 
         def finish(backend: Any, include_start_attempt: bool, job: Job) -> None:
-            if job.job_queue.name not in held.queues:
+            if job.job_queue.name not in held.queues | held.running:
                 original_finish(backend, include_start_attempt, job)
                 return
             backend.backend._jobs[job.job_id] = job
@@ -62,10 +73,15 @@ class HeldJobs:
             if include_start_attempt:
                 job._start_attempt()
             job.status = "RUNNING"
+            if job.job_queue.name in held.running:
+                threading.Thread(target=held.run_container, args=(job,), name=f"container-{job.job_id}").start()
 
         def terminate(job: Job, reason: str) -> None:
             held.terminated[job.job_id] = reason
-            if job.job_queue.name in held.queues and not job.job_stopped:
+            process = held.processes.get(job.job_id)
+            if process is not None:
+                process.kill()
+            if job.job_queue.name in held.queues | held.running and not job.job_stopped:
                 job.job_stopped_reason = reason
                 job._mark_stopped(success=False)
             else:
@@ -92,6 +108,39 @@ class HeldJobs:
             Job.terminate = original_terminate  # type: ignore[method-assign]
             LogsBackend.filter_log_events = original_filter  # type: ignore[method-assign]
             BatchBackend.register_job_definition = original_register  # type: ignore[method-assign]
+
+    def run_container(self, job: Job) -> None:
+        """The container: the job's command with its environment; lines to CloudWatch, exit code to the job.
+
+        ``python3`` is this venv's (first on PATH): it has cloudpickle and boto3, as an image for
+        ``@task.batch`` would. Credentials are moto's, standing in for the job role's.
+        """
+        overrides = job.container_overrides or {}
+        command = list(overrides.get("command") or [])
+        environment = {item["name"]: item["value"] for item in overrides.get("environment", [])}
+        env = {
+            "PATH": f"{os.path.dirname(sys.executable)}:/usr/bin:/bin",
+            "HOME": "/tmp",
+            **environment,
+            "AWS_BATCH_JOB_ID": job.job_id,
+            "AWS_ENDPOINT_URL": str(self.endpoint_url),
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": REGION,
+        }
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd="/tmp"
+        )
+        self.processes[job.job_id] = process
+        output, _ = process.communicate()
+        lines = output.splitlines()
+        if lines:
+            now = int(time.time() * 1000)
+            MotoAws(url=str(self.endpoint_url), held=self).put_lines(
+                str(job._stream_name), [(now, line) for line in lines]
+            )
+        if not job.job_stopped:
+            self.finish(job.job_id, success=process.returncode == 0, exit_code=process.returncode)
 
     @staticmethod
     def job(job_id: str) -> Job:
@@ -130,7 +179,7 @@ class MotoAws:
             }
         )
 
-    def make_queue(self, name: str, *, held: bool = False) -> str:
+    def make_queue(self, name: str, *, held: bool = False, runs_containers: bool = False) -> str:
         iam, batch = self.client("iam"), self.client("batch")
         try:
             role = iam.create_role(RoleName="batch-service", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
@@ -147,6 +196,9 @@ class MotoAws:
         )
         if held:
             self.held.queues.add(name)
+        if runs_containers:
+            self.held.endpoint_url = self.url
+            self.held.running.add(name)
         return name
 
     def put_lines(self, stream: str, lines: list[tuple[int, str]], group: str = "/aws/batch/job") -> None:

@@ -1,0 +1,55 @@
+"""Map a Python function over 5 inputs as 5 AWS Batch jobs, then sum the results in Airflow.
+
+``@task.batch`` runs the function in the job's container with the image's own ``python3``, which
+needs cloudpickle and boto3 and the Airflow worker's major.minor (no Airflow), e.g. an image built
+``FROM python:3.11-slim`` with ``pip install cloudpickle boto3``. The call travels in the job's
+environment (through S3 past 16 KiB), the return value comes back through S3 and becomes the
+task's XCom, so ``total`` receives the 5 values.
+
+Needs an ``aws`` connection named ``aws_batch`` whose extra names the job queue
+(``{"region_name": "eu-west-1", "job_queue": "my-queue"}``), a bucket for payloads and results
+(``PYTHON_ON_BATCH_BUCKET``) and the image (``PYTHON_ON_BATCH_IMAGE``). The jobs wait in the
+triggerer, not in worker slots.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, task
+
+PAYLOAD_BUCKET = os.environ.get("PYTHON_ON_BATCH_BUCKET", "my-airflow-payloads")
+IMAGE = os.environ.get("PYTHON_ON_BATCH_IMAGE", "123456789012.dkr.ecr.eu-west-1.amazonaws.com/python-tasks:3.11")
+
+with DAG(
+    dag_id="python_on_batch",
+    schedule=None,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["example", "aws-batch", "python"],
+    doc_md=__doc__,
+) as dag:
+
+    @task.batch(
+        aws_conn_id="aws_batch",
+        image=IMAGE,
+        payload_bucket=PAYLOAD_BUCKET,
+        vcpus=1,
+        memory="512M",
+        timeout=timedelta(minutes=10),
+        poll_interval=1,
+    )
+    def heavy_computation(x: int) -> int:
+        import os
+
+        print(f"squaring {x} in AWS Batch job {os.environ['AWS_BATCH_JOB_ID']}")
+        return x * x
+
+    @task
+    def total(values: list[int]) -> int:
+        result = sum(values)
+        print(f"the sum of the squares of 0..4 is {result}")
+        return result
+
+    total(heavy_computation.expand(x=list(range(5))))
