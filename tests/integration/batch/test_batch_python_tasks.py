@@ -112,6 +112,7 @@ def test_a_function_returning_a_dict_with_multiple_outputs_gives_each_key_as_an_
     assert re.search(r"Payload: \d+ bytes \(none\), in the job's environment", describe), describe[-3000:]
     (job_id,) = re.findall(r"Submitted AWS Batch job (\S+) \(", describe)
     assert f"AWS Batch job {job_id} ended SUCCEEDED" in describe
+    assert "Pausing task as DEFERRED" not in describe  # watched on the worker: the same end
     assert f"outputs as XComs: sum=42 job={job_id}" in task_output(outcomes, "check_outputs")
 
 
@@ -130,6 +131,7 @@ def test_a_raised_exception_fails_the_task_with_the_remote_traceback_in_its_log(
     traceback = log[log.index("Remote traceback:") :]
     assert re.search(r"line \d+, in validate\n.*line \d+, in check_input\nValueError: bad input 11", traceback)
     assert "new_state=failed" in log
+    assert "Pausing task as DEFERRED" in log
 
 
 def test_payloads_and_results_are_deleted_once_read(moto_aws: MotoAws, setting: dict[str, str], outcomes: str) -> None:

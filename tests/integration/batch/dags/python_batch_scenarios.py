@@ -1,7 +1,8 @@
 """Python functions as AWS Batch jobs through ``@task.batch``: the DAG ``test_batch_python_tasks.py`` runs.
 
 One independent task per outcome, so one ``airflow dags test`` runs them all: a value returned
-into XCom (``multiple_outputs``), a raised exception, a 1 MB argument (through S3).
+into XCom (``multiple_outputs``, watched on the worker), a raised exception and a 1 MB argument
+(through S3), both deferred.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def check_input(value: int) -> int:
 
 
 with DAG(dag_id="py_batch_outcomes", schedule=None, start_date=datetime(2026, 1, 1), catchup=False, tags=["test"]):
-
-    @task.batch(multiple_outputs=True, **BATCH)
+    # Watched on the worker (deferrable=False): the value comes back through the same path.
+    @task.batch(multiple_outputs=True, deferrable=False, **BATCH)
     def describe(a: int, b: int) -> dict[str, Any]:
         import os
 
