@@ -62,12 +62,29 @@ def ssh(command: str, *, check: bool = True) -> str:
     return result.stdout
 
 
+# States after which slurmdbd's record of a job no longer changes.
+_UNFINISHED = ("PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "COMPLETING")
+
+
 def sacct_row(job_id: str, fields: str = "JobIDRaw,State,ExitCode,JobName%300,Comment%100") -> list[str]:
-    """The allocation row of a job in Slurm's accounting, split into fields."""
-    out = ssh(f"sacct -n -P -X -j {shlex.quote(job_id)} -o {fields}")
-    rows = [line.split("|") for line in out.splitlines() if line.strip()]
+    """The allocation row of a job that has ended, from Slurm's accounting, split into fields.
+
+    slurmctld sends a job's end to slurmdbd asynchronously: right after a task saw its job end,
+    sacct may still show it running, or not at all, or (when the end reached slurmdbd before the
+    start) a stand-in row with no partition and ReqMem "16?" (seen in CI). Ask again (up to 30 s)
+    until the row is final and whole.
+    """
+    query = f"sacct -n -P -X -j {shlex.quote(job_id)} -o State,Partition,{fields}"
+    deadline = time.monotonic() + 30
+    while True:
+        out = ssh(query)
+        rows = [line.split("|") for line in out.splitlines() if line.strip()]
+        final = len(rows) == 1 and not rows[0][0].startswith(_UNFINISHED) and rows[0][1] != ""
+        if final or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert len(rows) == 1, f"sacct has {len(rows)} rows for job {job_id}: {out!r}"
-    return rows[0]
+    return rows[0][2:]
 
 
 def job_name(job_id: str) -> str:
