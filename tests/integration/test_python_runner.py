@@ -287,8 +287,10 @@ async def test_a_function_printing_1000_lines_has_each_line_once_in_the_job_outp
 
     def lines_while_running() -> int:
         for _ in range(240):
-            state = cluster.ssh(f"squeue -h -j {submitted.job_id} -o %T", check=False).strip()
+            # The count first, then the state: a state read before the count could be from before
+            # the job started (the job then holds on until the test releases it).
             count = int(cluster.ssh(f"cat {submitted.log_path} 2>/dev/null | wc -l").strip() or 0)
+            state = cluster.ssh(f"squeue -h -j {submitted.job_id} -o %T", check=False).strip()
             if count >= 1000:
                 assert state == "RUNNING", f"all lines only showed once the job was {state!r}"
                 return count
