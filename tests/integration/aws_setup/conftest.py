@@ -92,7 +92,7 @@ def _managed_policies_follow_their_stack() -> None:
 
 
 def _resize_compute_environments() -> None:
-    """moto 5.2's UpdateComputeEnvironment ignores ``computeResources`` (its own TODO); AWS applies the
+    """moto 5.2's UpdateComputeEnvironment ignores ``computeResources`` (not implemented there); AWS applies the
     vCPU limits. Apply them, so that provision's update of ``--max-vcpus`` is seen as AWS would show it."""
     update = BatchBackend.update_compute_environment
     if getattr(update, "applies_vcpus", False):
