@@ -266,3 +266,16 @@ def check_env_names(names: Iterable[str], rules: Iterable[EnvRule]) -> None:
                 f"env name {name!r} is refused: env values travel in the environment of the "
                 f"shell that submits the job, and {rule.reason}"
             )
+
+
+def checked_extra_directives(directives: Iterable[str], reserved: Sequence[str]) -> list[str]:
+    """A PBS or Grid Engine task's ``extra_directives``, each one line and none setting what the
+    provider sets itself (``reserved``: the options it writes, such as the job's name and output)."""
+    checked = []
+    for directive in directives:
+        if "\n" in directive or "\r" in directive or "\0" in directive:
+            raise JobSpecError(f"extra directive {directive!r} must be a single line")
+        if directive.split(" ", 1)[0] in reserved:
+            raise JobSpecError(f"extra directive {directive!r}: {', '.join(reserved)} are set by the provider")
+        checked.append(directive)
+    return checked

@@ -39,6 +39,7 @@ from typing import Any
 
 from airflow_hpc_provider.dialects import remote_shell, slurm
 from airflow_hpc_provider.dialects.base import Observation, PollReport
+from airflow_hpc_provider.dialects.directives import checked_extra_directives
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, signal_of_shell_status
@@ -288,12 +289,7 @@ def resource_options(spec: JobSpec, flavour: PbsFlavour) -> list[str]:
             options.append(f"-l mem={res.memory_mb * nodes}mb")
     if res.time_limit:
         options.append(f"-l walltime={pbs_walltime(res.time_limit)}")
-    for directive in spec.extra_directives:
-        if "\n" in directive or "\r" in directive or "\0" in directive:
-            raise JobSpecError(f"extra directive {directive!r} must be a single line")
-        if directive.split(" ", 1)[0] in RESERVED_OPTIONS:
-            raise JobSpecError(f"extra directive {directive!r}: {', '.join(RESERVED_OPTIONS)} are set by the provider")
-        options.append(directive)
+    options.extend(checked_extra_directives(spec.extra_directives, RESERVED_OPTIONS))
     return options
 
 

@@ -44,6 +44,7 @@ from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell, slurm
 from airflow_hpc_provider.dialects.base import Observation, PollReport
+from airflow_hpc_provider.dialects.directives import checked_extra_directives
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.dialects.sge_status import (
     parse_error_reasons,
@@ -137,12 +138,7 @@ def resource_options(spec: JobSpec, *, parallel_environment: str | None = None) 
         options.append(f"-l h_vmem={math.ceil(res.memory_mb / slots)}M")
     if res.time_limit:
         options.append(f"-l h_rt={sge_time(res.time_limit)}")
-    for directive in spec.extra_directives:
-        if "\n" in directive or "\r" in directive or "\0" in directive:
-            raise JobSpecError(f"extra directive {directive!r} must be a single line")
-        if directive.split(" ", 1)[0] in RESERVED_OPTIONS:
-            raise JobSpecError(f"extra directive {directive!r}: {', '.join(RESERVED_OPTIONS)} are set by the provider")
-        options.append(directive)
+    options.extend(checked_extra_directives(spec.extra_directives, RESERVED_OPTIONS))
     return options
 
 
