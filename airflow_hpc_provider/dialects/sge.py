@@ -255,18 +255,7 @@ def submit_script(spec: JobSpec, batch_script: str, *, key: JobKey, log_dir: str
 
 
 def parse_submit_output(stdout: str) -> SubmitOutcome:
-    job_id: str | None = None
-    adopted = False
-    state: str | None = None
-    for line in stdout.splitlines():
-        word, _, rest = line.partition(" ")
-        if word in ("ADOPTED", "SUBMITTED"):
-            job_id, adopted = rest.strip(), word == "ADOPTED"
-        elif word == "STATE":
-            state = rest.strip() or None
-    if not job_id or not _JOB_ID.fullmatch(job_id):
-        raise ValueError(f"no job id in the submission's output: {stdout!r}")
-    return SubmitOutcome(job_id=job_id, adopted=adopted, state=state)
+    return slurm.parse_submit_output(stdout, _JOB_ID)
 
 
 def cancel_script(job_ids: Sequence[str], log_dir: str) -> str:

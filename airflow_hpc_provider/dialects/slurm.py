@@ -303,7 +303,12 @@ END { for (i = 1; i <= n; i++) if (order[i] in known) { print order[i], known[or
 """
 
 
-def parse_submit_output(stdout: str) -> SubmitOutcome:
+_SUBMITTED_ID = re.compile(r"\d+(_\d+)?")
+
+
+def parse_submit_output(stdout: str, job_id_form: re.Pattern[str] = _SUBMITTED_ID) -> SubmitOutcome:
+    """What a submit script printed (``ADOPTED``/``SUBMITTED`` id, ``STATE``, ``BUSY`` count); the
+    other SSH-cluster dialects print the same words, with ids of their own ``job_id_form``."""
     job_id: str | None = None
     adopted = False
     state: str | None = None
@@ -315,7 +320,7 @@ def parse_submit_output(stdout: str) -> SubmitOutcome:
             state = rest.strip() or None
         elif word == "BUSY":
             return SubmitOutcome(job_id=None, adopted=False, state=None, busy_jobs=int(rest))
-    if not job_id or not re.fullmatch(r"\d+(_\d+)?", job_id):
+    if not job_id or not job_id_form.fullmatch(job_id):
         raise ValueError(f"no job id in the submission's output: {stdout!r}")
     return SubmitOutcome(job_id=job_id, adopted=adopted, state=state)
 
