@@ -17,9 +17,6 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
-from airflow_hpc_provider.batch_logs import CURSOR_XCOM_KEY, MemoryPositionStore, SavedPosition
-from airflow_hpc_provider.batch_poller import BatchTarget
-from airflow_hpc_provider.batch_watch import watch_batch_job
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import ContainerRequest, GitCheckout
@@ -30,7 +27,10 @@ from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink
 from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.batch import BatchTarget
+from airflow_hpc_provider.watching.batch_logs import CURSOR_XCOM_KEY, MemoryPositionStore, SavedPosition
+from airflow_hpc_provider.watching.batch_watch import watch_batch_job
+from airflow_hpc_provider.watching.ssh_watch import Outcome, WatchOutcome
 
 MODES = ("locked", "revisions", "auto")
 PLATFORMS = ("EC2", "FARGATE")

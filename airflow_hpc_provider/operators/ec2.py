@@ -25,7 +25,6 @@ from airflow.triggers.base import TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.dialects import ec2
-from airflow_hpc_provider.ec2_watch import follow_instance
 from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,
@@ -42,7 +41,8 @@ from airflow_hpc_provider.jobs import JobKey, JobStatus, describe_exit, signal_o
 from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.resources import check_env_names, parse_time_limit
 from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.ec2_watch import follow_instance
+from airflow_hpc_provider.watching.ssh_watch import Outcome, WatchOutcome
 
 DEFAULT_POLL_INTERVAL_S = 15.0
 DEFAULT_STARTUP_TIMEOUT = timedelta(minutes=10)

@@ -44,7 +44,7 @@ from airflow_hpc_provider.resources import (
     parse_memory_mb,
 )
 from airflow_hpc_provider.triggers.slurm_tenant import SlurmTenantTrigger, watched_tenant
-from airflow_hpc_provider.watch import Outcome, WatchOutcome, watch_job
+from airflow_hpc_provider.watching.ssh_watch import Outcome, WatchOutcome, watch_job
 
 T = TypeVar("T")
 # A tenant's env is sourced in the allocation right before its srun step: see directives.

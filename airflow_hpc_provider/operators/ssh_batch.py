@@ -38,7 +38,7 @@ from airflow_hpc_provider.jobs import (
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
-from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
+from airflow_hpc_provider.watching.ssh_watch import Outcome, WatchOutcome, cancel_job, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
 # Templated too: literal values are checked at parse time, templates right after rendering.

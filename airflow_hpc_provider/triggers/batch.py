@@ -8,11 +8,11 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
-from airflow_hpc_provider.batch_logs import MemoryPositionStore, PositionStore, XComPositionStore
-from airflow_hpc_provider.batch_poller import BatchTarget
-from airflow_hpc_provider.batch_watch import terminate_batch_job, watch_batch_job
 from airflow_hpc_provider.dialects import batch
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.batch import BatchTarget
+from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore, PositionStore, XComPositionStore
+from airflow_hpc_provider.watching.batch_watch import terminate_batch_job, watch_batch_job
+from airflow_hpc_provider.watching.ssh_watch import Outcome, WatchOutcome
 
 CANCEL_REASON = "Stopped from Airflow: the task was marked failed, marked success or cleared"
 

@@ -9,9 +9,9 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
-from airflow_hpc_provider.ec2_watch import InstanceWatch, follow_instance, terminate_instance
 from airflow_hpc_provider.hooks.ssm import SsmTunnelTarget
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.ec2_watch import InstanceWatch, follow_instance, terminate_instance
+from airflow_hpc_provider.watching.ssh_watch import Outcome, WatchOutcome
 
 
 class Ec2InstanceTrigger(BaseTrigger):

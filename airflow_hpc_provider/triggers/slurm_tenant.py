@@ -15,7 +15,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_hpc_provider.dialects.slurm_tenant import SlurmTenantDialect, TenantRef
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
+from airflow_hpc_provider.watching.ssh_watch import Outcome, WatchOutcome, cancel_job, watch_job
 
 
 class SlurmTenantTrigger(BaseTrigger):

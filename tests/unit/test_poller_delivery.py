@@ -20,8 +20,7 @@ from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, section
 from airflow_hpc_provider.hooks.ssh import CommandResult, SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob, claim_marker
-from airflow_hpc_provider.log_delivery import LogChannel
-from airflow_hpc_provider.poller import (
+from airflow_hpc_provider.watching.cluster import (
     REPLAY_MARKER,
     ClusterPoller,
     JobEnded,
@@ -31,7 +30,8 @@ from airflow_hpc_provider.poller import (
     StatusChanged,
     WatchEvent,
 )
-from airflow_hpc_provider.watch import follow
+from airflow_hpc_provider.watching.delivery import LogChannel
+from airflow_hpc_provider.watching.ssh_watch import follow
 
 pytestmark = pytest.mark.asyncio
 

@@ -10,7 +10,7 @@ from airflow_hpc_provider.dialects.base import Observation
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob
-from airflow_hpc_provider.poller import (
+from airflow_hpc_provider.watching.cluster import (
     ClusterPoller,
     JobEnded,
     Notice,

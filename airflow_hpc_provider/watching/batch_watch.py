@@ -1,12 +1,12 @@
 """Watch one AWS Batch job to its end through the shared Batch poller, logging as it goes.
 
-The Batch counterpart of ``watch.py``: used by the trigger (in the triggerer) and by the operator
+The Batch counterpart of ``ssh_watch.py``: used by the trigger (in the triggerer) and by the operator
 when it does not defer, so both log the same lines and end with the same :class:`WatchOutcome`.
 
 Delivered means written. The poller hands over a job's new CloudWatch lines in slices, each followed
 by the read position that covers it. A slice is logged (yielding to the event loop every few tens of
 milliseconds, so a large backlog never stalls the other triggers), then the watch waits until the
-task log's writer has read those lines (:class:`~airflow_hpc_provider.log_delivery.LogChannel`) and
+task log's writer has read those lines (:class:`~airflow_hpc_provider.watching.delivery.LogChannel`) and
 only then saves the position. A triggerer killed at any moment therefore loses no line: its
 successor resumes from a position whose lines are known to be in the task log. What it may repeat
 is the slice that was handed over but not yet confirmed (at most ``lines_per_slice`` lines); the
@@ -25,12 +25,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_hpc_provider.batch_logs import PositionStore, SavedPosition
-from airflow_hpc_provider.batch_poller import BatchPollerSettings, BatchTarget, LogProgress, shared_batch_poller
 from airflow_hpc_provider.dialects import batch
-from airflow_hpc_provider.log_delivery import LogChannel
-from airflow_hpc_provider.poller import JobEnded, Notice, OutputLines, StatusChanged, WatchFailed
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.batch import BatchPollerSettings, BatchTarget, LogProgress, shared_batch_poller
+from airflow_hpc_provider.watching.batch_logs import PositionStore, SavedPosition
+from airflow_hpc_provider.watching.cluster import JobEnded, Notice, OutputLines, StatusChanged, WatchFailed
+from airflow_hpc_provider.watching.delivery import LogChannel
+from airflow_hpc_provider.watching.ssh_watch import Outcome, WatchOutcome
 
 # How long the event loop may be held by logging one slice before other tasks get a turn.
 LOG_TURN_S = 0.02

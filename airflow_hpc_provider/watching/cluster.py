@@ -18,7 +18,7 @@ Rules that keep a job from "succeeding" by absence:
 Rules that keep every line of output (delivered means written):
 
 * a chunk of output is handed to the watchers with a way to *acknowledge* it; a watcher
-  acknowledges once its log handler has written the lines (see :mod:`log_delivery`);
+  acknowledges once its log handler has written the lines (see :mod:`delivery`);
 * only acknowledged positions are committed to the job's cursor on the cluster, in one small
   script for all jobs soon after the acknowledgements, or inside the next script that goes anyway;
 * a job's log is not read again while a chunk of it is unacknowledged, so what a watcher killed
@@ -52,7 +52,7 @@ from airflow_hpc_provider.dialects.remote_shell import (
 from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError, RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobState, JobStatus, LogChunk, WatchedJob, claim_marker
-from airflow_hpc_provider.sharing import SharedPollers
+from airflow_hpc_provider.watching.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Shared, batched AWS Batch polling: N watched jobs cost ceil(N/100) DescribeJobs per interval.
 
 Inside one process all watchers of one (aws connection, region) on one event loop share one
-:class:`BatchPoller`, reference-counted like the SSH cluster poller (``poller.py``), whose event
+:class:`BatchPoller`, reference-counted like the SSH cluster poller (``cluster.py``), whose event
 types it reuses. Each interval it asks DescribeJobs about every watched job, 100 ids per call, and
 reads the new CloudWatch lines of running jobs with FilterLogEvents, 100 streams per call (streams
 that do not exist yet cost a bounded number of extra calls: see :mod:`batch_streams`).
@@ -36,14 +36,14 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_hpc_provider.batch_logs import LogPosition
-from airflow_hpc_provider.batch_streams import LogStreamPlanner, WantedStream
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import LogStream
 from airflow_hpc_provider.errors import LogGroupMissing, LogStreamMissing, Throttled
 from airflow_hpc_provider.hooks.batch import AUTH_CODES, THROTTLING_CODES, BatchHook, error_code, error_text
 from airflow_hpc_provider.jobs import JobState, JobStatus
-from airflow_hpc_provider.poller import (
+from airflow_hpc_provider.watching.batch_logs import LogPosition
+from airflow_hpc_provider.watching.batch_streams import LogStreamPlanner, WantedStream
+from airflow_hpc_provider.watching.cluster import (
     MIN_POLL_SPACING_S,
     JobEnded,
     Notice,
@@ -53,7 +53,7 @@ from airflow_hpc_provider.poller import (
     WatchFailed,
     until_the_end,
 )
-from airflow_hpc_provider.sharing import SharedPollers
+from airflow_hpc_provider.watching.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import JobStatus, WatchedJob
-from airflow_hpc_provider.log_delivery import LogChannel, confirm_written, log_lines
-from airflow_hpc_provider.poller import (
+from airflow_hpc_provider.watching.cluster import (
     JobEnded,
     Notice,
     OutputLines,
@@ -28,9 +27,10 @@ from airflow_hpc_provider.poller import (
     WatchFailed,
     shared_poller,
 )
+from airflow_hpc_provider.watching.delivery import LogChannel, confirm_written, log_lines
 
 if TYPE_CHECKING:
-    from airflow_hpc_provider.poller import ClusterPoller
+    from airflow_hpc_provider.watching.cluster import ClusterPoller
 
 # How long the end of a watch waits for its last commit to reach the cluster.
 CONFIRM_TIMEOUT_S = 10.0
@@ -88,7 +88,7 @@ async def watch_job(
     """Stream the job's state changes and output into ``log`` until it ends or the deadline passes.
 
     Output lines are acknowledged to the poller only once they are written to the task log (see
-    :mod:`~airflow_hpc_provider.log_delivery`), so the cursor on the cluster never runs ahead of it.
+    :mod:`~airflow_hpc_provider.watching.delivery`), so the cursor on the cluster never runs ahead of it.
     """
     settings = PollerSettings(interval_s=interval_s)
     channel = LogChannel.of_this_process()

@@ -1,7 +1,7 @@
 """Follow one ephemeral instance to its end through the SSM tunnel, then archive its log and terminate it.
 
 Used by :class:`~airflow_hpc_provider.triggers.ec2.Ec2InstanceTrigger` (in the triggerer) and by the
-operator when it does not defer. The probing is the shared :class:`~airflow_hpc_provider.poller.ClusterPoller`
+operator when it does not defer. The probing is the shared :class:`~airflow_hpc_provider.watching.cluster.ClusterPoller`
 over an :class:`~airflow_hpc_provider.hooks.ssm.SsmTransport` with the EC2 runner dialect: one script per
 interval reads the runner's phase/sentinel and the new log bytes, with the log cursor kept on the
 instance and moved only past lines written to the task log (a restarted triggerer drops no line;
@@ -23,8 +23,7 @@ from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.log_delivery import LogChannel, log_lines
-from airflow_hpc_provider.poller import (
+from airflow_hpc_provider.watching.cluster import (
     ClusterPoller,
     JobEnded,
     Notice,
@@ -33,7 +32,8 @@ from airflow_hpc_provider.poller import (
     StatusChanged,
     WatchFailed,
 )
-from airflow_hpc_provider.watch import CONFIRM_TIMEOUT_S, Outcome, WatchOutcome, acknowledge_when_written
+from airflow_hpc_provider.watching.delivery import LogChannel, log_lines
+from airflow_hpc_provider.watching.ssh_watch import CONFIRM_TIMEOUT_S, Outcome, WatchOutcome, acknowledge_when_written
 
 
 @dataclass(frozen=True)
