@@ -25,9 +25,8 @@ import pytest
 from airflow_hpc_provider.watching.batch import BatchPoller, BatchPollerSettings, BatchTarget
 from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
 from airflow_hpc_provider.watching.batch_watch import watch_batch_job
-from airflow_hpc_provider.watching.cluster import JobEnded, OutputLines
 from airflow_hpc_provider.watching.delivery import LogChannel
-from airflow_hpc_provider.watching.ssh_watch import WatchOutcome
+from airflow_hpc_provider.watching.events import JobEnded, OutputLines, WatchOutcome
 from tests.integration.batch.conftest import CONN_ID
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
 from tests.integration.batch.test_batch_watching import stream_of, submit
