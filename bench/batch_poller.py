@@ -43,9 +43,9 @@ def _rss_kib() -> int:
 
 
 async def _child(params: dict[str, Any]) -> dict[str, Any]:
-    from airflow_hpc_provider.batch_logs import MemoryPositionStore
-    from airflow_hpc_provider.batch_poller import BatchPoller
     from airflow_hpc_provider.triggers.batch import BatchJobTrigger
+    from airflow_hpc_provider.watching.batch import BatchPoller
+    from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
 
     samples: list[dict[str, float]] = []
     original = BatchPoller.poll_once
@@ -132,8 +132,8 @@ async def _backlog_child(params: dict[str, Any]) -> dict[str, Any]:
     import gc
     import threading
 
-    from airflow_hpc_provider.batch_logs import MemoryPositionStore
     from airflow_hpc_provider.triggers.batch import BatchJobTrigger
+    from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
 
     worst = [0.0]
     delivered = [0]

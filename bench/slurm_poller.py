@@ -185,7 +185,7 @@ class _Recorder:
         self.poller: Any = None
 
     def install(self) -> None:
-        from airflow_hpc_provider.poller import ClusterPoller
+        from airflow_hpc_provider.watching.cluster import ClusterPoller
 
         original: Callable[[Any], Awaitable[None]] = ClusterPoller.poll_once
         recorder = self
@@ -241,8 +241,8 @@ async def _wait_for(recorder: _Recorder, done: Callable[[], bool], timeout_s: fl
 
 
 async def _child_main(params: dict[str, Any], result: ChildResult, recorder: _Recorder) -> None:
-    from airflow_hpc_provider import poller as poller_module
     from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
+    from airflow_hpc_provider.watching import cluster as poller_module
 
     job_ids: list[str] = params["job_ids"]
     remote_dir: str = params["remote_dir"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from airflow_hpc_provider.dialects.base import Observation
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobState, JobStatus
 
@@ -69,6 +70,17 @@ _FARGATE_VCPUS = (0.25, 0.5, 1, 2, 4, 8, 16)
 
 
 # --- reading DescribeJobs -------------------------------------------------------------------------
+
+
+def observe(description: Mapping[str, Any] | None) -> Observation:
+    """What one DescribeJobs answer says of one job (None: DescribeJobs does not know it).
+
+    Only SUCCEEDED and FAILED are how a Batch job ended; DescribeJobs is Batch's accounting, so
+    they are final at once (there is no queue/accounting gap as on Slurm)."""
+    if description is None:
+        return Observation(None, final=False)
+    status = status_of(description)
+    return Observation(status, final=status.native_state in ("SUCCEEDED", "FAILED"))
 
 
 def status_of(description: Mapping[str, Any]) -> JobStatus:

@@ -372,7 +372,7 @@ def runner_gone(job_id: str, phase: str) -> JobStatus:
 
 
 class Ec2RunnerDialect:
-    """What the shared :class:`~airflow_hpc_provider.poller.ClusterPoller` asks of one instance."""
+    """What the shared :class:`~airflow_hpc_provider.watching.cluster.ClusterPoller` asks of one instance."""
 
     name = "EC2"
 

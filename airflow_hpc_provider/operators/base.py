@@ -10,6 +10,11 @@
   checks the values that were templated with the same rules, and messages, as ``__init__`` checks
   literal ones at parse time.
 * XCom values pushed beside the return value honour ``do_xcom_push``.
+* How a job ends is one flow for every backend (:meth:`HpcOperator.finish`): a watch that passed
+  the task's time limit stops the job (from a fresh thread: ``on_kill`` may run while this
+  thread's event loop is busy watching) and raises ``AirflowTaskTimeout``; a lost watch says the
+  job may still run; an ended job gets ONE summary line in one format (:func:`ending_summary`),
+  is skipped on ``skip_on_exit_code``, and a failure carries the last lines of its output.
 
 Errors no retry can fix are :class:`~airflow_hpc_provider.errors.FinalError`\\ s: Airflow fails
 the task without using its retries, wherever they are raised (parsing, rendering, execute).
@@ -18,20 +23,59 @@ the task without using its retries, wherever they are raised (parsing, rendering
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
-from typing import Any
+import enum
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 import jinja2
 from airflow.sdk import BaseOperator, Context
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException, AirflowTaskTimeout
 
 from airflow_hpc_provider.config import default_deferrable
-from airflow_hpc_provider.errors import JobSpecError
-from airflow_hpc_provider.jobs import JobState, JobStatus
+from airflow_hpc_provider.errors import JobFailedError, JobSpecError
+from airflow_hpc_provider.jobs import JobState, JobStatus, describe_exit, format_duration
+from airflow_hpc_provider.watching.events import Outcome, WatchOutcome
 
 SCRIPT_EXTENSIONS = (".sh", ".bash", ".sbatch", ".pbs")
 # The states in which a job ended by exiting on its own, so its exit code is the script's word.
 _EXITED = frozenset({JobState.COMPLETED, JobState.FAILED})
+# How long a stop (scancel, TerminateJob, ...) may take before the task goes on without it.
+STOP_TIMEOUT_S = 60.0
+
+
+class StopCause(enum.StrEnum):
+    """Why the provider stops a job it submitted (some systems record a reason with the stop)."""
+
+    TIME_LIMIT = "time limit"
+    """The task's execution_timeout passed while the job ran."""
+    KILLED = "killed"
+    """The task was killed (marked failed, the worker's own timeout): ``on_kill``."""
+    REFUSED = "refused"
+    """The job turned out to be something the task cannot follow (a job array it did not ask for)."""
+    DONE = "done"
+    """The task is over and what is left of its job goes (a throw-away EC2 instance, after every try)."""
+
+
+def ending_summary(subject: str, status: JobStatus, *, signal: int | None) -> str:
+    """The one summary line of every backend: ``Slurm job 1234 ended OUT_OF_MEMORY (exit 0:125)
+    after 00:00:12, reason: ..., on node1, peak memory 512.0 MiB``, each part only when known.
+
+    ``signal``: the signal that ended the command, as the backend tells it (Slurm's ``code:signal``
+    pair; ``128 + N`` from a container); the shared state follows in brackets when the system's
+    own word differs from it (``FAILED (exit 137) [OUT_OF_MEMORY]``)."""
+    text = f"{subject} ended {status.state_words} ({describe_exit(status.exit_code, signal)})"
+    if status.state.value not in (status.native_state, "COMPLETED") and len(status.native_state) > 2:
+        text += f" [{status.state.value}]"
+    if status.elapsed is not None:
+        text += f" after {format_duration(status.elapsed)}"
+    if status.reason and status.reason not in ("None", "(null)"):
+        text += f", reason: {status.reason}"
+    if status.nodes:
+        text += f", on {status.nodes}"
+    if status.max_rss_mb:
+        text += f", peak memory {status.max_rss_mb:.1f} MiB"
+    return text
 
 
 def names_a_script_file(value: Any) -> bool:
@@ -157,3 +201,96 @@ class HpcOperator(BaseOperator):
         """Raise AirflowSkipException when the job exited on its own with one of ``skip_on_exit_code``."""
         if status.exit_code in self.skip_on_exit_code and status.state in _EXITED and not status.signal:
             raise AirflowSkipException(f"{what} exited {status.exit_code}, which skip_on_exit_code marks as skipped")
+
+    # -- how a job ends: one flow for every backend ------------------------------------------------
+
+    # What stop_job does to a job, as (doing, done): ("cancelling", "cancelled").
+    stop_words: ClassVar[tuple[str, str]] = ("cancelling", "cancelled")
+    tail_heading: ClassVar[str] = "last lines of the job's output"
+
+    @property
+    def job_noun(self) -> str:
+        """The words before a job's id in every message: ``Slurm job`` (1234)."""
+        return "job"
+
+    def stop_job(self, job_id: str, cause: StopCause) -> str:
+        """Stop the job now (scancel, qdel, TerminateJob, ...); return what to log. A subclass says how."""
+        raise NotImplementedError
+
+    def failure_tail(self, payload: Mapping[str, Any]) -> str:
+        """The last lines of a failed job's output, for the error (empty when they cannot be read)."""
+        return ""
+
+    def exit_signal(self, status: JobStatus) -> int | None:
+        """The signal half of the ``code:signal`` pair schedulers report (``exit 3:0``); a backend
+        whose exit codes carry signals as ``128 + N`` (containers) reads it from the code instead."""
+        return status.signal or 0
+
+    def summary(self, status: JobStatus) -> str:
+        return ending_summary(f"{self.job_noun} {status.job_id}", status, signal=self.exit_signal(status))
+
+    def stop_from_a_fresh_thread(self, job_id: str, cause: StopCause) -> BaseException | None:
+        """Run :meth:`stop_job`, bounded, in a thread of its own: ``on_kill`` may run while this
+        thread's event loop is busy watching. Returns the error, if it failed (also logged)."""
+        errors: list[BaseException] = []
+        said: list[str] = []
+
+        def run() -> None:
+            try:
+                said.append(self.stop_job(job_id, cause))
+            except BaseException as error:
+                errors.append(error)
+
+        worker = threading.Thread(target=run, name=f"hpc-stop-{job_id}")
+        worker.start()
+        worker.join(timeout=STOP_TIMEOUT_S)
+        if worker.is_alive():
+            errors.append(TimeoutError(f"no answer within {STOP_TIMEOUT_S:.0f}s"))
+        if errors:
+            self.log.error("could not stop %s %s: %s", self.job_noun, job_id, errors[0])
+            return errors[0]
+        self.log.info(
+            "%s", said[0] if said and said[0] else f"{self.stop_words[1].capitalize()} {self.job_noun} {job_id}"
+        )
+        return None
+
+    def finish(
+        self,
+        outcome: WatchOutcome,
+        payload: Mapping[str, Any],
+        *,
+        where: str,
+        owned: bool = True,
+        already_stopped: bool = False,
+    ) -> str:
+        """The end of every task of this provider: the job's id (the task's XCom), or the right exception.
+
+        ``where``: the connection named in messages; ``owned``: False when the task only watches a
+        job it did not submit, which it then never stops; ``already_stopped``: the job is gone
+        whatever happened (an EC2 instance is terminated at the end of every watch)."""
+        what = f"{self.job_noun} {outcome.job_id}"
+        doing, done = self.stop_words
+        if outcome.kind is Outcome.TIMEOUT:
+            if not owned:
+                raise AirflowTaskTimeout(f"{what} on {where}: {outcome.message} (left running)")
+            if not already_stopped:
+                self.log.error("%s passed the task's time limit: %s it", what, doing)
+                error = self.stop_from_a_fresh_thread(outcome.job_id, StopCause.TIME_LIMIT)
+                if error is not None:
+                    raise AirflowTaskTimeout(
+                        f"{what} on {where} passed the task's time limit and could not be {done}: {error}"
+                    )
+            raise AirflowTaskTimeout(f"{what} on {where} was {done}: {outcome.message}")
+        if outcome.kind is Outcome.ERROR or outcome.status is None:
+            fate = f"it was {done}" if already_stopped else f"the job was not {done} and may still be running"
+            raise JobFailedError(f"lost track of {what} on {where}: {outcome.message} ({fate})", None)
+        status = outcome.status
+        message = self.summary(status)
+        self.log.info("%s", message)
+        self.skip_if_asked(status, what)
+        if status.state.is_success:
+            return outcome.job_id
+        tail = self.failure_tail(payload)
+        if tail.strip():
+            message += f"\n{self.tail_heading}:\n{tail.rstrip()}"
+        raise JobFailedError(message, status)

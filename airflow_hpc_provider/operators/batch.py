@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -13,24 +12,23 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
-from airflow_hpc_provider.batch_logs import CURSOR_XCOM_KEY, MemoryPositionStore, SavedPosition
-from airflow_hpc_provider.batch_poller import BatchTarget
-from airflow_hpc_provider.batch_watch import watch_batch_job
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import ContainerRequest, GitCheckout
-from airflow_hpc_provider.errors import ConnectionConfigError, JobFailedError, JobSpecError
+from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.hooks.batch import BatchHook, ResolvedDefinition
-from airflow_hpc_provider.jobs import JobKey, JobStatus, describe_exit, format_duration, signal_of_shell_status
+from airflow_hpc_provider.jobs import JobKey, JobStatus, signal_of_shell_status
 from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink
-from airflow_hpc_provider.operators.base import HpcOperator
+from airflow_hpc_provider.operators.base import HpcOperator, StopCause
 from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.batch import BatchTarget
+from airflow_hpc_provider.watching.batch_logs import CURSOR_XCOM_KEY, MemoryPositionStore, SavedPosition
+from airflow_hpc_provider.watching.batch_watch import watch_batch_job
+from airflow_hpc_provider.watching.events import Outcome, WatchOutcome
 
 MODES = ("locked", "revisions", "auto")
 PLATFORMS = ("EC2", "FARGATE")
@@ -424,45 +422,26 @@ class BatchRevisionOperator(HpcOperator):
         payload = event.payload if isinstance(event, TriggerEvent) else event
         outcome = WatchOutcome.from_dict(payload)
         self._push_log_stream(context, outcome.job_id)
-        if outcome.kind is Outcome.TIMEOUT:
-            if not payload.get("owned", True):  # watch-only: not ours to stop
-                raise AirflowTaskTimeout(f"AWS Batch job {outcome.job_id}: {outcome.message} (left running)")
-            self.log.error("AWS Batch job %s passed the task's time limit: terminating it", outcome.job_id)
-            self._terminate(outcome.job_id, TIMEOUT_REASON)
-            raise AirflowTaskTimeout(f"AWS Batch job {outcome.job_id} was terminated: {outcome.message}")
-        if outcome.kind is Outcome.ERROR or outcome.status is None:
-            raise JobFailedError(
-                f"lost track of AWS Batch job {outcome.job_id}: {outcome.message} "
-                "(the job was not terminated and may still be running)",
-                None,
-            )
-        if payload.get("owned", True):
+        owned = bool(payload.get("owned", True))  # watch-only: not ours to stop or claim
+        if owned and outcome.kind is Outcome.ENDED and outcome.status is not None:
             # This try takes the job's outcome: no later try may adopt it (a trigger also tagged it
             # when it began watching; on the worker, or if that failed, it happens here).
             self._claim(BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name), outcome.job_id)
-        status = outcome.status
-        self.log.info("%s", self._summary(status))
-        self.skip_if_asked(status, f"AWS Batch job {outcome.job_id}")
-        if status.state.is_success:
-            return outcome.job_id
-        raise JobFailedError(self._summary(status), status)
+        return self.finish(outcome, payload, where=self._where(), owned=owned)
 
-    @staticmethod
-    def _summary(status: JobStatus) -> str:
-        """``AWS Batch job 1f2e ended FAILED (exit 3) after 00:00:12, reason: ...``.
+    stop_words = ("terminating", "terminated")
 
-        A container's exit code of 128 + N is Docker's word for "killed by signal N" (137: SIGKILL,
-        often the out-of-memory killer or a stop), so it is named as such.
-        """
-        ending = describe_exit(status.exit_code, signal_of_shell_status(status.exit_code))
-        text = f"AWS Batch job {status.job_id} ended {status.native_state} ({ending})"
-        if status.state.value not in (status.native_state, "COMPLETED"):
-            text += f" [{status.state.value}]"
-        if status.elapsed is not None:
-            text += f" after {format_duration(status.elapsed)}"
-        if status.reason:
-            text += f", reason: {status.reason}"
-        return text
+    @property
+    def job_noun(self) -> str:
+        return "AWS Batch job"
+
+    def exit_signal(self, status: JobStatus) -> int | None:
+        # A container's exit code of 128 + N is Docker's word for "killed by signal N" (137:
+        # SIGKILL, often the out-of-memory killer or a stop), so it is named as such.
+        return signal_of_shell_status(status.exit_code)
+
+    def _where(self) -> str:
+        return f"connection {self.aws_conn_id}, region {self.region_name or 'default'}"
 
     def _push_log_stream(self, context: Context, job_id: str) -> None:
         """Give the log link its stream once the job has one; a failure here must not fail the task."""
@@ -477,25 +456,12 @@ class BatchRevisionOperator(HpcOperator):
         except Exception as error:
             self.log.warning("could not record the job's log stream for its link: %s", error)
 
-    def _terminate(self, job_id: str, reason: str) -> None:
-        # on_kill may run while this thread's event loop is busy watching: call from a fresh thread.
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).terminate(job_id, reason)
-            except BaseException as error:
-                errors.append(error)
-
-        worker = threading.Thread(target=run, name="batch-terminate")
-        worker.start()
-        worker.join(timeout=60)
-        if errors:
-            self.log.error("TerminateJob of %s failed: %s", job_id, errors[0])
-        else:
-            self.log.info("Terminated AWS Batch job %s", job_id)
+    def stop_job(self, job_id: str, cause: StopCause) -> str:
+        reason = TIMEOUT_REASON if cause is StopCause.TIME_LIMIT else KILL_REASON
+        BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).terminate(job_id, reason)
+        return f"Terminated AWS Batch job {job_id}"
 
     def on_kill(self) -> None:
         """Worker-side kill (non-deferrable path, or the worker's own timeout): terminate our job."""
         if self._submitted is not None:
-            self._terminate(self._submitted, KILL_REASON)
+            self.stop_from_a_fresh_thread(self._submitted, StopCause.KILLED)

@@ -11,7 +11,6 @@ the instance. Any failure before deferring terminates the instance too.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,29 +19,27 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from airflow.sdk import BaseOperator, Context, conf
-from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.dialects import ec2
-from airflow_hpc_provider.ec2_watch import follow_instance
 from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,
     ConnectionConfigError,
     InstanceLimitError,
-    JobFailedError,
     JobSpecError,
     RemoteCommandError,
     StartupError,
 )
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook, LaunchRequest
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget, find_tools
-from airflow_hpc_provider.jobs import JobKey, JobStatus, describe_exit, signal_of_shell_status
-from airflow_hpc_provider.operators.base import HpcOperator
+from airflow_hpc_provider.jobs import JobKey, JobStatus, signal_of_shell_status
+from airflow_hpc_provider.operators.base import HpcOperator, StopCause, ending_summary
 from airflow_hpc_provider.resources import check_env_names, parse_time_limit
 from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.ec2_watch import follow_instance
+from airflow_hpc_provider.watching.events import WatchOutcome
 
 DEFAULT_POLL_INTERVAL_S = 15.0
 DEFAULT_STARTUP_TIMEOUT = timedelta(minutes=10)
@@ -273,7 +270,7 @@ class Ec2EphemeralOperator(HpcOperator):
             host_keys = asyncio.run(self._start_up(hook, settings, instance_id, run_dir, script, env))
         except BaseException:
             self.log.error("Start-up of %s failed: terminating it", instance_id)
-            self._terminate(instance_id)
+            self.stop_from_a_fresh_thread(instance_id, StopCause.DONE)
             raise
         deadline = time.time() + (self.time_limit + self.kill_after).total_seconds() + 2 * self.poll_interval + 60
         if self.execution_timeout:
@@ -299,7 +296,7 @@ class Ec2EphemeralOperator(HpcOperator):
         try:
             followed = asyncio.run(follow_instance(trigger.watch(), self.log))
         finally:
-            self._terminate(instance_id)
+            self.stop_from_a_fresh_thread(instance_id, StopCause.DONE)
         return self.execute_complete(context, {**followed.payload(), "instance_id": instance_id, "terminated": True})
 
     def _adopt_or_launch(
@@ -477,31 +474,31 @@ class Ec2EphemeralOperator(HpcOperator):
         instance_id = str(payload.get("instance_id", outcome.job_id))
         self._instance_id = instance_id
         if not payload.get("terminated"):
-            self._terminate(instance_id)
+            self.stop_from_a_fresh_thread(instance_id, StopCause.DONE)
         for place in payload.get("archived") or ():
             self.log.info("The whole log of %s is archived at %s", instance_id, place)
-        if outcome.kind is Outcome.TIMEOUT:
-            raise AirflowTaskTimeout(f"EC2 instance {instance_id} passed the task's time limit and was terminated")
-        if outcome.kind is Outcome.ERROR or outcome.status is None:
-            raise JobFailedError(f"EC2 instance {instance_id}: {outcome.message}; it was terminated", None)
-        status = outcome.status
-        summary = self.summary(status)
-        self.log.info("%s", summary)
-        self.skip_if_asked(status, f"The container on EC2 instance {instance_id}")
-        if status.state.is_success:
-            return instance_id
-        why = f": {status.reason}" if status.reason else ""
-        tail = self._tail(payload.get("archived") or [])
-        raise JobFailedError(summary + why + (f"\nlast lines of the job's output:\n{tail}" if tail else ""), status)
+        ended = WatchOutcome(outcome.kind, instance_id, outcome.status, outcome.message)
+        return self.finish(ended, payload, where=f"connection {self.aws_conn_id}", already_stopped=True)
 
-    def summary(self, status: JobStatus) -> str:
+    stop_words = ("terminating", "terminated")
+
+    @property
+    def job_noun(self) -> str:
+        return "EC2 instance"
+
+    def exit_signal(self, status: JobStatus) -> int | None:
         # docker run reports a container killed by signal N as 128 + N (137: SIGKILL, which is also
         # how the runner's `timeout -k` ends a container that outlived its time limit).
-        ending = describe_exit(status.exit_code, signal_of_shell_status(status.exit_code))
-        text = f"EC2 instance {status.job_id}: the container ended {status.state.value} ({ending})"
+        return signal_of_shell_status(status.exit_code)
+
+    def summary(self, status: JobStatus) -> str:
+        text = ending_summary(f"EC2 instance {status.job_id}: the container", status, signal=self.exit_signal(status))
         if status.exit_code == ec2.RUNNER_FAILED_EXIT:
             text += ", the runner could not start it (image pull, or the task never arrived)"
         return text
+
+    def failure_tail(self, payload: Mapping[str, Any]) -> str:
+        return self._tail(payload.get("archived") or [])
 
     def _tail(self, archived: Sequence[str]) -> str:
         for place in archived:
@@ -510,28 +507,14 @@ class Ec2EphemeralOperator(HpcOperator):
                 return "\n".join(lines[-self.log_tail_lines :])
         return ""
 
-    def _terminate(self, instance_id: str) -> None:
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                self.hook().terminate([instance_id])
-            except BaseException as error:
-                errors.append(error)
-
-        # on_kill may run while this thread is busy: terminate from a fresh thread, bounded.
-        worker = threading.Thread(target=run, name="ec2-terminate")
-        worker.start()
-        worker.join(timeout=60)
-        if errors:
-            self.log.error("could not terminate %s: %s", instance_id, errors[0])
-        else:
-            self.log.info("Terminated EC2 instance %s", instance_id)
+    def stop_job(self, job_id: str, cause: StopCause) -> str:
+        self.hook().terminate([job_id])
+        return f"Terminated EC2 instance {job_id}"
 
     def on_kill(self) -> None:
         """Worker-side kill (start-up, or the non-deferrable watch): terminate the instance."""
         if self._instance_id is not None:
-            self._terminate(self._instance_id)
+            self.stop_from_a_fresh_thread(self._instance_id, StopCause.KILLED)
 
 
 # --- the reaper -------------------------------------------------------------------------------------

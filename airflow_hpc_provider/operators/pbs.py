@@ -15,7 +15,7 @@ from airflow_hpc_provider.errors import JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.pbs import PbsClusterDefaults, PbsHook, detect_flavour, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
-from airflow_hpc_provider.operators.base import rendered_text, unless_templated
+from airflow_hpc_provider.operators.base import StopCause, rendered_text, unless_templated
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
 from airflow_hpc_provider.resources import check_name
 from airflow_hpc_provider.triggers.pbs import PbsJobTrigger
@@ -219,7 +219,7 @@ class PbsOperator(SshBatchJobOperator):
             # but may still queue: delete the array (cancelling the element cancels them all).
             self.resume_from(payload)
             self.log.error("PBS job %s is an element of a job array: deleting it", payload.get("job_id"))
-            self._cancel_now(str(payload["job_id"]))
+            self.stop_from_a_fresh_thread(str(payload["job_id"]), StopCause.REFUSED)
         return super().execute_complete(context, event)
 
     def trigger_arguments(self, cluster: ClusterSettings) -> dict[str, Any]:

@@ -30,16 +30,14 @@ class SgeJobTrigger(SshJobTrigger):
         marks the jobs this provider deleted (accounting alone cannot tell a ``qdel`` from a kill).
     """
 
+    fields = (*SshJobTrigger.fields, "log_dir")
+
     def __init__(self, *, log_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.log_dir = log_dir
 
     def dialect(self) -> SgeDialect:
         return SgeDialect(self.log_dir)
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        classpath, kwargs = super().serialize()
-        return classpath, {**kwargs, "log_dir": self.log_dir}
 
 
 class SgeOperator(SshBatchJobOperator):

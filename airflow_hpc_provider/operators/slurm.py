@@ -16,6 +16,7 @@ from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
+from airflow_hpc_provider.operators.base import StopCause
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
 from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
 
@@ -209,5 +210,5 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         if status is not None and slurm.is_multi_job(JobStatus.from_dict(status)):
             # It became many jobs, none of which this task can follow: cancel what it started.
             self.log.error("Slurm job %s is a job array: cancelling it", payload.get("job_id"))
-            self._cancel_now(str(payload["job_id"]))
+            self.stop_from_a_fresh_thread(str(payload["job_id"]), StopCause.REFUSED)
         return super().execute_complete(context, event)

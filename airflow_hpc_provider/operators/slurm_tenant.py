@@ -10,20 +10,18 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import directives, slurm_tenant
 from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
-from airflow_hpc_provider.errors import AllocationError, JobFailedError, JobSpecError
+from airflow_hpc_provider.errors import AllocationError, JobSpecError
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
     book_allocation,
@@ -34,8 +32,8 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
     stop_tenants,
 )
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, describe_exit
-from airflow_hpc_provider.operators.base import HpcOperator
+from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.operators.base import HpcOperator, StopCause
 from airflow_hpc_provider.resources import (
     build_resources,
     check_env_names,
@@ -44,7 +42,8 @@ from airflow_hpc_provider.resources import (
     parse_memory_mb,
 )
 from airflow_hpc_provider.triggers.slurm_tenant import SlurmTenantTrigger, watched_tenant
-from airflow_hpc_provider.watch import Outcome, WatchOutcome, watch_job
+from airflow_hpc_provider.watching.events import WatchOutcome
+from airflow_hpc_provider.watching.ssh_watch import watch_job
 
 T = TypeVar("T")
 # A tenant's env is sourced in the allocation right before its srun step: see directives.
@@ -353,6 +352,7 @@ class SlurmTenantOperator(HpcOperator):
         self.poll_interval = poll_interval
         self.log_tail_lines = log_tail_lines
         self._tenant_id: str | None = None
+        self._tenant_conn_id: str | None = None  # the connection the trigger watched it on, once known
         self._log_dir: str | None = None
         self._cursor_path: str | None = None
 
@@ -442,29 +442,20 @@ class SlurmTenantOperator(HpcOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
         payload = event.payload if isinstance(event, TriggerEvent) else event
         outcome = WatchOutcome.from_dict(payload)
-        conn_id = payload.get("slurm_conn_id", self.slurm_conn_id)
+        self._tenant_conn_id = str(payload.get("slurm_conn_id", self.slurm_conn_id))
         self._tenant_id = outcome.job_id
         self._cursor_path = payload.get("cursor_path") or self._cursor_path
-        if outcome.kind is Outcome.TIMEOUT:
-            self.log.error("Slurm tenant %s passed the task's time limit: stopping it", outcome.job_id)
-            self._stop_now(conn_id, outcome.job_id)
-            raise AirflowTaskTimeout(f"Slurm tenant {outcome.job_id} on {conn_id} was stopped: {outcome.message}")
-        if outcome.kind is Outcome.ERROR or outcome.status is None:
-            raise JobFailedError(
-                f"lost track of Slurm tenant {outcome.job_id} on {conn_id}: {outcome.message} "
-                "(the tenant was not stopped and may still be running)",
-                None,
-            )
-        status = outcome.status
-        message = summary(status)
-        self.log.info("%s", message)
-        self.skip_if_asked(status, f"Slurm tenant {outcome.job_id}")
-        if status.state.is_success:
-            return outcome.job_id
-        tail = self._tail(conn_id, str(payload.get("log_path", "")))
-        if tail.strip():
-            message += f"\nlast lines of the tenant's log:\n{tail.rstrip()}"
-        raise JobFailedError(message, status)
+        return self.finish(outcome, payload, where=self._tenant_conn_id)
+
+    stop_words = ("stopping", "stopped")
+    tail_heading = "last lines of the tenant's log"
+
+    @property
+    def job_noun(self) -> str:
+        return "Slurm tenant"
+
+    def failure_tail(self, payload: Mapping[str, Any]) -> str:
+        return self._tail(self._stop_conn_id, str(payload.get("log_path", "")))
 
     def _tail(self, conn_id: str, log_path: str) -> str:
         if not log_path or self.log_tail_lines <= 0:
@@ -477,38 +468,21 @@ class SlurmTenantOperator(HpcOperator):
             self.log.warning("could not read the tenant's last lines: %s", error)
             return ""
 
-    def _stop_now(self, conn_id: str, tenant: str) -> None:
-        # on_kill may run while this thread's event loop is busy watching: stop from a fresh thread.
-        errors: list[BaseException] = []
+    def stop_job(self, job_id: str, cause: StopCause) -> str:
+        # Claimed as it is stopped: a tenant stopped on purpose is never adopted by a retry.
+        claims = () if self._cursor_path is None else (self._cursor_path,)
+        target = SlurmHook(self._stop_conn_id).get_target()
+        said = _on_cluster(target, lambda t: stop_tenants(t, [job_id], claims=claims))
+        return f"Stopping Slurm tenant {job_id} on {self._stop_conn_id}: {said.strip()}"
 
-        def run() -> None:
-            try:
-                # Claimed as it is stopped: a tenant stopped on purpose is never adopted by a retry.
-                claims = () if self._cursor_path is None else (self._cursor_path,)
-                said = _on_cluster(SlurmHook(conn_id).get_target(), lambda t: stop_tenants(t, [tenant], claims=claims))
-                self.log.info("Stopping Slurm tenant %s on %s: %s", tenant, conn_id, said.strip())
-            except BaseException as error:
-                errors.append(error)
-
-        worker = threading.Thread(target=run, name="slurm-tenant-stop")
-        worker.start()
-        worker.join(timeout=60)
-        if errors:
-            self.log.error("could not stop Slurm tenant %s: %s", tenant, errors[0])
+    @property
+    def _stop_conn_id(self) -> str:
+        return self._tenant_conn_id or self.slurm_conn_id
 
     def on_kill(self) -> None:
         """Worker-side kill (non-deferrable path, or the worker's own timeout): stop our tenant only."""
         if self._tenant_id is not None:
-            self._stop_now(self.slurm_conn_id, self._tenant_id)
-
-
-def summary(status: JobStatus) -> str:
-    """``Slurm tenant 12:ab..:1 ended FAILED (exit 3:0)``, plus the reason when there is one."""
-    ending = describe_exit(status.exit_code, status.signal or 0)
-    text = f"Slurm tenant {status.job_id} ended {status.native_state} ({ending})"
-    if status.reason and status.reason not in ("None", "(null)"):
-        text += f", reason: {status.reason}"
-    return text
+            self.stop_from_a_fresh_thread(self._tenant_id, StopCause.KILLED)
 
 
 __all__ = ["SlurmAllocationOperator", "SlurmReleaseOperator", "SlurmTenantOperator"]

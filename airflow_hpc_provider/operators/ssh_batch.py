@@ -8,7 +8,6 @@ job, which trigger watches it, and which dialect the worker-side watch uses.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 from airflow.sdk import Context
-from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
@@ -24,21 +22,19 @@ from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.dialects.directives import SLURM_FAMILIES, EnvRule, OptionUse, multi_job_requests
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
-from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
+from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import (
     JobKey,
     JobSpec,
-    JobStatus,
     Resources,
     WatchedJob,
-    describe_exit,
-    format_duration,
 )
-from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
+from airflow_hpc_provider.operators.base import HpcOperator, StopCause, rendered_number, rendered_text, unless_templated
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
-from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
+from airflow_hpc_provider.watching.events import WatchOutcome
+from airflow_hpc_provider.watching.ssh_watch import cancel_job, watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
 # Templated too: literal values are checked at parse time, templates right after rendering.
@@ -390,45 +386,16 @@ class SshBatchJobOperator(HpcOperator):
         payload = event.payload if isinstance(event, TriggerEvent) else event
         self.resume_from(payload)
         outcome = WatchOutcome.from_dict(payload)
-        conn_id = str(payload.get("conn_id", self.conn_id))
         self._job_id = outcome.job_id
         self._cursor_path = payload.get("cursor_path") or self._cursor_path
-        what = f"{self.scheduler} job {outcome.job_id}"
-        if outcome.kind is Outcome.TIMEOUT:
-            self.log.error("%s passed the task's time limit: cancelling it", what)
-            self._cancel_now(outcome.job_id)
-            raise AirflowTaskTimeout(f"{what} on {conn_id} was cancelled: {outcome.message}")
-        if outcome.kind is Outcome.ERROR or outcome.status is None:
-            raise JobFailedError(
-                f"lost track of {what} on {conn_id}: {outcome.message} "
-                "(the job was not cancelled and may still be running)",
-                None,
-            )
-        status = outcome.status
-        self.log.info("%s", self.summary(status))
-        self.skip_if_asked(status, what)
-        if status.state.is_success:
-            return outcome.job_id
-        tail = self._tail(str(payload.get("log_path", "")))
-        message = self.summary(status)
-        if tail.strip():
-            message += f"\nlast lines of the job's output:\n{tail.rstrip()}"
-        raise JobFailedError(message, status)
+        return self.finish(outcome, payload, where=str(payload.get("conn_id", self.conn_id)))
 
-    def summary(self, status: JobStatus) -> str:
-        """``Slurm job 1234 ended OUT_OF_MEMORY (exit 0:125) after 00:00:12``, plus what is known;
-        ``... ended FAILED (killed by signal 9 (SIGKILL))`` when a signal ended it."""
-        ending = describe_exit(status.exit_code, status.signal or 0)
-        text = f"{self.scheduler} job {status.job_id} ended {status.state_words} ({ending})"
-        if status.elapsed is not None:
-            text += f" after {format_duration(status.elapsed)}"
-        if status.reason and status.reason not in ("None", "(null)"):
-            text += f", reason: {status.reason}"
-        if status.nodes:
-            text += f", on {status.nodes}"
-        if status.max_rss_mb:
-            text += f", peak memory {status.max_rss_mb:.1f} MiB"
-        return text
+    @property
+    def job_noun(self) -> str:
+        return f"{self.scheduler} job"
+
+    def failure_tail(self, payload: Mapping[str, Any]) -> str:
+        return self._tail(str(payload.get("log_path", "")))
 
     def _tail(self, log_path: str) -> str:
         if not log_path or self.log_tail_lines <= 0:
@@ -448,29 +415,13 @@ class SshBatchJobOperator(HpcOperator):
             self.log.warning("could not read the job's last lines: %s", error)
             return ""
 
-    def _cancel_now(self, job_id: str) -> None:
+    def stop_job(self, job_id: str, cause: StopCause) -> str:
         cluster = self.cluster()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                # Claimed as it is cancelled: a job stopped on purpose is never adopted by a retry.
-                asyncio.run(cancel_job(cluster.target, self.dialect(cluster), job_id, cursor_path=self._cursor_path))
-            except BaseException as error:
-                errors.append(error)
-
-        # on_kill may run while this thread's event loop is busy watching: cancel from a fresh thread.
-        worker = threading.Thread(target=run, name="hpc-cancel")
-        worker.start()
-        worker.join(timeout=60)
-        if errors:
-            if not isinstance(errors[0], RemoteCommandError):
-                raise errors[0]
-            self.log.error("%s", errors[0])
-        else:
-            self.log.info("Cancelled %s job %s on %s", self.scheduler, job_id, cluster.conn_id)
+        # Claimed as it is cancelled: a job stopped on purpose is never adopted by a retry.
+        asyncio.run(cancel_job(cluster.target, self.dialect(cluster), job_id, cursor_path=self._cursor_path))
+        return f"Cancelled {self.scheduler} job {job_id} on {cluster.conn_id}"
 
     def on_kill(self) -> None:
         """Worker-side kill (non-deferrable path, or the worker's own timeout): cancel our job."""
         if self._job_id is not None:
-            self._cancel_now(self._job_id)
+            self.stop_from_a_fresh_thread(self._job_id, StopCause.KILLED)

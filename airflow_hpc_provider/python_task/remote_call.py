@@ -27,7 +27,7 @@ from airflow_hpc_provider.python_task.launch import check_python_command
 from airflow_hpc_provider.python_task.manifest import DEFAULT_RESULT_INLINE_LIMIT_BYTES
 from airflow_hpc_provider.python_task.results import Referencer, ResultDocument, return_value
 from airflow_hpc_provider.python_task.serializer import SerializedCall, load_serializer, serialize_call
-from airflow_hpc_provider.watch import WatchOutcome
+from airflow_hpc_provider.watching.events import WatchOutcome
 
 # What __init__ of the operator gets for command=: replaced by the bootstrap before submission.
 COMMAND_PLACEHOLDER = ":"

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
-
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
-from airflow_hpc_provider.batch_logs import MemoryPositionStore, PositionStore, XComPositionStore
-from airflow_hpc_provider.batch_poller import BatchTarget
-from airflow_hpc_provider.batch_watch import terminate_batch_job, watch_batch_job
 from airflow_hpc_provider.dialects import batch
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.triggers.base import HpcTrigger
+from airflow_hpc_provider.watching.batch import BatchTarget
+from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore, PositionStore, XComPositionStore
+from airflow_hpc_provider.watching.batch_watch import terminate_batch_job, watch_batch_job
 
 CANCEL_REASON = "Stopped from Airflow: the task was marked failed, marked success or cleared"
 
 
-class BatchJobTrigger(BaseTrigger):
+class BatchJobTrigger(HpcTrigger):
     """Streams a Batch job's state changes and CloudWatch lines into the task log; fires once at the end.
 
     :param job_id: the Batch job id.
@@ -31,6 +28,21 @@ class BatchJobTrigger(BaseTrigger):
     :param dag_id: with ``task_id``, ``run_id`` and ``map_index``: the task instance whose XCom keeps
         the log position across triggerer restarts.
     """
+
+    fields = (
+        "job_id",
+        "aws_conn_id",
+        "region_name",
+        "poll_interval",
+        "deadline",
+        "terminate_on_kill",
+        "include_children",
+        "dag_id",
+        "task_id",
+        "run_id",
+        "map_index",
+    )
+    stop_words = ("Terminating", "Terminated")
 
     def __init__(
         self,
@@ -58,25 +70,6 @@ class BatchJobTrigger(BaseTrigger):
         self.task_id = task_id
         self.run_id = run_id
         self.map_index = map_index
-        self._ended = False
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "job_id": self.job_id,
-                "aws_conn_id": self.aws_conn_id,
-                "region_name": self.region_name,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "terminate_on_kill": self.terminate_on_kill,
-                "include_children": self.include_children,
-                "dag_id": self.dag_id,
-                "task_id": self.task_id,
-                "run_id": self.run_id,
-                "map_index": self.map_index,
-            },
-        )
 
     @property
     def target(self) -> BatchTarget:
@@ -87,8 +80,15 @@ class BatchJobTrigger(BaseTrigger):
             return XComPositionStore(self.dag_id, self.task_id, self.run_id, self.map_index)
         return MemoryPositionStore()
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        outcome: WatchOutcome = await watch_batch_job(
+    def describe(self) -> str:
+        return f"AWS Batch job {self.job_id}"
+
+    @property
+    def owns_job(self) -> bool:
+        return self.terminate_on_kill
+
+    async def follow(self) -> dict[str, Any]:
+        outcome = await watch_batch_job(
             self.target,
             self.job_id,
             self.position_store(),
@@ -99,13 +99,7 @@ class BatchJobTrigger(BaseTrigger):
             # The job's owner marks it watched: a later try (say, of a cleared task) never adopts it.
             claim=batch.CLAIM_BY_TRIGGER if self.terminate_on_kill else None,
         )
-        self._ended = outcome.kind is Outcome.ENDED
-        yield TriggerEvent({**outcome.to_dict(), "aws_conn_id": self.aws_conn_id, "owned": self.terminate_on_kill})
+        return {**outcome.to_dict(), "aws_conn_id": self.aws_conn_id, "owned": self.terminate_on_kill}
 
-    async def on_kill(self) -> None:
-        """A user stopped the task: terminate the job. Airflow never calls this on a triggerer restart."""
-        if self._ended or not self.terminate_on_kill:
-            return
-        self.log.info("Terminating AWS Batch job %s (task stopped by a user)", self.job_id)
+    async def stop(self) -> None:
         await terminate_batch_job(self.target, self.job_id, CANCEL_REASON)
-        self.log.info("Terminated AWS Batch job %s", self.job_id)

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.triggers.base import BaseTrigger, TriggerEvent
-
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
-from airflow_hpc_provider.ec2_watch import InstanceWatch, follow_instance, terminate_instance
 from airflow_hpc_provider.hooks.ssm import SsmTunnelTarget
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.triggers.base import HpcTrigger
+from airflow_hpc_provider.watching.ec2_watch import InstanceWatch, follow_instance, terminate_instance
+from airflow_hpc_provider.watching.events import Outcome, WatchOutcome
 
 
-class Ec2InstanceTrigger(BaseTrigger):
+class Ec2InstanceTrigger(HpcTrigger):
     """Streams the instance's job log into the task log; on the sentinel archives the log, reads the
     exit code and terminates the instance. Fires once.
 
@@ -29,6 +27,23 @@ class Ec2InstanceTrigger(BaseTrigger):
     :param deadline: epoch seconds; past it the trigger terminates the instance and fires ``timeout``.
     :param unreachable_timeout: seconds without a successful probe before giving up (and terminating).
     """
+
+    fields = (
+        "instance_id",
+        "run_dir",
+        "aws_conn_id",
+        "region_name",
+        "os_user",
+        "tunnel",
+        "host_key_check",
+        "host_keys",
+        "poll_interval",
+        "deadline",
+        "unreachable_timeout",
+        "archive_path",
+        "archive_s3_uri",
+    )
+    stop_words = ("Terminating", "Terminated")
 
     def __init__(
         self,
@@ -60,27 +75,6 @@ class Ec2InstanceTrigger(BaseTrigger):
         self.unreachable_timeout = unreachable_timeout
         self.archive_path = archive_path
         self.archive_s3_uri = archive_s3_uri
-        self._finished = False
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "instance_id": self.instance_id,
-                "run_dir": self.run_dir,
-                "aws_conn_id": self.aws_conn_id,
-                "region_name": self.region_name,
-                "os_user": self.os_user,
-                "tunnel": self.tunnel,
-                "host_key_check": self.host_key_check,
-                "host_keys": self.host_keys,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-                "unreachable_timeout": self.unreachable_timeout,
-                "archive_path": self.archive_path,
-                "archive_s3_uri": self.archive_s3_uri,
-            },
-        )
 
     def watch(self) -> InstanceWatch:
         return InstanceWatch(
@@ -101,7 +95,10 @@ class Ec2InstanceTrigger(BaseTrigger):
             archive_s3_uri=self.archive_s3_uri,
         )
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    def describe(self) -> str:
+        return f"EC2 instance {self.instance_id}"
+
+    async def follow(self) -> dict[str, Any]:
         try:
             followed = await follow_instance(self.watch(), self.log)
             payload = followed.payload()
@@ -111,21 +108,18 @@ class Ec2InstanceTrigger(BaseTrigger):
             payload = WatchOutcome(
                 Outcome.ERROR, self.instance_id, message=f"{type(error).__name__}: {error}"
             ).to_dict()
-        self._finished = True
+        why = "the task ended" if payload["kind"] == Outcome.ENDED else str(payload.get("message"))
+        self.log.info("Terminating EC2 instance %s (%s)", self.instance_id, why)
         try:
-            await self._terminate("the task ended" if payload["kind"] == Outcome.ENDED else str(payload.get("message")))
+            await self.stop()
             payload["terminated"] = True
         except Exception as error:  # the operator tries again in execute_complete
             self.log.error("could not terminate %s: %s", self.instance_id, error)
             payload["terminated"] = False
-        yield TriggerEvent({**payload, "aws_conn_id": self.aws_conn_id, "instance_id": self.instance_id})
+        return {**payload, "aws_conn_id": self.aws_conn_id, "instance_id": self.instance_id}
 
-    async def _terminate(self, why: str) -> None:
-        self.log.info("Terminating EC2 instance %s (%s)", self.instance_id, why)
+    def ending_seen(self, payload: dict[str, Any]) -> bool:
+        return True  # every end this trigger reaches itself terminated the instance
+
+    async def stop(self) -> None:
         await terminate_instance(self.aws_conn_id, self.region_name, self.instance_id)
-
-    async def on_kill(self) -> None:
-        """A user marked the task failed/success or cleared it: terminate the instance."""
-        if self._finished:
-            return
-        await self._terminate("task stopped by a user")

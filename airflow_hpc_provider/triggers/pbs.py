@@ -15,17 +15,15 @@ class PbsJobTrigger(SshJobTrigger):
     :param log_dir: the connection's log directory, where job scripts record their exit status.
     """
 
+    fields = (*SshJobTrigger.fields, "flavour", "log_dir")
+
     def __init__(self, *, flavour: str, log_dir: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.flavour = PbsFlavour(flavour)
+        self.flavour = PbsFlavour(flavour).value  # a bad flavour fails here, not in a shared poll
         self.log_dir = log_dir
 
     def dialect(self) -> PbsDialect:
-        return PbsDialect(self.flavour, self.log_dir)
+        return PbsDialect(PbsFlavour(self.flavour), self.log_dir)
 
     def event_extras(self) -> dict[str, Any]:
-        return {"flavour": self.flavour.value}
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        classpath, kwargs = super().serialize()
-        return classpath, {**kwargs, "flavour": self.flavour.value, "log_dir": self.log_dir}
+        return {"flavour": self.flavour}

@@ -6,19 +6,18 @@ All tenants on one cluster share one poller (one SSH connection, one script per 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.sdk import BaseHook
-from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.dialects.slurm_tenant import SlurmTenantDialect, TenantRef
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
+from airflow_hpc_provider.triggers.base import HpcTrigger
+from airflow_hpc_provider.watching.ssh_watch import cancel_job, watch_job
 
 
-class SlurmTenantTrigger(BaseTrigger):
+class SlurmTenantTrigger(HpcTrigger):
     """Streams a tenant's log into the task log and fires once when its exit status appears
     (or its allocation ends under it).
 
@@ -27,7 +26,12 @@ class SlurmTenantTrigger(BaseTrigger):
     :param log_dir: the connection's log directory on the cluster (tenant files live below it).
     :param poll_interval: seconds between polls (shared by every tenant on the cluster).
     :param deadline: epoch seconds; past it the trigger fires ``timeout`` and the operator stops the tenant.
+
+    ``on_kill`` stops this tenant's session only; the allocation and its other tenants are never touched.
     """
+
+    fields = ("slurm_conn_id", "tenant_id", "log_dir", "poll_interval", "deadline")
+    stop_words = ("Stopping", "Stopped")
 
     def __init__(
         self,
@@ -44,19 +48,6 @@ class SlurmTenantTrigger(BaseTrigger):
         self.log_dir = log_dir
         self.poll_interval = poll_interval
         self.deadline = deadline
-        self._ended = False
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "slurm_conn_id": self.slurm_conn_id,
-                "tenant_id": self.tenant_id,
-                "log_dir": self.log_dir,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-            },
-        )
 
     @property
     def watched(self) -> WatchedJob:
@@ -66,38 +57,26 @@ class SlurmTenantTrigger(BaseTrigger):
         target = SshTarget.from_connection(await BaseHook.aget_connection(self.slurm_conn_id))
         return target
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        outcome: WatchOutcome = await watch_job(
-            await self._target(),
-            SlurmTenantDialect(self.log_dir),
-            self.watched,
-            self.log,
-            interval_s=self.poll_interval,
-            deadline=self.deadline,
-        )
-        self._ended = outcome.kind is Outcome.ENDED
-        yield TriggerEvent(
-            {
-                **outcome.to_dict(),
-                "slurm_conn_id": self.slurm_conn_id,
-                "log_path": self.watched.log_path,
-                "cursor_path": self.watched.cursor_path,
-            }
-        )
+    def describe(self) -> str:
+        return f"Slurm tenant {self.tenant_id} on {self.slurm_conn_id}"
 
-    async def on_kill(self) -> None:
-        """A user marked the task failed/success or cleared it: stop this tenant's session only.
+    async def follow(self) -> dict[str, Any]:
+        dialect = SlurmTenantDialect(self.log_dir)
+        target = await self._target()
+        outcome = await watch_job(
+            target, dialect, self.watched, self.log, interval_s=self.poll_interval, deadline=self.deadline
+        )
+        return {
+            **outcome.to_dict(),
+            "slurm_conn_id": self.slurm_conn_id,
+            "log_path": self.watched.log_path,
+            "cursor_path": self.watched.cursor_path,
+        }
 
-        Airflow calls this only on such a user action, not on a triggerer restart, so a restart
-        stops nothing; the allocation and its other tenants are never touched.
-        """
-        if self._ended:
-            return
-        self.log.info("Stopping Slurm tenant %s on %s (task stopped by a user)", self.tenant_id, self.slurm_conn_id)
+    async def stop(self) -> None:
         await cancel_job(
             await self._target(), SlurmTenantDialect(self.log_dir), self.tenant_id, cursor_path=self.watched.cursor_path
         )
-        self.log.info("Stopped Slurm tenant %s", self.tenant_id)
 
 
 def watched_tenant(tenant_id: str, log_dir: str, *, claimed: bool = False) -> WatchedJob:

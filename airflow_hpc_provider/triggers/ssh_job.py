@@ -6,19 +6,18 @@ interval for every job of a cluster in the triggerer process).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import BaseHook
-from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.watch import Outcome, cancel_job, watch_job
+from airflow_hpc_provider.triggers.base import HpcTrigger
+from airflow_hpc_provider.watching.ssh_watch import cancel_job, watch_job
 
 
-class SshJobTrigger(BaseTrigger):
+class SshJobTrigger(HpcTrigger):
     """Streams a job's output and state changes into the task log; fires once when it ends.
 
     :param conn_id: the Airflow connection the job was submitted through.
@@ -28,6 +27,8 @@ class SshJobTrigger(BaseTrigger):
     :param poll_interval: seconds between status queries (shared by all jobs on the cluster).
     :param deadline: epoch seconds; past it the trigger fires ``timeout`` so the operator cancels.
     """
+
+    fields: ClassVar[tuple[str, ...]] = ("conn_id", "job_id", "log_path", "cursor_path", "poll_interval", "deadline")
 
     def __init__(
         self,
@@ -45,58 +46,35 @@ class SshJobTrigger(BaseTrigger):
         self.cursor_path = cursor_path
         self.poll_interval = poll_interval
         self.deadline = deadline
-        self._ended = False
 
     def dialect(self) -> SchedulerDialect:
         raise NotImplementedError
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "conn_id": self.conn_id,
-                "job_id": self.job_id,
-                "log_path": self.log_path,
-                "cursor_path": self.cursor_path,
-                "poll_interval": self.poll_interval,
-                "deadline": self.deadline,
-            },
-        )
-
     async def _target(self) -> SshTarget:
         return SshTarget.from_connection(await BaseHook.aget_connection(self.conn_id))
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
+    def describe(self) -> str:
+        return f"{self.dialect().name} job {self.job_id} on {self.conn_id}"
+
+    async def follow(self) -> dict[str, Any]:
         job = WatchedJob(
             job_id=self.job_id, log_path=self.log_path, cursor_path=self.cursor_path, claimed_by_trigger=True
         )
         outcome = await watch_job(
             await self._target(), self.dialect(), job, self.log, interval_s=self.poll_interval, deadline=self.deadline
         )
-        self._ended = outcome.kind is Outcome.ENDED
-        yield TriggerEvent(
-            {
-                **outcome.to_dict(),
-                "conn_id": self.conn_id,
-                "log_path": self.log_path,
-                "cursor_path": self.cursor_path,
-                **self.event_extras(),
-            }
-        )
+        return {
+            **outcome.to_dict(),
+            "conn_id": self.conn_id,
+            "log_path": self.log_path,
+            "cursor_path": self.cursor_path,
+            **self.event_extras(),
+        }
 
     def event_extras(self) -> dict[str, Any]:
         """What the operator needs back in ``execute_complete`` besides the outcome."""
         return {}
 
-    async def on_kill(self) -> None:
-        """The user marked the task failed/success or cleared it: cancel the job on the cluster.
-
-        Airflow calls this only on such a user action, never on a triggerer restart or when a
-        trigger moves to another triggerer, so a restart cancels nothing.
-        """
-        if self._ended:
-            return
-        name = self.dialect().name
-        self.log.info("Cancelling %s job %s on %s (task stopped by a user)", name, self.job_id, self.conn_id)
+    async def stop(self) -> None:
+        # Claimed as it is cancelled: a job stopped on purpose is never adopted by a retry.
         await cancel_job(await self._target(), self.dialect(), self.job_id, cursor_path=self.cursor_path)
-        self.log.info("Cancelled %s job %s", name, self.job_id)

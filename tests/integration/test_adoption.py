@@ -27,7 +27,7 @@ from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.triggers.pbs import PbsJobTrigger
 from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
 from airflow_hpc_provider.triggers.slurm_tenant import SlurmTenantTrigger
-from airflow_hpc_provider.watch import cancel_job
+from airflow_hpc_provider.watching.ssh_watch import cancel_job
 from tests.integration import cluster
 from tests.integration.test_slurm_tenant import book, release
 from tests.integration.test_slurm_trigger import collected

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_hpc_provider import poller
 from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
+from airflow_hpc_provider.watching import cluster as poller
 from tests.integration import cluster
 from tests.integration.tcp_proxy import TcpProxy
 from tests.integration.test_slurm_trigger import LineCollector, collected, submit

@@ -22,12 +22,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from airflow_hpc_provider import poller
 from airflow_hpc_provider.dialects import slurm
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR, SlurmHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
+from airflow_hpc_provider.watching import cluster as poller
 from tests.integration import cluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from airflow_hpc_provider.batch_streams import LogStreamPlanner, WantedStream
 from airflow_hpc_provider.errors import LogGroupMissing, LogStreamMissing
+from airflow_hpc_provider.watching.batch_streams import LogStreamPlanner, WantedStream
 
 GROUP = "/aws/batch/job"
 

@@ -8,6 +8,7 @@ scheduler's numbers mean (Slurm's ``code:signal``, PBS's ``256 + N``, a shell's 
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,8 +26,9 @@ from airflow_hpc_provider.jobs import (
 from airflow_hpc_provider.operators.batch import BatchRevisionOperator
 from airflow_hpc_provider.operators.ec2 import Ec2EphemeralOperator
 from airflow_hpc_provider.operators.pbs import PbsOperator
+from airflow_hpc_provider.operators.sge import SgeOperator
 from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
-from airflow_hpc_provider.operators.slurm_tenant import summary as tenant_summary
+from airflow_hpc_provider.operators.slurm_tenant import SlurmTenantOperator
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
@@ -99,6 +101,14 @@ def test_pbs_names_the_signal_its_script_recorded() -> None:
     assert "ended FAILED (C) (exit 3:0)" in PbsOperator(task_id="t", command="true").summary(plain)
 
 
+def tenant_summary(status: JobStatus) -> str:
+    return SlurmTenantOperator(task_id="t", reservation="pool", command="true").summary(status)
+
+
+def batch_summary(status: JobStatus) -> str:
+    return BatchRevisionOperator(task_id="t", command="true", image="alpine:3").summary(status)
+
+
 def test_a_tenant_names_the_signal_its_shell_reported() -> None:
     ref = slurm_tenant.TenantRef.parse("12:abc:1")
     seen = slurm_tenant.observe_tenant(ref, "12:abc:1", "137 exited", None)
@@ -114,11 +124,9 @@ def test_batch_names_a_containers_128_plus_n_as_a_signal() -> None:
     status = JobStatus(
         job_id="1f2e", state=JobState.FAILED, native_state="FAILED", exit_code=137, reason="OutOfMemoryError"
     )
-    assert BatchRevisionOperator._summary(status).startswith(
-        "AWS Batch job 1f2e ended FAILED (killed by signal 9 (SIGKILL))"
-    )
+    assert batch_summary(status).startswith("AWS Batch job 1f2e ended FAILED (killed by signal 9 (SIGKILL))")
     plain = JobStatus(job_id="1f2e", state=JobState.FAILED, native_state="FAILED", exit_code=3)
-    assert BatchRevisionOperator._summary(plain) == "AWS Batch job 1f2e ended FAILED (exit 3)"
+    assert batch_summary(plain) == "AWS Batch job 1f2e ended FAILED (exit 3)"
 
 
 def test_ec2_names_a_containers_128_plus_n_as_a_signal() -> None:
@@ -184,3 +192,36 @@ def test_a_tenant_whose_allocation_ended_keeps_only_the_allocations_ending_reaso
     )
     timed_out = slurm_tenant.observe_tenant(ref, "12:abc:1", None, ("TIMEOUT", "TimeLimit"))
     assert timed_out.status is not None and "ended TIMEOUT (TimeLimit)" in str(timed_out.status.reason)
+
+
+# --- one summary line for every backend ----------------------------------------------------------
+
+EVERY_OPERATOR = {
+    "Slurm job": lambda: SlurmSubmitOperator(task_id="t", command="true"),
+    "PBS job": lambda: PbsOperator(task_id="t", command="true"),
+    "SGE job": lambda: SgeOperator(task_id="t", command="true"),
+    "Slurm tenant": lambda: SlurmTenantOperator(task_id="t", reservation="pool", command="true"),
+    "AWS Batch job": lambda: BatchRevisionOperator(task_id="t", command="true", image="alpine:3"),
+    "EC2 instance": lambda: Ec2EphemeralOperator(
+        task_id="t", image="alpine:3", command="true", time_limit=timedelta(minutes=5)
+    ),
+}
+
+
+@pytest.mark.parametrize("noun", EVERY_OPERATOR)
+def test_every_backend_ends_a_job_with_one_summary_line_in_one_format(noun: str) -> None:
+    status = JobStatus(
+        job_id="42",
+        state=JobState.FAILED,
+        native_state="FAILED",
+        exit_code=3,
+        reason="NonZeroExitCode",
+        elapsed=timedelta(seconds=75),
+        nodes="n1",
+        max_rss_mb=512.0,
+    )
+    line = EVERY_OPERATOR[noun]().summary(status)
+    assert line.startswith(f"{noun} 42")
+    assert re.search(
+        r" ended FAILED \(exit 3(:0)?\) after 00:01:15, reason: NonZeroExitCode, on n1, peak memory 512\.0 MiB$", line
+    ), line

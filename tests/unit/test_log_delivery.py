@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 
-from airflow_hpc_provider.log_delivery import LogChannel, log_lines, unread_bytes
+from airflow_hpc_provider.watching.delivery import LogChannel, log_lines, unread_bytes
 
 
 def test_a_socket_reports_unread_bytes_until_its_reader_takes_all_of_them() -> None:

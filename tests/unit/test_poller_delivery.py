@@ -20,18 +20,10 @@ from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, section
 from airflow_hpc_provider.hooks.ssh import CommandResult, SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob, claim_marker
-from airflow_hpc_provider.log_delivery import LogChannel
-from airflow_hpc_provider.poller import (
-    REPLAY_MARKER,
-    ClusterPoller,
-    JobEnded,
-    Notice,
-    OutputLines,
-    PollerSettings,
-    StatusChanged,
-    WatchEvent,
-)
-from airflow_hpc_provider.watch import follow
+from airflow_hpc_provider.watching.cluster import REPLAY_MARKER, ClusterPoller, PollerSettings
+from airflow_hpc_provider.watching.delivery import LogChannel
+from airflow_hpc_provider.watching.events import JobEnded, Notice, OutputLines, StatusChanged, WatchEvent
+from airflow_hpc_provider.watching.ssh_watch import follow
 
 pytestmark = pytest.mark.asyncio
 
@@ -369,7 +361,9 @@ async def test_a_watch_stopped_right_after_it_logged_a_chunk_commits_the_chunk_o
                 watching.cancel()  # the stop arrives the moment the chunk's last line is logged
 
     logger.addHandler(StopOnLastLine())
-    watching = asyncio.ensure_future(follow(poller.watch(job), poller, job, logger, LogChannel(None), "Test"))
+    watching = asyncio.ensure_future(
+        follow(poller.watch(job), poller, job.job_id, logger, LogChannel(None), "Test job 1")
+    )
     with pytest.raises(asyncio.CancelledError):
         await watching
     await poller.close()

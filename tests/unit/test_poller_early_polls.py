@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.poller import JobEnded, WatchEvent
+from airflow_hpc_provider.watching.events import JobEnded, WatchEvent
 from tests.unit.test_poller_delivery import Cluster
 
 pytestmark = pytest.mark.asyncio

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from airflow_hpc_provider.jobs import JobState, JobStatus
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.events import Outcome, WatchOutcome
 
 
 @pytest.mark.parametrize("kind", list(Outcome), ids=lambda kind: kind.name)

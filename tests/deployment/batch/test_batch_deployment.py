@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from airflow_hpc_provider.batch_poller import BatchPollerSettings
+from airflow_hpc_provider.watching.batch import BatchPollerSettings
 from tests.deployment.batch.conftest import BatchStack
 from tests.deployment.conftest import xcom_job_id
 from tests.deployment.dags.scenario_common import BATCH_QUIET_TASKS, BATCH_RESTART_TASKS

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_hpc_provider import batch_poller
+from airflow_hpc_provider.watching import batch as batch_poller
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws, start_server
 
 CONN_ID = "aws_moto"

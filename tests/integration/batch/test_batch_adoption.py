@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
-from airflow_hpc_provider.batch_logs import MemoryPositionStore
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.errors import JobFailedError
 from airflow_hpc_provider.operators.batch import BatchRevisionOperator
 from airflow_hpc_provider.triggers.batch import CANCEL_REASON, BatchJobTrigger
+from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
 from tests.integration.batch.conftest import CONN_ID
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
 from tests.integration.batch.test_batch_definitions import FakeTI

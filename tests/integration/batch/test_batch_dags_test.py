@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.batch_logs import CURSOR_XCOM_KEY
+from airflow_hpc_provider.watching.batch_logs import CURSOR_XCOM_KEY
 from tests.integration.batch.dags.batch_scenarios import ENV_WITH_NEWLINE
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
 

@@ -31,11 +31,11 @@ from airflow.sdk.exceptions import TaskDeferred
 from botocore.client import BaseClient
 
 import airflow_hpc_provider
-from airflow_hpc_provider.batch_logs import MemoryPositionStore
 from airflow_hpc_provider.hooks.batch import ACTIONS_BY_MODE, ACTIONS_SCRIPT_UPLOAD
 from airflow_hpc_provider.operators.batch import BatchRevisionOperator
 from airflow_hpc_provider.setup.batch import POLICY_OUTPUTS_OF_MODE
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
+from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
 from tests.integration.batch.conftest import CONN_ID
 from tests.integration.batch.moto_batch import ACCOUNT, REGION, HeldJobs, MotoAws
 from tests.integration.batch.test_batch_definitions import FakeTI

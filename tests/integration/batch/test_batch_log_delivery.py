@@ -22,12 +22,11 @@ from typing import Any
 
 import pytest
 
-from airflow_hpc_provider.batch_logs import MemoryPositionStore
-from airflow_hpc_provider.batch_poller import BatchPoller, BatchPollerSettings, BatchTarget
-from airflow_hpc_provider.batch_watch import watch_batch_job
-from airflow_hpc_provider.log_delivery import LogChannel
-from airflow_hpc_provider.poller import JobEnded, OutputLines
-from airflow_hpc_provider.watch import WatchOutcome
+from airflow_hpc_provider.watching.batch import BatchPoller, BatchPollerSettings, BatchTarget
+from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
+from airflow_hpc_provider.watching.batch_watch import watch_batch_job
+from airflow_hpc_provider.watching.delivery import LogChannel
+from airflow_hpc_provider.watching.events import JobEnded, OutputLines, WatchOutcome
 from tests.integration.batch.conftest import CONN_ID
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
 from tests.integration.batch.test_batch_watching import stream_of, submit

@@ -21,8 +21,8 @@ import pytest
 from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import TaskDeferred
 
-from airflow_hpc_provider.batch_logs import MemoryPositionStore
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
+from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
 from tests.integration.batch.conftest import CONN_ID
 from tests.integration.batch.moto_batch import MotoAws
 from tests.integration.batch.test_batch_definitions import FakeTI

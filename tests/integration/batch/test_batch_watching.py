@@ -15,14 +15,14 @@ import pytest
 from moto.batch.responses import BatchResponse
 from moto.core.exceptions import JsonRESTError
 
-from airflow_hpc_provider import batch_poller
-from airflow_hpc_provider.batch_logs import MemoryPositionStore
-from airflow_hpc_provider.batch_poller import BatchPoller, BatchPollerSettings, BatchTarget
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.hooks.batch import BatchHook
 from airflow_hpc_provider.jobs import JobKey, JobState
 from airflow_hpc_provider.operators.batch import TIMEOUT_REASON, BatchRevisionOperator
 from airflow_hpc_provider.triggers.batch import CANCEL_REASON, BatchJobTrigger
+from airflow_hpc_provider.watching import batch as batch_poller
+from airflow_hpc_provider.watching.batch import BatchPoller, BatchPollerSettings, BatchTarget
+from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
 from tests.integration.batch.conftest import CONN_ID
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
 from tests.integration.batch.test_batch_definitions import FakeTI

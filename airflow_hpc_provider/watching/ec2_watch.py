@@ -1,7 +1,7 @@
 """Follow one ephemeral instance to its end through the SSM tunnel, then archive its log and terminate it.
 
 Used by :class:`~airflow_hpc_provider.triggers.ec2.Ec2InstanceTrigger` (in the triggerer) and by the
-operator when it does not defer. The probing is the shared :class:`~airflow_hpc_provider.poller.ClusterPoller`
+operator when it does not defer. The probing is the shared :class:`~airflow_hpc_provider.watching.cluster.ClusterPoller`
 over an :class:`~airflow_hpc_provider.hooks.ssm.SsmTransport` with the EC2 runner dialect: one script per
 interval reads the runner's phase/sentinel and the new log bytes, with the log cursor kept on the
 instance and moved only past lines written to the task log (a restarted triggerer drops no line;
@@ -11,9 +11,7 @@ see the poller's delivery rules for what it may replay).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,17 +21,13 @@ from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget
 from airflow_hpc_provider.jobs import WatchedJob
-from airflow_hpc_provider.log_delivery import LogChannel, log_lines
-from airflow_hpc_provider.poller import (
-    ClusterPoller,
-    JobEnded,
-    Notice,
-    OutputLines,
-    PollerSettings,
-    StatusChanged,
-    WatchFailed,
+from airflow_hpc_provider.watching.cluster import ClusterPoller, PollerSettings
+from airflow_hpc_provider.watching.delivery import LogChannel
+from airflow_hpc_provider.watching.events import (
+    Outcome,
+    WatchOutcome,
 )
-from airflow_hpc_provider.watch import CONFIRM_TIMEOUT_S, Outcome, WatchOutcome, acknowledge_when_written
+from airflow_hpc_provider.watching.ssh_watch import follow
 
 
 @dataclass(frozen=True)
@@ -72,6 +66,8 @@ async def follow_instance(watch: InstanceWatch, log: logging.Logger | Any) -> Fo
         interval_s=watch.poll_interval_s,
         # An instance is one host: back off gently, the unreachable timeout below decides when to stop.
         max_backoff_s=max(watch.poll_interval_s, min(60.0, watch.poll_interval_s * 4)),
+        # An instance that stays unreachable may never come back: the engine gives up on it.
+        give_up_after_s=watch.unreachable_timeout_s,
     )
     poller = ClusterPoller(transport, dialect, settings)
     job = WatchedJob(
@@ -79,7 +75,10 @@ async def follow_instance(watch: InstanceWatch, log: logging.Logger | Any) -> Fo
     )
     events = poller.watch(job)
     try:
-        outcome = await _consume(events, poller, watch, log)
+        # An instance that stays unreachable ends the watch from the engine (give_up_after_s: an error).
+        what = f"EC2 instance {watch.instance_id}"
+        channel = LogChannel.of_this_process()
+        outcome = await follow(events, poller, watch.instance_id, log, channel, what, deadline=watch.deadline)
         followed = Followed(outcome)
         if outcome.kind is Outcome.ENDED:
             await _archive(transport, watch, followed, log)
@@ -87,57 +86,6 @@ async def follow_instance(watch: InstanceWatch, log: logging.Logger | Any) -> Fo
     finally:
         await events.aclose()
         await poller.close()
-
-
-async def _consume(events: Any, poller: ClusterPoller, watch: InstanceWatch, log: Any) -> WatchOutcome:
-    instance = watch.instance_id
-    channel = LogChannel.of_this_process()
-    last_contact = time.monotonic()
-    seen_polls = poller.polls
-    # One pending anext() kept across wake-ups: cancelling it would close the poller's generator.
-    pending: asyncio.Future[Any] | None = None
-    try:
-        while True:
-            now = time.time()
-            if watch.deadline is not None and now >= watch.deadline:
-                return WatchOutcome(Outcome.TIMEOUT, instance, message="the task's time limit passed")
-            if poller.polls != seen_polls:
-                seen_polls, last_contact = poller.polls, time.monotonic()
-            silent = time.monotonic() - last_contact
-            if silent >= watch.unreachable_timeout_s:
-                return WatchOutcome(
-                    Outcome.ERROR,
-                    instance,
-                    message=f"the instance was unreachable through the SSM tunnel for {silent:.0f}s",
-                )
-            # Wake at least every poll interval to check the deadline and the unreachable timeout.
-            wait = min(watch.poll_interval_s, watch.unreachable_timeout_s - silent)
-            if watch.deadline is not None:
-                wait = min(wait, watch.deadline - now)
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=max(wait, 0.05))
-            if not done:
-                continue
-            event, pending = pending.result(), None
-            if isinstance(event, OutputLines):
-                # Acknowledged once written: only then may the cursor on the instance move past them.
-                await log_lines(log, event.lines, channel)
-                await acknowledge_when_written(event, channel)
-            elif isinstance(event, StatusChanged):
-                log.info("EC2 instance %s: %s", instance, event.status.describe())
-            elif isinstance(event, Notice):
-                log.warning("%s", event.message)
-            elif isinstance(event, JobEnded):
-                await poller.confirm(job_id=instance, timeout_s=CONFIRM_TIMEOUT_S)
-                return WatchOutcome(Outcome.ENDED, instance, status=event.status)
-            elif isinstance(event, WatchFailed):
-                return WatchOutcome(Outcome.ERROR, instance, message=event.message)
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
 
 
 async def _archive(transport: SsmTransport, watch: InstanceWatch, followed: Followed, log: Any) -> None:

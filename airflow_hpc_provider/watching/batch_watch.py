@@ -1,12 +1,12 @@
 """Watch one AWS Batch job to its end through the shared Batch poller, logging as it goes.
 
-The Batch counterpart of ``watch.py``: used by the trigger (in the triggerer) and by the operator
+The Batch counterpart of ``ssh_watch.py``: used by the trigger (in the triggerer) and by the operator
 when it does not defer, so both log the same lines and end with the same :class:`WatchOutcome`.
 
 Delivered means written. The poller hands over a job's new CloudWatch lines in slices, each followed
 by the read position that covers it. A slice is logged (yielding to the event loop every few tens of
 milliseconds, so a large backlog never stalls the other triggers), then the watch waits until the
-task log's writer has read those lines (:class:`~airflow_hpc_provider.log_delivery.LogChannel`) and
+task log's writer has read those lines (:class:`~airflow_hpc_provider.watching.delivery.LogChannel`) and
 only then saves the position. A triggerer killed at any moment therefore loses no line: its
 successor resumes from a position whose lines are known to be in the task log. What it may repeat
 is the slice that was handed over but not yet confirmed (at most ``lines_per_slice`` lines); the
@@ -25,12 +25,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_hpc_provider.batch_logs import PositionStore, SavedPosition
-from airflow_hpc_provider.batch_poller import BatchPollerSettings, BatchTarget, LogProgress, shared_batch_poller
 from airflow_hpc_provider.dialects import batch
-from airflow_hpc_provider.log_delivery import LogChannel
-from airflow_hpc_provider.poller import JobEnded, Notice, OutputLines, StatusChanged, WatchFailed
-from airflow_hpc_provider.watch import Outcome, WatchOutcome
+from airflow_hpc_provider.watching.batch import BatchPollerSettings, BatchTarget, LogProgress, shared_batch_poller
+from airflow_hpc_provider.watching.batch_logs import PositionStore, SavedPosition
+from airflow_hpc_provider.watching.consume import consume
+from airflow_hpc_provider.watching.delivery import LogChannel
+from airflow_hpc_provider.watching.events import (
+    WatchOutcome,
+)
 
 # How long the event loop may be held by logging one slice before other tasks get a turn.
 LOG_TURN_S = 0.02
@@ -66,38 +68,20 @@ async def watch_batch_job(
     async with shared_batch_poller(target, settings) as poller:
         events = poller.watch(job_id, include_children=include_children, position=saved.position, claim=claim)
         try:
-            outcome = await _follow(events, job_id, deadline, delivery, log)
+            outcome = await consume(
+                events,
+                job_id,
+                log,
+                what=f"{batch.NAME} job {job_id}",
+                deadline=deadline,
+                deliver=lambda event: delivery.hand_over(event.lines),
+                other=delivery.commit_progress,
+            )
         finally:
             await events.aclose()
     # The triggerer may be killed right after the outcome is recorded: the last lines go first.
     await delivery.wait_written()
     return outcome
-
-
-async def _follow(
-    events: Any, job_id: str, deadline: float | None, delivery: _Delivery, log: logging.Logger | Any
-) -> WatchOutcome:
-    while True:
-        remaining = None if deadline is None else deadline - time.time()
-        if remaining is not None and remaining <= 0:
-            return WatchOutcome(Outcome.TIMEOUT, job_id, message="the task's time limit passed")
-        try:
-            async with asyncio.timeout(remaining):
-                event = await anext(events)
-        except TimeoutError:
-            return WatchOutcome(Outcome.TIMEOUT, job_id, message="the task's time limit passed")
-        if isinstance(event, OutputLines):
-            await delivery.hand_over(event.lines)
-        elif isinstance(event, LogProgress):
-            await delivery.commit(event.position)
-        elif isinstance(event, StatusChanged):
-            log.info("%s job %s: %s", batch.NAME, job_id, event.status.describe())
-        elif isinstance(event, Notice):
-            log.warning("%s", event.message)
-        elif isinstance(event, JobEnded):
-            return WatchOutcome(Outcome.ENDED, job_id, status=event.status)
-        elif isinstance(event, WatchFailed):
-            return WatchOutcome(Outcome.ERROR, job_id, message=event.message)
 
 
 class _Delivery:
@@ -134,6 +118,11 @@ class _Delivery:
                 WRITTEN_TIMEOUT_S,
             )
         return written
+
+    async def commit_progress(self, event: Any) -> None:
+        """A position that covers the lines handed over so far: saved once they are written."""
+        if isinstance(event, LogProgress):
+            await self.commit(event.position)
 
     async def commit(self, position: dict[str, Any]) -> None:
         if await self.wait_written():

@@ -9,7 +9,7 @@ nothing that arrived in order.
 
 The position is saved in the task instance's own XCom (key :data:`CURSOR_XCOM_KEY`) through the
 triggerer's connection to the API server, and only once the lines before it are known to be written
-to the task log (:mod:`~airflow_hpc_provider.log_delivery`). Airflow keeps a task's XComs while it
+to the task log (:mod:`~airflow_hpc_provider.watching.delivery`). Airflow keeps a task's XComs while it
 is deferred and clears them when a new try starts, which is the lifetime wanted: a restarted trigger
 of the same try continues where the last one's lines are known to be written; a retry logs from the
 start.

@@ -1,7 +1,7 @@
 """Shared, batched AWS Batch polling: N watched jobs cost ceil(N/100) DescribeJobs per interval.
 
 Inside one process all watchers of one (aws connection, region) on one event loop share one
-:class:`BatchPoller`, reference-counted like the SSH cluster poller (``poller.py``), whose event
+:class:`BatchPoller`, reference-counted like the SSH cluster poller (``cluster.py``), whose event
 types it reuses. Each interval it asks DescribeJobs about every watched job, 100 ids per call, and
 reads the new CloudWatch lines of running jobs with FilterLogEvents, 100 streams per call (streams
 that do not exist yet cost a bounded number of extra calls: see :mod:`batch_streams`).
@@ -10,7 +10,8 @@ Rules:
 
 * only DescribeJobs ends a watch: SUCCEEDED is success, FAILED carries statusReason and the exit
   code (``None`` when Batch reports none, never 0);
-* a job DescribeJobs does not know is never a success: after ``missing_grace_s`` it is ``LOST``;
+* a job DescribeJobs does not know is never a success: after ``missing_grace_s`` it is ``LOST``
+  (the engine's absence rules, :mod:`.rules`, decide, as for every source);
 * throttling (and any failed call) concludes nothing: the poller backs off, with jitter, and
   tells the watchers; only credentials refused outright end the watches (the jobs are left alone);
 * the final lines are read in the same poll that sees the job end, before ``JobEnded``;
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,24 +36,24 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from airflow_hpc_provider.batch_logs import LogPosition
-from airflow_hpc_provider.batch_streams import LogStreamPlanner, WantedStream
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import LogStream
 from airflow_hpc_provider.errors import LogGroupMissing, LogStreamMissing, Throttled
 from airflow_hpc_provider.hooks.batch import AUTH_CODES, THROTTLING_CODES, BatchHook, error_code, error_text
 from airflow_hpc_provider.jobs import JobState, JobStatus
-from airflow_hpc_provider.poller import (
-    MIN_POLL_SPACING_S,
+from airflow_hpc_provider.watching.batch_logs import LogPosition
+from airflow_hpc_provider.watching.batch_streams import LogStreamPlanner, WantedStream
+from airflow_hpc_provider.watching.events import (
     JobEnded,
     Notice,
     OutputLines,
-    StatusChanged,
     WatchEvent,
-    WatchFailed,
     until_the_end,
 )
-from airflow_hpc_provider.sharing import SharedPollers
+from airflow_hpc_provider.watching.loop import Failure, LoopSettings, PollLoop
+from airflow_hpc_provider.watching.pacing import MIN_POLL_SPACING_S
+from airflow_hpc_provider.watching.rules import AbsenceRules, Standing, settle
+from airflow_hpc_provider.watching.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +106,27 @@ class _Track:
     include_children: bool
     position: LogPosition
     queues: list[asyncio.Queue[BatchWatchEvent]] = field(default_factory=list)
-    last: JobStatus | None = None
-    missing_since: float | None = None
     children: list[str] = field(default_factory=list)
-    warned_states: set[str] = field(default_factory=set)
+    standing: Standing = field(init=False)  # what the absence rules remember (rules.py)
     claim: str | None = None  # the claim tag's value, when a watcher owns the job
     claimed: bool = False
     claim_failures: int = 0
 
+    def __post_init__(self) -> None:
+        self.standing = Standing(self.job_id)
+
+    @property
+    def last(self) -> JobStatus | None:
+        return self.standing.last
+
     def send(self, event: BatchWatchEvent) -> None:
         for queue in self.queues:
             queue.put_nowait(event)
+
+
+def absence_rules(settings: BatchPollerSettings) -> AbsenceRules:
+    """The rules (rules.py) for Batch jobs: DescribeJobs is the only source of truth."""
+    return AbsenceRules(source="AWS Batch", missing_grace_s=settings.missing_grace_s)
 
 
 class BatchPoller:
@@ -125,12 +135,12 @@ class BatchPoller:
     def __init__(self, target: BatchTarget, settings: BatchPollerSettings, hook: BatchHook | None = None) -> None:
         self.target = target
         self.settings = settings
+        self.rules = absence_rules(settings)
         self._hook = hook
         self._tracks: dict[str, _Track] = {}
-        self._wake = asyncio.Event()
+        self._loop = PollLoop(self, LoopSettings(interval_s=settings.interval_s, max_backoff_s=settings.max_backoff_s))
         self._task: asyncio.Task[None] | None = None
         self.polls = 0
-        self._failures = 0  # consecutive failed polls, for the backoff
         self.describe_calls = 0
         self.log_calls = 0
         self.claim_calls = 0
@@ -159,7 +169,7 @@ class BatchPoller:
         track.claim = track.claim or claim
         track.queues.append(queue)
         self._ensure_running()
-        self._wake.set()
+        self._loop.wake.set()
 
         def leave() -> None:
             if queue in track.queues:
@@ -172,7 +182,7 @@ class BatchPoller:
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="hpc-batch-poller")
+            self._task = asyncio.get_running_loop().create_task(self._loop.run(), name="hpc-batch-poller")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -196,49 +206,48 @@ class BatchPoller:
                 raise Throttled(f"{operation}: {error_text(error)}") from error
             raise
 
-    # -- the loop ----------------------------------------------------------------------------------
+    # -- what the loop asks (watching/loop.py) -----------------------------------------------------
 
-    async def _run(self) -> None:
-        while self._tracks:
-            delay = self.settings.interval_s
-            started = time.monotonic()
-            self._wake.clear()
-            try:
-                await self.poll_once()
-            except ClientError as error:
-                if error_code(error) in AUTH_CODES:
-                    for track in list(self._tracks.values()):
-                        track.send(WatchFailed(f"AWS refused the credentials of {self._where()}: {error_text(error)}"))
-                    return
-                self._failures += 1
-                delay = self._backoff(self._failures)
-                self._tell_all(Notice(f"AWS Batch query failed: {error_text(error)}; again in {delay:.0f}s"))
-            except (Throttled, BotoCoreError, OSError) as error:
-                self._failures += 1
-                delay = self._backoff(self._failures)
-                self._tell_all(Notice(f"AWS throttled or unreachable ({error}); again in {delay:.0f}s"))
-            except Exception as error:  # a bug or an answer we cannot read: keep watching, say so
-                log.exception("AWS Batch poll of %s failed", self._where())
-                self._failures += 1
-                delay = self._backoff(self._failures)
-                self._tell_all(Notice(f"AWS Batch poll failed: {error!r}"))
-            if self._failures:
-                await asyncio.sleep(delay)
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-            await asyncio.sleep(max(0.0, MIN_POLL_SPACING_S - (time.monotonic() - started)))
+    name = batch.NAME
 
-    def _backoff(self, failures: int) -> float:
-        # Exponential with jitter: many triggerers throttled together must not retry in step.
-        delay = min(self.settings.max_backoff_s, self.settings.interval_s * 2.0 ** (failures - 1))
-        return delay * random.uniform(0.8, 1.2)
-
-    def _where(self) -> str:
+    @property
+    def where(self) -> str:
         return f"connection {self.target.aws_conn_id}, region {self.target.region_name or 'default'}"
 
-    def _tell_all(self, event: BatchWatchEvent) -> None:
+    def watching(self) -> bool:
+        return bool(self._tracks)
+
+    async def poll(self, *, with_status: bool) -> None:
+        await self.poll_once()
+
+    def failure(self, error: Exception) -> Failure:
+        if isinstance(error, ClientError) and error_code(error) in AUTH_CODES:
+            return Failure.FATAL
+        if isinstance(error, ClientError | Throttled | BotoCoreError | OSError):
+            return Failure.OUTAGE
+        return Failure.UNREADABLE
+
+    def explain(self, error: Exception) -> str:
+        if isinstance(error, ClientError) and error_code(error) in AUTH_CODES:
+            return f"AWS refused the credentials of {self.where}: {error_text(error)}"
+        if isinstance(error, ClientError):
+            return f"AWS Batch query failed: {error_text(error)}"
+        return f"AWS throttled or unreachable ({error})"
+
+    async def probe(self, *, timeout_s: float) -> bool | None:
+        return None  # the next call is the probe: backoff alone paces it
+
+    def work_waiting(self) -> bool:
+        return False  # every round is a status poll: lines and positions go with it
+
+    def acknowledgements_pending(self) -> bool:
+        return False
+
+    def status_due(self, now: float, interval_s: float) -> float:
+        # Never more than a poll a second, whatever the interval: Batch's API limits are per account.
+        return now + max(interval_s, MIN_POLL_SPACING_S)
+
+    def tell_all(self, event: WatchEvent) -> None:
         for track in self._tracks.values():
             track.send(event)
 
@@ -257,9 +266,7 @@ class BatchPoller:
         ids += [child for track in tracks.values() if track.include_children for child in track.children]
         found = await self.describe(ids)
         self.polls += 1
-        if self._failures:  # said before any job ends, so every watcher that was warned hears it
-            self._tell_all(Notice("AWS Batch status queries work again"))
-            self._failures = 0
+        self._loop.answered()  # before any job ends, so every watcher that was warned hears it
         now = time.monotonic()
         ended: list[tuple[_Track, JobStatus]] = []
         reads: list[tuple[_Track, LogStream]] = []
@@ -341,26 +348,11 @@ class BatchPoller:
                 return
 
     def _settle(self, track: _Track, description: Mapping[str, Any] | None, now: float) -> JobStatus | None:
-        if description is None:
-            if track.missing_since is None:
-                track.missing_since = now
-            if now - track.missing_since >= self.settings.missing_grace_s:
-                return JobStatus(
-                    job_id=track.job_id,
-                    state=JobState.LOST,
-                    native_state="LOST",
-                    reason=f"unknown to DescribeJobs for {now - track.missing_since:.0f}s",
-                )
-            return None
-        track.missing_since = None
-        status = batch.status_of(description)
-        if status.state is JobState.UNKNOWN and status.native_state not in track.warned_states:
-            track.warned_states.add(status.native_state)
-            track.send(Notice(f"AWS Batch reports state {status.native_state!r}, unknown here; still watching"))
-        if track.last is None or (track.last.native_state, track.last.reason) != (status.native_state, status.reason):
-            track.send(StatusChanged(status))
-        track.last = status
-        return status if status.native_state in ("SUCCEEDED", "FAILED") else None
+        """Apply the absence rules (rules.py); return the final status once there is one."""
+        verdict = settle(track.standing, batch.observe(description), now, self.rules)
+        for event in verdict.events:
+            track.send(event)
+        return verdict.final
 
     # -- CloudWatch --------------------------------------------------------------------------------
 

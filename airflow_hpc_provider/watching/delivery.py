@@ -11,7 +11,7 @@ Where logs go anywhere else (a file, the console of ``airflow dags test``), a lo
 written its line by the time it returns, and :func:`wait_until_written` returns at once.
 
 This is what lets a reader of job output move its saved cursor only past lines that are durably in
-the task log (see ``poller.py``): it waits here after logging, then commits.
+the task log (see ``cluster.py``): it waits here after logging, then commits.
 
 The socket also bounds how much may be in flight: each message costs at least 768 bytes of the
 socket's send buffer (its bookkeeping, whatever the line's length), so some 270 lines fill the
