@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -25,6 +25,7 @@ from airflow_hpc_provider.dialects.directives import SLURM_FAMILIES, EnvRule, Op
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
+from airflow_hpc_provider.git_pin import GitSource
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import (
     JobKey,
@@ -36,6 +37,7 @@ from airflow_hpc_provider.jobs import (
     format_duration,
 )
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
+from airflow_hpc_provider.operators.git_pinned import pinned_working_dir
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
@@ -130,9 +132,11 @@ class SshBatchJobOperator(HpcOperator):
         deferrable: bool | None = None,
         log_tail_lines: int = 20,
         skip_on_exit_code: int | Iterable[int] | None = None,
+        git: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
+        self.git_source = GitSource.parse(git, self.task_id)  # docs/git_pinned.rst
         if (command is None) == (script is None):
             raise JobSpecError(f"{self.task_id}: give exactly one of command= or script=")
         if poll_interval is not None and poll_interval <= 0:
@@ -313,6 +317,9 @@ class SshBatchJobOperator(HpcOperator):
     def execute(self, context: Context) -> str:
         cluster = self.cluster()
         spec = self.job_spec(context, cluster)
+        # git= pins the commit and makes its checkout on the cluster (docs/git_pinned.rst).
+        working_dir = pinned_working_dir(self, context, cluster.target, cluster.log_dir, spec.working_dir)
+        spec = replace(spec, working_dir=working_dir)
         batch_script = self.render(spec, cluster)
         key = self.job_key(context)
         job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
