@@ -92,6 +92,7 @@ class GitHost:
             os.kill(self.pid, 15)
         shutil.rmtree(self.directory, ignore_errors=True)
         shutil.rmtree(self.bare, ignore_errors=True)
+        _ROOT_GIT_CONFIG.unlink(missing_ok=True)
 
 
 def start() -> GitHost:

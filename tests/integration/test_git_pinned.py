@@ -27,6 +27,7 @@ from airflow_hpc_provider.operators.git_pinned import GIT_SHA_XCOM_KEY
 from airflow_hpc_provider.operators.pbs import PbsOperator
 from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
 from tests.integration import cluster, git_host
+from tests.integration.conftest import EXAMPLE_DAGS
 
 DEPLOY_CONN = "git_deploy"
 HOME = cluster.CLUSTER_DIR / "home" / cluster.USER
@@ -306,3 +307,25 @@ def test_a_task_log_never_shows_the_deploy_key_and_a_wrong_host_key_stops_the_ch
     refused = slurm_task(host, "keys", unique("refused"))
     with pytest.raises(Exception, match="Host key verification failed"):
         refused.execute({"ti": FakeTI("keys", unique("run"))})  # type: ignore[arg-type]
+
+
+def test_the_example_dag_runs_both_map_indexes_on_one_commit_checked_out_once(
+    host: git_host.GitHost, run_dag: Any
+) -> None:
+    sha = host.commit({"analysis/run.sh": 'echo "analysed part $1"\n'}, "analysis")
+    try:
+        result = run_dag(
+            "git_pinned",
+            dags_folder=EXAMPLE_DAGS,
+            env={"AIRFLOW_HPC_EXAMPLE_GIT_REPO": host.url, "AIRFLOW_CONN_GIT_DEPLOY_KEY": host.connection_json()},
+        )
+    finally:  # the example uses the connection's default log_dir: leave no checkout there
+        cluster.ssh(f"rm -rf -- .airflow-hpc/logs/{checkouts_of(host)}")
+    assert result.succeeded, result.output[-5000:]
+    for part in ("a", "b"):
+        assert result.output.count(f"part {part} runs commit {sha} in ") == 1
+        assert result.output.count(f"analysed part {part}") == 1
+    assert result.output.count(f"is commit {sha} (resolved now") == 1
+    assert result.output.count(f"is commit {sha} (pinned when an earlier try or map index") == 1
+    assert result.output.count(f"/{checkouts_of(host)}/{sha} (made now)") == 1
+    assert f"/{checkouts_of(host)}/{sha}/analysis" in result.output
