@@ -22,12 +22,15 @@ import pytest
 from airflow_hpc_provider.errors import JobFailedError
 from airflow_hpc_provider.git_pin import CheckoutPlace, GitSource
 from airflow_hpc_provider.hooks.git_checkout import DeployKey, GitTransport, check_out, upload_key
+from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.operators.git_pinned import GIT_SHA_XCOM_KEY
 from airflow_hpc_provider.operators.pbs import PbsOperator
 from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
+from airflow_hpc_provider.operators.slurm_tenant import SlurmTenantOperator
 from tests.integration import cluster, git_host
 from tests.integration.conftest import EXAMPLE_DAGS
+from tests.integration.test_slurm_tenant import book, release
 
 DEPLOY_CONN = "git_deploy"
 HOME = cluster.CLUSTER_DIR / "home" / cluster.USER
@@ -329,3 +332,34 @@ def test_the_example_dag_runs_both_map_indexes_on_one_commit_checked_out_once(
     assert result.output.count(f"is commit {sha} (pinned when an earlier try or map index") == 1
     assert result.output.count(f"/{checkouts_of(host)}/{sha} (made now)") == 1
     assert f"/{checkouts_of(host)}/{sha}/analysis" in result.output
+
+
+def test_a_tenant_runs_in_its_pinned_commits_checkout_with_a_relative_working_dir_inside_it(
+    host: git_host.GitHost, slurm_connection: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{DEPLOY_CONN.upper()}", host.connection_json())
+    sha = host.commit({"version.txt": "tenant\n", "tools/run/.keep": ""}, "tenant")
+    reservation = unique("it-git-tenant")
+    result = unique("tenant")
+    asyncio.run(book(reservation))
+    try:
+        task = SlurmTenantOperator(
+            task_id="tenant",
+            reservation=reservation,
+            slurm_conn_id=slurm_connection,
+            command=REPORT,
+            env={"GIT_TEST_RESULT": f"{HOME}/{result}", "GIT_TEST_GO": ""},
+            git=git_arguments(host, path="tools"),
+            working_dir="run",
+            deferrable=False,
+            poll_interval=0.5,
+        )
+        ti = FakeTI("tenant", unique("run"))
+        task.execute({"ti": ti})  # type: ignore[arg-type]
+    finally:
+        asyncio.run(release(reservation))
+        cluster.ssh(f"rm -rf -- {DEFAULT_LOG_DIR}/{checkouts_of(host)}")
+    assert ti.xcom[GIT_SHA_XCOM_KEY] == sha
+    version, head, directory = ran(f"{HOME}/{result}")
+    assert (version, head) == ("tenant", sha)
+    assert directory.endswith(f"/{checkouts_of(host)}/{sha}/tools/run")
