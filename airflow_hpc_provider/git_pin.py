@@ -131,12 +131,15 @@ class GitSource:
                     + (" (a branch, tag or full commit SHA: there is no default)" if required == "ref" else "")
                 )
         key = value.get("key_conn_id")
-        return cls(
-            repo=check_repo(value["repo"]),
-            ref=check_ref(value["ref"]),
-            path=check_path(value.get("path")),
-            key_conn_id=None if key is None else _single_line(key, "key_conn_id").strip(),
-        )
+        try:
+            return cls(
+                repo=check_repo(value["repo"]),
+                ref=check_ref(value["ref"]),
+                path=check_path(value.get("path")),
+                key_conn_id=None if key is None else _single_line(key, "key_conn_id").strip(),
+            )
+        except JobSpecError as error:
+            raise JobSpecError(f"{task_id}: {error}") from None
 
     @property
     def repo_digest(self) -> str:

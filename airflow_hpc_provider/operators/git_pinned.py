@@ -54,3 +54,16 @@ def pinned_working_dir(
     )
     operator.push_xcom(context, GIT_SHA_XCOM_KEY, checkout.sha)
     return checkout.working_dir(source, working_dir)
+
+
+class GitPinnedPartial:
+    """Mixed into the operators that take ``git=``: checks it when given to ``.partial()``.
+
+    A mapped task's operator is only built when each map index runs, so the constructor's check
+    would come hours late; ``.partial()`` runs when the DAG is parsed.
+    """
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        GitSource.parse(kwargs.get("git"), str(kwargs.get("task_id", cls.__name__)))
+        return super().partial(**kwargs)  # type: ignore[misc]

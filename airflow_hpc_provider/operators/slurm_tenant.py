@@ -38,7 +38,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, describe_exit
 from airflow_hpc_provider.operators.base import HpcOperator
-from airflow_hpc_provider.operators.git_pinned import pinned_working_dir
+from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
 from airflow_hpc_provider.resources import (
     build_resources,
     check_env_names,
@@ -277,7 +277,7 @@ class SlurmReleaseOperator(HpcOperator):
         return list(released.job_ids)
 
 
-class SlurmTenantOperator(HpcOperator):
+class SlurmTenantOperator(GitPinnedPartial, HpcOperator):
     """Run a command as a tenant of a booked allocation and wait for it, deferred by default.
 
     The command starts at once in the reservation's running allocation (one SSH round trip, no

@@ -37,7 +37,7 @@ from airflow_hpc_provider.jobs import (
     format_duration,
 )
 from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
-from airflow_hpc_provider.operators.git_pinned import pinned_working_dir
+from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
@@ -85,7 +85,7 @@ _WHY_NO_ARRAYS = (
 )
 
 
-class SshBatchJobOperator(HpcOperator):
+class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
     """Base of the operators that submit a batch job over SSH and wait for it (see subclasses)."""
 
     scheduler: ClassVar[str] = ""

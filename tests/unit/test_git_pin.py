@@ -174,3 +174,31 @@ def test_the_checkout_script_runs_with_shell_syntax_in_every_value_and_executes_
     assert first.directory == str(home / place.checkouts(source) / sha)
     assert (Path(first.directory) / sub / "x").read_text() == "x\n"
     assert not list(tmp_path.rglob("pwned*")), "a value was executed by the shell"
+
+
+@pytest.mark.parametrize(
+    "task",
+    [
+        "SlurmSubmitOperator(task_id='t', command='true', git=GIT)",
+        "SlurmSubmitOperator.partial(task_id='t', command='true', git=GIT).expand(env=[{'A': '1'}])",
+        "SlurmTenantOperator(task_id='t', reservation='pool', command='true', git=GIT)",
+        "SlurmTenantOperator.partial(task_id='t', reservation='pool', git=GIT).expand(command=['true'])",
+    ],
+)
+def test_a_dag_with_a_bad_git_argument_fails_to_import_with_the_reason_mapped_or_not(tmp_path: Path, task: str) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag_file = tmp_path / "bad_git.py"
+    dag_file.write_text(
+        "from datetime import datetime\n"
+        "from airflow.sdk import DAG\n"
+        "from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator\n"
+        "from airflow_hpc_provider.operators.slurm_tenant import SlurmTenantOperator\n"
+        "GIT = {'repo': 'ext::sh -c id', 'ref': 'main'}\n"
+        "with DAG('bad_git', schedule=None, start_date=datetime(2026, 1, 1)):\n"
+        f"    {task}\n"
+    )
+    bag = DagBag(dag_folder=str(dag_file))
+    assert "bad_git" not in bag.dags
+    (error,) = bag.import_errors.values()
+    assert "t: git['repo']='ext::sh -c id' is not a repository address" in error
