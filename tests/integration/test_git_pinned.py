@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -19,13 +20,14 @@ from typing import Any
 
 import pytest
 
-from airflow_hpc_provider.errors import JobFailedError
+from airflow_hpc_provider.errors import JobFailedError, RemoteCommandError
 from airflow_hpc_provider.git_pin import CheckoutPlace, GitSource
 from airflow_hpc_provider.hooks.git_checkout import DeployKey, GitTransport, check_out, upload_key
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.operators.git_pinned import GIT_SHA_XCOM_KEY
 from airflow_hpc_provider.operators.pbs import PbsOperator
+from airflow_hpc_provider.operators.sge import SgeOperator
 from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
 from airflow_hpc_provider.operators.slurm_tenant import SlurmTenantOperator
 from tests.integration import cluster, git_host
@@ -34,6 +36,7 @@ from tests.integration.test_slurm_tenant import book, release
 
 DEPLOY_CONN = "git_deploy"
 HOME = cluster.CLUSTER_DIR / "home" / cluster.USER
+SGE_HOME = cluster.CLUSTER_DIR / "home" / "sgeuser"  # the local Grid Engine runs jobs as this user
 
 
 class FakeTI:
@@ -66,13 +69,14 @@ def log_dir(cluster_env: dict[str, str]) -> Iterator[str]:
     relative = f".airflow-hpc/git-tests-{uuid.uuid4().hex[:10]}"
     yield relative
     cluster.ssh(f"rm -rf -- {relative}")
+    shutil.rmtree(SGE_HOME / relative, ignore_errors=True)  # Grid Engine's user (this host is the cluster)
 
 
 @pytest.fixture
 def connections(
     cluster_env: dict[str, str], host: git_host.GitHost, log_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("SLURM_LOCAL", "PBS_LOCAL"):
+    for name in ("SLURM_LOCAL", "PBS_LOCAL", "SGE_LOCAL"):
         conn = json.loads(cluster_env[f"AIRFLOW_CONN_{name}"])
         conn["extra"]["log_dir"] = log_dir
         monkeypatch.setenv(f"AIRFLOW_CONN_{name}", json.dumps(conn))
@@ -197,13 +201,13 @@ def test_a_retry_and_another_map_index_started_after_a_new_commit_run_the_commit
     assert later_ti.xcom[GIT_SHA_XCOM_KEY] == newer
 
 
-@pytest.mark.parametrize("scheduler", ["slurm", "pbs"])
+@pytest.mark.parametrize("scheduler", ["slurm", "pbs", "sge"])
 def test_a_relative_working_dir_runs_inside_the_checkouts_path(
     host: git_host.GitHost, connections: None, scheduler: str
 ) -> None:
     sha = host.commit({"version.txt": f"for {scheduler}\n", "tools/run/.keep": ""}, f"tools for {scheduler}")
-    result = unique("workdir")
-    env = {"GIT_TEST_RESULT": f"{HOME}/{result}", "GIT_TEST_GO": ""}
+    result = f"{SGE_HOME if scheduler == 'sge' else HOME}/{unique('workdir')}"
+    env = {"GIT_TEST_RESULT": result, "GIT_TEST_GO": ""}
     arguments: dict[str, Any] = {
         "task_id": "workdir",
         "command": REPORT,
@@ -214,13 +218,17 @@ def test_a_relative_working_dir_runs_inside_the_checkouts_path(
         "working_dir": "run",
     }
     ti = FakeTI("workdir", unique("run"))
-    operator = (
-        SlurmSubmitOperator(slurm_conn_id="slurm_local", time_limit=5, **arguments)
-        if scheduler == "slurm"
-        else PbsOperator(pbs_conn_id="pbs_local", walltime=5, **arguments)
-    )
+    operator = {
+        "slurm": lambda: SlurmSubmitOperator(slurm_conn_id="slurm_local", time_limit=5, **arguments),
+        "pbs": lambda: PbsOperator(pbs_conn_id="pbs_local", walltime=5, **arguments),
+        "sge": lambda: SgeOperator(sge_conn_id="sge_local", time_limit=5, **arguments),
+    }[scheduler]()
     operator.execute({"ti": ti})  # type: ignore[arg-type]
-    version, head, directory = ran(f"{HOME}/{result}")
+    if scheduler == "sge":  # written by Grid Engine's user: read here, on the cluster host
+        version, head, directory = Path(result).read_text().splitlines()
+        Path(result).unlink()
+    else:
+        version, head, directory = ran(result)
     assert (version, head) == (f"for {scheduler}", sha)
     assert directory.endswith(f"/{checkouts_of(host)}/{sha}/tools/run")
 
@@ -308,8 +316,11 @@ def test_a_task_log_never_shows_the_deploy_key_and_a_wrong_host_key_stops_the_ch
     )
     monkeypatch.setenv(f"AIRFLOW_CONN_{DEPLOY_CONN.upper()}", json.dumps(wrong))
     refused = slurm_task(host, "keys", unique("refused"))
-    with pytest.raises(Exception, match="Host key verification failed"):
+    key_dirs = "ls -d ${TMPDIR:-/tmp}/airflow-hpc-git.* 2>/dev/null || true"
+    before = cluster.ssh(key_dirs)
+    with pytest.raises(RemoteCommandError, match="Host key verification failed"):
         refused.execute({"ti": FakeTI("keys", unique("run"))})  # type: ignore[arg-type]
+    assert cluster.ssh(key_dirs) == before  # the key's directory went with the failed checkout
 
 
 def test_the_example_dag_runs_both_map_indexes_on_one_commit_checked_out_once(
