@@ -374,3 +374,28 @@ def test_a_tenant_runs_in_its_pinned_commits_checkout_with_a_relative_working_di
     version, head, directory = ran(f"{HOME}/{result}")
     assert (version, head) == ("tenant", sha)
     assert directory.endswith(f"/{checkouts_of(host)}/{sha}/tools/run")
+
+
+def test_a_checkout_that_fails_leaves_neither_a_directory_nor_a_temporary_one_and_says_why(
+    host: git_host.GitHost, connections: None, log_dir: str
+) -> None:
+    from airflow.sdk import BaseHook
+
+    host.commit({"version.txt": "exists\n"}, "exists")
+    missing = "0123456789abcdef0123456789abcdef01234567"  # a commit the repository does not have
+    source = GitSource.parse(git_arguments(host, ref=missing), "t")
+    assert source is not None
+    target = SshTarget.from_connection(BaseHook.get_connection("slurm_local"))
+    place = CheckoutPlace(log_dir=log_dir, pin_digest=source.pin_digest("fails", unique("run"), "t"))
+
+    async def attempt() -> Any:
+        transport = GitTransport(target)
+        try:
+            return await check_out(transport, source, place, DeployKey.from_connection(DEPLOY_CONN))
+        finally:
+            await transport.close()
+
+    with pytest.raises(RemoteCommandError, match=f"cannot check out commit {missing}"):
+        asyncio.run(attempt())
+    left = cluster.ssh(f"ls -A {log_dir}/{checkouts_of(host)} 2>/dev/null | grep -- {missing} || true")
+    assert left.split() in ([], [f"{missing}.lock"]), left  # the lock file only: no checkout, whole or half
