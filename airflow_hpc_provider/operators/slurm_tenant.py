@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, ClassVar, TypeVar
 
@@ -22,6 +23,7 @@ from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import directives, slurm_tenant
 from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
 from airflow_hpc_provider.errors import AllocationError, JobSpecError
+from airflow_hpc_provider.git_pin import GitSource
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
     book_allocation,
@@ -34,6 +36,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.operators.base import HpcOperator, StopCause
+from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
 from airflow_hpc_provider.resources import (
     build_resources,
     check_env_names,
@@ -273,7 +276,7 @@ class SlurmReleaseOperator(HpcOperator):
         return list(released.job_ids)
 
 
-class SlurmTenantOperator(HpcOperator):
+class SlurmTenantOperator(GitPinnedPartial, HpcOperator):
     """Run a command as a tenant of a booked allocation and wait for it, deferred by default.
 
     The command starts at once in the reservation's running allocation (one SSH round trip, no
@@ -305,6 +308,9 @@ class SlurmTenantOperator(HpcOperator):
         (True).
     :param log_tail_lines: lines of the tenant's log quoted in the error when it fails.
     :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped.
+    :param git: run the command in a checkout of a git repository pinned to the commit ``ref``
+        names when the task starts (``{"repo": ..., "ref": "main", "path": ..., "key_conn_id": ...}``);
+        a relative ``working_dir`` resolves inside it. See docs/git_pinned.rst.
     """
 
     template_fields: Sequence[str] = ("reservation", "command", "env", "setup", "working_dir", "slurm_conn_id")
@@ -327,9 +333,11 @@ class SlurmTenantOperator(HpcOperator):
         deferrable: bool | None = None,
         log_tail_lines: int = 20,
         skip_on_exit_code: int | Iterable[int] | None = None,
+        git: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
+        self.git_source = GitSource.parse(git, self.task_id)  # docs/git_pinned.rst
         if "{{" not in reservation:
             slurm_tenant.check_reservation(reservation)
         if not isinstance(command, str) or not command.strip():
@@ -380,6 +388,8 @@ class SlurmTenantOperator(HpcOperator):
         defaults = ClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson)
         login_shell = self.login_shell if self.login_shell is not None else hook.login_shell_default(conn)
         spec = self._spec(login_shell)
+        # git= pins the commit and makes its checkout on the cluster (docs/git_pinned.rst).
+        spec = replace(spec, working_dir=pinned_working_dir(self, context, target, defaults.log_dir, spec.working_dir))
         ti = context["ti"]
         key = JobKey.for_task_instance(
             ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -23,6 +23,7 @@ from airflow_hpc_provider.dialects.directives import SLURM_FAMILIES, EnvRule, Op
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.errors import JobSpecError
+from airflow_hpc_provider.git_pin import GitSource
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import (
     JobKey,
@@ -31,6 +32,7 @@ from airflow_hpc_provider.jobs import (
     WatchedJob,
 )
 from airflow_hpc_provider.operators.base import HpcOperator, StopCause, rendered_number, rendered_text, unless_templated
+from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 from airflow_hpc_provider.watching.events import WatchOutcome
@@ -79,7 +81,7 @@ _WHY_NO_ARRAYS = (
 )
 
 
-class SshBatchJobOperator(HpcOperator):
+class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
     """Base of the operators that submit a batch job over SSH and wait for it (see subclasses)."""
 
     scheduler: ClassVar[str] = ""
@@ -126,9 +128,11 @@ class SshBatchJobOperator(HpcOperator):
         deferrable: bool | None = None,
         log_tail_lines: int = 20,
         skip_on_exit_code: int | Iterable[int] | None = None,
+        git: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
+        self.git_source = GitSource.parse(git, self.task_id)  # docs/git_pinned.rst
         if (command is None) == (script is None):
             raise JobSpecError(f"{self.task_id}: give exactly one of command= or script=")
         if poll_interval is not None and poll_interval <= 0:
@@ -309,6 +313,9 @@ class SshBatchJobOperator(HpcOperator):
     def execute(self, context: Context) -> str:
         cluster = self.cluster()
         spec = self.job_spec(context, cluster)
+        # git= pins the commit and makes its checkout on the cluster (docs/git_pinned.rst).
+        working_dir = pinned_working_dir(self, context, cluster.target, cluster.log_dir, spec.working_dir)
+        spec = replace(spec, working_dir=working_dir)
         batch_script = self.render(spec, cluster)
         key = self.job_key(context)
         job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
