@@ -11,7 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -21,9 +21,16 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects.base import SchedulerDialect
-from airflow_hpc_provider.dialects.directives import SLURM_FAMILIES, EnvRule, OptionUse, multi_job_requests
+from airflow_hpc_provider.dialects.directives import (
+    SHELL_ENV_RULES,
+    SLURM_FAMILIES,
+    EnvRule,
+    OptionUse,
+    multi_job_requests,
+)
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
+from airflow_hpc_provider.env_rules import JobEnvironment
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError, RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import (
@@ -35,7 +42,8 @@ from airflow_hpc_provider.jobs import (
     describe_exit,
     format_duration,
 )
-from airflow_hpc_provider.operators.base import HpcOperator, rendered_number, rendered_text, unless_templated
+from airflow_hpc_provider.operators.base import rendered_number, rendered_text, unless_templated
+from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 from airflow_hpc_provider.watch import Outcome, WatchOutcome, cancel_job, watch_job
@@ -83,7 +91,7 @@ _WHY_NO_ARRAYS = (
 )
 
 
-class SshBatchJobOperator(HpcOperator):
+class SshBatchJobOperator(LayeredEnvOperator):
     """Base of the operators that submit a batch job over SSH and wait for it (see subclasses)."""
 
     scheduler: ClassVar[str] = ""
@@ -103,6 +111,7 @@ class SshBatchJobOperator(HpcOperator):
         "working_dir",
         "conn_id",
         *RESOURCE_FIELDS,
+        *ENV_RULE_FIELDS,
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "script": "bash", "env": "json"}
 
@@ -162,6 +171,7 @@ class SshBatchJobOperator(HpcOperator):
         self.log_tail_lines = log_tail_lines
         self._job_id: str | None = None
         self._cursor_path: str | None = None
+        self._environment: JobEnvironment | None = None
 
     # -- what a subclass provides ------------------------------------------------------------------
 
@@ -263,7 +273,7 @@ class SshBatchJobOperator(HpcOperator):
 
     def checked_script(self, batch_script: str) -> str:
         """At run time, after templating: the same checks on what will really be submitted."""
-        check_env(self.job_env(), self.env_rules)
+        check_env(self._task_env(), self.env_rules)
         self._refuse_multi_job(batch_script, "the batch script", templated=False)
         return batch_script
 
@@ -275,10 +285,39 @@ class SshBatchJobOperator(HpcOperator):
                 + _WHY_NO_ARRAYS
             )
 
-    def job_env(self) -> dict[str, str]:
+    def _task_env(self) -> dict[str, str]:
         env = {str(name): str(value) for name, value in self.env.items()}
         check_env_names(tuple(env))
         return env
+
+    def job_env(self) -> dict[str, str]:
+        """What travels in the submission's environment: the task's env, plus the env rules'
+        carriers once :meth:`with_env_rules` layered them."""
+        return dict(self._environment.variables) if self._environment else self._task_env()
+
+    def with_env_rules(self, spec: JobSpec, cluster: ClusterSettings) -> JobSpec:
+        """The spec with the layered env rules (connection -> groups -> task): their value-free
+        lines run before the setup lines, their values travel as the task's env does."""
+        # The shell rules guard the submitting shell, which never sees a rule's variable (only its
+        # carrier): PATH may be prepended to. What the scheduler sets in the job stays refused.
+        refused = [rule for rule in self.env_rules if rule not in SHELL_ENV_RULES]
+        queue = getattr(self, "pbs_queue", None) or spec.resources.partition
+        self._environment = self.layered_job_environment(
+            conn_id=cluster.conn_id,
+            facts={
+                "scheduler": self.scheduler.lower(),
+                "partition": spec.resources.partition,
+                "queue": queue,
+                "account": spec.resources.account,
+            },
+            env=self._task_env(),
+            refused=refused,
+        )
+        return replace(
+            spec,
+            env_names=tuple(self._environment.variables),
+            setup=(*self._environment.prelude, *spec.setup),
+        )
 
     def job_spec(self, context: Context, cluster: ClusterSettings) -> JobSpec:
         for name, value in (("command", self.command), ("job_name", self.job_name)):
@@ -301,7 +340,7 @@ class SshBatchJobOperator(HpcOperator):
             command=self.command or "",
             job_name=check_single_line(job_name, "job_name"),
             resources=resources,
-            env_names=tuple(self.job_env()),
+            env_names=tuple(self._task_env()),
             setup=tuple(check_single_line(line, "setup") for line in self.setup),
             login_shell=self.login_shell if self.login_shell is not None else cluster.login_shell,
             working_dir=self.working_dir,
@@ -312,7 +351,7 @@ class SshBatchJobOperator(HpcOperator):
 
     def execute(self, context: Context) -> str:
         cluster = self.cluster()
-        spec = self.job_spec(context, cluster)
+        spec = self.with_env_rules(self.job_spec(context, cluster), cluster)
         batch_script = self.render(spec, cluster)
         key = self.job_key(context)
         job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))

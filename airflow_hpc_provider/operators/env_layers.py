@@ -1,0 +1,78 @@
+"""The ``env_rules=`` and ``env_groups=`` arguments every job-running operator takes, and the one
+call that layers them over the connection's rules (:mod:`airflow_hpc_provider.env_rules`).
+
+Task rules are checked when the DAG is parsed (a templated rule once rendered); the connection's
+rules and the group names when the task runs, where the connection is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from airflow_hpc_provider import env_rules as rules_model
+from airflow_hpc_provider.dialects.directives import EnvRule
+from airflow_hpc_provider.env_rules import JobEnvironment
+from airflow_hpc_provider.operators.base import HpcOperator
+
+# Templated like env=: values may come from Variables or Connections (Airflow masks their secrets).
+ENV_RULE_FIELDS = ("task_env_rules", "env_groups")
+
+
+def _templated(raw: Any) -> bool:
+    text = repr(raw)
+    return "{{" in text or "{%" in text
+
+
+class LayeredEnvOperator(HpcOperator):
+    """An operator whose job environment is layered: connection -> groups -> task (see the module)."""
+
+    def __init__(
+        self,
+        *,
+        env_rules: Sequence[Mapping[str, Any]] | None = None,
+        env_groups: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.task_env_rules = list(env_rules or [])
+        self.env_groups = [env_groups] if isinstance(env_groups, str) else list(env_groups)
+        if not _templated(self.task_env_rules):
+            rules_model.parse_rules(self.task_env_rules, f"task {self.task_id!r}")
+        if not _templated(self.env_groups):
+            rules_model.check_group_names(self.env_groups, f"task {self.task_id!r}")
+
+    def layered_job_environment(
+        self,
+        *,
+        conn_id: str,
+        extra: Mapping[str, Any] | None = None,
+        facts: Mapping[str, str | None],
+        env: Mapping[str, str],
+        refused: Sequence[EnvRule] = (),
+    ) -> JobEnvironment:
+        """The job's environment: the connection's rules, the groups the task names, the task's
+        rules, then its ``env``; logged by name and layer, never by value. ``extra``: the
+        connection's extra (read here when not given)."""
+        where = f"task {self.task_id!r}"
+        task_rules = rules_model.parse_rules(self.task_env_rules, where)
+        groups = rules_model.check_group_names(self.env_groups, where)
+        if extra is None:
+            extra = BaseHook.get_connection(conn_id).extra_dejson
+        connection = rules_model.ConnectionRules.from_extra(conn_id, extra)
+        known = {"conn_id": conn_id, "dag_id": self.dag_id, "task_id": self.task_id, **facts}
+        environment = rules_model.layered_environment(
+            connection.layers(groups, task_rules),
+            {name: "" if value is None else str(value) for name, value in known.items()},
+            env,
+            refused=[(rule.pattern, rule.reason) for rule in refused],
+        )
+        lines = environment.log_lines()
+        if lines:
+            self.log.info(
+                "Job environment (names and the layers that set them; values are never logged):\n  %s",
+                "\n  ".join(lines),
+            )
+        return environment
