@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 
 from airflow_hpc_provider import env_rules as rules_model
 from airflow_hpc_provider.dialects.directives import EnvRule
@@ -19,6 +20,17 @@ from airflow_hpc_provider.operators.base import HpcOperator
 
 # Templated like env=: values may come from Variables or Connections (Airflow masks their secrets).
 ENV_RULE_FIELDS = ("task_env_rules", "env_groups")
+
+
+def with_prelude(script: str, prelude: Sequence[str]) -> str:
+    """``script`` with the env rules' lines before its first command (after a ``#!`` line)."""
+    if not prelude:
+        return script
+    lines = "".join(f"{line}\n" for line in prelude)
+    if script.startswith("#!"):
+        first, newline, rest = script.partition("\n")
+        return f"{first}{newline or chr(10)}{lines}{rest}"
+    return lines + script
 
 
 def _templated(raw: Any) -> bool:
@@ -37,7 +49,10 @@ class LayeredEnvOperator(HpcOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.task_env_rules = list(env_rules or [])
+        # Anything but a list is kept as given, so the check below names it (a dict is no list).
+        self.task_env_rules: Any = [] if env_rules is None else env_rules
+        if isinstance(env_rules, list | tuple):
+            self.task_env_rules = list(env_rules)
         self.env_groups = [env_groups] if isinstance(env_groups, str) else list(env_groups)
         if not _templated(self.task_env_rules):
             rules_model.parse_rules(self.task_env_rules, f"task {self.task_id!r}")
@@ -47,7 +62,7 @@ class LayeredEnvOperator(HpcOperator):
     def layered_job_environment(
         self,
         *,
-        conn_id: str,
+        conn_id: str | None,
         extra: Mapping[str, Any] | None = None,
         facts: Mapping[str, str | None],
         env: Mapping[str, str],
@@ -60,9 +75,9 @@ class LayeredEnvOperator(HpcOperator):
         task_rules = rules_model.parse_rules(self.task_env_rules, where)
         groups = rules_model.check_group_names(self.env_groups, where)
         if extra is None:
-            extra = BaseHook.get_connection(conn_id).extra_dejson
-        connection = rules_model.ConnectionRules.from_extra(conn_id, extra)
-        known = {"conn_id": conn_id, "dag_id": self.dag_id, "task_id": self.task_id, **facts}
+            extra = self._connection_extra(conn_id)
+        connection = rules_model.ConnectionRules.from_extra(conn_id or "(none)", extra)
+        known = {"conn_id": conn_id or "", "dag_id": self.dag_id, "task_id": self.task_id, **facts}
         environment = rules_model.layered_environment(
             connection.layers(groups, task_rules),
             {name: "" if value is None else str(value) for name, value in known.items()},
@@ -76,3 +91,13 @@ class LayeredEnvOperator(HpcOperator):
                 "\n  ".join(lines),
             )
         return environment
+
+    def _connection_extra(self, conn_id: str | None) -> Mapping[str, Any]:
+        # An AWS task may run on ambient credentials without a connection: then it has no rules.
+        if not conn_id:
+            return {}
+        try:
+            return BaseHook.get_connection(conn_id).extra_dejson
+        except AirflowNotFoundException:
+            self.log.info("No connection %r: no connection env rules apply", conn_id)
+            return {}

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -36,6 +37,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, describe_exit
 from airflow_hpc_provider.operators.base import HpcOperator
+from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator
 from airflow_hpc_provider.resources import (
     build_resources,
     check_env_names,
@@ -274,7 +276,7 @@ class SlurmReleaseOperator(HpcOperator):
         return list(released.job_ids)
 
 
-class SlurmTenantOperator(HpcOperator):
+class SlurmTenantOperator(LayeredEnvOperator):
     """Run a command as a tenant of a booked allocation and wait for it, deferred by default.
 
     The command starts at once in the reservation's running allocation (one SSH round trip, no
@@ -308,7 +310,15 @@ class SlurmTenantOperator(HpcOperator):
     :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped.
     """
 
-    template_fields: Sequence[str] = ("reservation", "command", "env", "setup", "working_dir", "slurm_conn_id")
+    template_fields: Sequence[str] = (
+        "reservation",
+        "command",
+        "env",
+        "setup",
+        "working_dir",
+        "slurm_conn_id",
+        *ENV_RULE_FIELDS,
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "env": "json"}
     ui_color = "#e8f7ee"
 
@@ -380,6 +390,15 @@ class SlurmTenantOperator(HpcOperator):
         defaults = ClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson)
         login_shell = self.login_shell if self.login_shell is not None else hook.login_shell_default(conn)
         spec = self._spec(login_shell)
+        # Rule variables travel as the task's env does (the tenant's private env file).
+        environment = self.layered_job_environment(
+            conn_id=conn.conn_id,
+            extra=conn.extra_dejson,
+            facts={"scheduler": "slurm_tenant", "partition": defaults.partition, "account": defaults.account},
+            env=spec.env,
+            refused=TENANT_ENV_RULES,
+        )
+        spec = dataclasses.replace(spec, env=environment.variables, setup=(*environment.prelude, *spec.setup))
         ti = context["ti"]
         key = JobKey.for_task_instance(
             ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
