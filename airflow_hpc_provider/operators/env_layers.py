@@ -39,7 +39,12 @@ def _templated(raw: Any) -> bool:
 
 
 class LayeredEnvOperator(HpcOperator):
-    """An operator whose job environment is layered: connection -> groups -> task (see the module)."""
+    """An operator whose job environment is layered: connection -> groups -> task (see the module).
+
+    :param env_rules: this task's rules, a list of mappings such as ``{"name": "PATH", "prepend":
+        "/opt/bin"}`` (docs/env_rules.rst); templated, checked at parse time when literal.
+    :param env_groups: names of the connection's rule groups to apply, in order.
+    """
 
     def __init__(
         self,

@@ -194,3 +194,11 @@ def test_the_log_names_variables_and_layers_never_values() -> None:
     assert "TOKEN (set by connection c)" in text and "PATH (append by group g; joined with the node value)" in text
     assert secret not in text and "/g" not in text
     assert all(secret not in line for line in environment.prelude)
+
+
+def test_every_ssh_cluster_connection_form_offers_the_rules_as_multi_line_json_fields() -> None:
+    from airflow_hpc_provider.get_provider_info import get_provider_info
+
+    for kind in get_provider_info()["connection-types"]:
+        for key in ("env_rules", "env_groups"):
+            assert kind["conn-fields"][key]["schema"]["format"] == "multiline", (kind["connection-type"], key)
