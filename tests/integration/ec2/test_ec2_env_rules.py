@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from test_ec2_operator are parameters here)
 """Env rules on a throw-away EC2 instance (moto + an instance that boots on this host): the
 values travel in the env file over the tunnel, the script holds only value-free lines."""
 
