@@ -396,7 +396,8 @@ class SlurmTenantOperator(LayeredEnvOperator):
             extra=conn.extra_dejson,
             facts={"scheduler": "slurm_tenant", "partition": defaults.partition, "account": defaults.account},
             env=spec.env,
-            refused=TENANT_ENV_RULES,
+            # The submitting shell never sees a rule's variable (only its carrier): srun's stay refused.
+            refused=directives.TENANT_ENV_RULES,
         )
         spec = dataclasses.replace(spec, env=environment.variables, setup=(*environment.prelude, *spec.setup))
         ti = context["ti"]
