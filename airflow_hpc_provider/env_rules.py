@@ -331,6 +331,16 @@ def _expand(value: str, known: Mapping[str, str | _Around], where: str, name: st
     return _EXPANSION.sub(replace, value)
 
 
+def check_refused(rules: Iterable[Rule], refused: Sequence[tuple[str, str]], where: str) -> None:
+    """Refuse a rule for a name in ``refused``: (pattern, reason) pairs, ``NAME`` or ``PREFIX*``."""
+    for rule in rules:
+        for pattern, reason in refused:
+            if rule.name is None:
+                continue
+            if rule.name.startswith(pattern[:-1]) if pattern.endswith("*") else rule.name == pattern:
+                raise _fail(where, f"{rule.name!r} is refused: {reason}")
+
+
 def layered_environment(
     layers: Iterable[Layer],
     facts: Mapping[str, str],
@@ -353,10 +363,7 @@ def layered_environment(
             init.extend(rule.init)
             if rule.name is None or rule.action is None:
                 continue
-            for pattern, reason in refused:
-                matched = rule.name.startswith(pattern[:-1]) if pattern.endswith("*") else rule.name == pattern
-                if matched:
-                    raise JobSpecError(f"env rules of {layer.label}: {rule.name!r} is refused: {reason}")
+            check_refused((rule,), refused, layer.label)
             value = _expand(rule.value, state, layer.label, rule.name)
             current = state.get(rule.name)
             if rule.action is Action.SET:

@@ -60,7 +60,8 @@ class LayeredEnvOperator(HpcOperator):
             self.task_env_rules = list(env_rules)
         self.env_groups = [env_groups] if isinstance(env_groups, str) else list(env_groups)
         if not _templated(self.task_env_rules):
-            rules_model.parse_rules(self.task_env_rules, f"task {self.task_id!r}")
+            rules = rules_model.parse_rules(self.task_env_rules, f"task {self.task_id!r}")
+            rules_model.check_refused(rules, self._refusals(), f"task {self.task_id!r}")
         if not _templated(self.env_groups):
             rules_model.check_group_names(self.env_groups, f"task {self.task_id!r}")
 
@@ -71,7 +72,6 @@ class LayeredEnvOperator(HpcOperator):
         extra: Mapping[str, Any] | None = None,
         facts: Mapping[str, str | None],
         env: Mapping[str, str],
-        refused: Sequence[EnvRule] = (),
     ) -> JobEnvironment:
         """The job's environment: the connection's rules, the groups the task names, the task's
         rules, then its ``env``; logged by name and layer, never by value. ``extra``: the
@@ -87,7 +87,7 @@ class LayeredEnvOperator(HpcOperator):
             connection.layers(groups, task_rules),
             {name: "" if value is None else str(value) for name, value in known.items()},
             env,
-            refused=[(rule.pattern, rule.reason) for rule in refused],
+            refused=self._refusals(),
         )
         lines = environment.log_lines()
         if lines:
@@ -96,6 +96,14 @@ class LayeredEnvOperator(HpcOperator):
                 "\n  ".join(lines),
             )
         return environment
+
+    def refused_rule_names(self) -> Sequence[EnvRule]:
+        """Names no rule may set for this operator's jobs: what its scheduler sets inside the job
+        (see subclasses). The submitting shell's own names are free: it sees carriers only."""
+        return ()
+
+    def _refusals(self) -> list[tuple[str, str]]:
+        return [(rule.pattern, rule.reason) for rule in self.refused_rule_names()]
 
     def _connection_extra(self, conn_id: str | None) -> Mapping[str, Any]:
         # An AWS task may run on ambient credentials without a connection: then it has no rules.

@@ -366,6 +366,10 @@ class SlurmTenantOperator(LayeredEnvOperator):
         self._log_dir: str | None = None
         self._cursor_path: str | None = None
 
+    def refused_rule_names(self) -> Sequence[directives.EnvRule]:
+        # The submitting shell never sees a rule's variable (only its carrier): srun's stay refused.
+        return directives.TENANT_ENV_RULES
+
     def _spec(self, login_shell: bool) -> TenantSpec:
         env = {str(name): str(value) for name, value in self.env.items()}
         check_env_names(tuple(env))
@@ -396,8 +400,6 @@ class SlurmTenantOperator(LayeredEnvOperator):
             extra=conn.extra_dejson,
             facts={"scheduler": "slurm_tenant", "partition": defaults.partition, "account": defaults.account},
             env=spec.env,
-            # The submitting shell never sees a rule's variable (only its carrier): srun's stay refused.
-            refused=directives.TENANT_ENV_RULES,
         )
         spec = dataclasses.replace(spec, env=environment.variables, setup=(*environment.prelude, *spec.setup))
         ti = context["ti"]

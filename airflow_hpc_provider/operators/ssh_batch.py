@@ -295,12 +295,14 @@ class SshBatchJobOperator(LayeredEnvOperator):
         carriers once :meth:`with_env_rules` layered them."""
         return dict(self._environment.variables) if self._environment else self._task_env()
 
+    def refused_rule_names(self) -> Sequence[EnvRule]:
+        # The shell rules guard the submitting shell, which never sees a rule's variable (only its
+        # carrier): PATH may be prepended to. What the scheduler sets in the job stays refused.
+        return [rule for rule in self.env_rules if rule not in SHELL_ENV_RULES]
+
     def with_env_rules(self, spec: JobSpec, cluster: ClusterSettings) -> JobSpec:
         """The spec with the layered env rules (connection -> groups -> task): their value-free
         lines run before the setup lines, their values travel as the task's env does."""
-        # The shell rules guard the submitting shell, which never sees a rule's variable (only its
-        # carrier): PATH may be prepended to. What the scheduler sets in the job stays refused.
-        refused = [rule for rule in self.env_rules if rule not in SHELL_ENV_RULES]
         queue = getattr(self, "pbs_queue", None) or spec.resources.partition
         self._environment = self.layered_job_environment(
             conn_id=cluster.conn_id,
@@ -311,7 +313,6 @@ class SshBatchJobOperator(LayeredEnvOperator):
                 "account": spec.resources.account,
             },
             env=self._task_env(),
-            refused=refused,
         )
         return replace(
             spec,

@@ -1,4 +1,4 @@
-"""Layered env rules reach Slurm and Grid Engine jobs verbatim, and never their scripts."""
+"""Layered env rules reach Slurm, PBS and Grid Engine jobs verbatim, and never their scripts."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def env_rules_run(run_dag, cluster_env: dict[str, str]) -> DagRunResult:
             "it_env_rules",
             env={
                 "AIRFLOW_CONN_SLURM_ENV_RULES": _with_rules(cluster_env["AIRFLOW_CONN_SLURM_LOCAL"]),
+                "AIRFLOW_CONN_PBS_ENV_RULES": _with_rules(cluster_env["AIRFLOW_CONN_PBS_LOCAL"]),
                 "AIRFLOW_CONN_SGE_ENV_RULES": _with_rules(cluster_env["AIRFLOW_CONN_SGE_LOCAL"]),
             },
         )
@@ -70,6 +71,7 @@ TASK_VALUE = DERIVED + f"\n$(touch {INJECTED}) trailing\n"
     ("task_id", "conn_id", "conditional", "skipped"),
     [
         ("slurm", "slurm_env_rules", {"ON_SLURM_DEBUG": "slurm `debug` $(x)"}, "ON_SGE_QUEUE"),
+        ("pbs", "pbs_env_rules", {}, "ON_SLURM_DEBUG"),
         ("sge", "sge_env_rules", {"ON_SGE_QUEUE": "sge 'all.q'"}, "ON_SLURM_DEBUG"),
     ],
 )

@@ -202,3 +202,23 @@ def test_every_ssh_cluster_connection_form_offers_the_rules_as_multi_line_json_f
     for kind in get_provider_info()["connection-types"]:
         for key in ("env_rules", "env_groups"):
             assert kind["conn-fields"][key]["schema"]["format"] == "multiline", (kind["connection-type"], key)
+
+
+@pytest.mark.parametrize(
+    ("operator", "conn", "name"),
+    [
+        (SlurmSubmitOperator, "slurm_conn_id", "SLURM_CONF"),
+        (SlurmSubmitOperator, "slurm_conn_id", "SBATCH_EXPORT"),
+        (PbsOperator, "pbs_conn_id", "PBS_SERVER"),
+        (SgeOperator, "sge_conn_id", "SGE_ROOT"),
+    ],
+)
+def test_a_task_rule_for_a_name_the_scheduler_owns_fails_at_parse_time(operator: Any, conn: str, name: str) -> None:
+    with pytest.raises(JobSpecError, match=f"env rules of task 't': '{name}' is refused"):
+        operator(task_id="t", command="true", env_rules=[{"name": name, "set": "x"}], **{conn: "c"})
+
+
+def test_path_which_env_may_not_touch_on_a_cluster_may_be_extended_by_a_rule() -> None:
+    with pytest.raises(JobSpecError, match="env name 'PATH' is refused"):
+        SlurmSubmitOperator(task_id="t", slurm_conn_id="c", command="true", env={"PATH": "/x"})
+    SlurmSubmitOperator(task_id="t", slurm_conn_id="c", command="true", env_rules=[{"name": "PATH", "prepend": "/x"}])

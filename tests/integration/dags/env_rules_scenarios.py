@@ -1,7 +1,7 @@
 """Layered env rules on the real cluster: a connection's rules, two of its groups and the task's
-own rules, with conditions and ${} expansion, on Slurm and Grid Engine in ONE DAG (one ``airflow
-dags test`` for both keeps the CI time small). The connections ``slurm_env_rules`` and
-``sge_env_rules`` are the local ones plus :data:`CONNECTION_RULES` (the test defines them)."""
+own rules, with conditions and ${} expansion, on Slurm, PBS (the Torque wrappers) and Grid Engine in ONE DAG (one ``airflow
+dags test`` for both keeps the CI time small). The connections ``slurm_env_rules``,
+``pbs_env_rules`` and ``sge_env_rules`` are the local ones plus :data:`CONNECTION_RULES` (the test defines them)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 from airflow.sdk import DAG
 
+from airflow_hpc_provider.operators.pbs import PbsOperator
 from airflow_hpc_provider.operators.sge import SgeOperator
 from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
 
@@ -57,6 +58,15 @@ with DAG(dag_id="it_env_rules", schedule=None, start_date=datetime(2026, 1, 1), 
     SlurmSubmitOperator(
         task_id="slurm",
         slurm_conn_id="slurm_env_rules",
+        command=REPORT,
+        env={"PLAIN": "plain $(value)"},
+        env_groups=["tools", "site"],
+        env_rules=TASK_RULES,
+        poll_interval=1,
+    )
+    PbsOperator(
+        task_id="pbs",
+        pbs_conn_id="pbs_env_rules",
         command=REPORT,
         env={"PLAIN": "plain $(value)"},
         env_groups=["tools", "site"],
