@@ -1,7 +1,8 @@
 """Layered env rules on the real cluster: a connection's rules, two of its groups and the task's
-own rules, with conditions and ${} expansion, on Slurm, PBS (the Torque wrappers) and Grid Engine in ONE DAG (one ``airflow
-dags test`` for both keeps the CI time small). The connections ``slurm_env_rules``,
-``pbs_env_rules`` and ``sge_env_rules`` are the local ones plus :data:`CONNECTION_RULES` (the test defines them)."""
+own rules, with conditions and ${} expansion, on Slurm, PBS (the Torque wrappers) and Grid Engine
+in ONE DAG (one ``airflow dags test`` for all keeps the CI time small). The connections
+``slurm_env_rules``, ``pbs_env_rules`` and ``sge_env_rules`` are the local ones plus
+:data:`CONNECTION_RULES` (the test defines them)."""
 
 from __future__ import annotations
 
