@@ -118,3 +118,11 @@ def test_the_example_env_rules_dag_runs_against_the_local_cluster(run_dag, clust
     )
     assert result.succeeded, result.output[-4000:]
     assert "analysis tools found at /opt/analysis/bin" in result.output
+    # The task's rule was rendered (Jinja) and expanded a group's variable; the gpu group was skipped.
+    assert re.search(
+        r"results go to /tmp/airflow-hpc-scratch/results \(run manual__\S+ of /tmp/airflow-hpc-scratch/results\), "
+        r"4 threads",
+        result.output,
+    ), result.output[-4000:]
+    assert "CUDA cache: not set off the gpu partitions" in result.output
+    assert "skipped: group gpu rule 1 (init; when partition gpu*)" in result.output
