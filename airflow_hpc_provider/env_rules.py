@@ -38,7 +38,7 @@ from airflow_hpc_provider.errors import JobSpecError
 
 # The attributes a rule's ``when`` may test, each the task's value ("" when it has none).
 FACTS = ("scheduler", "conn_id", "partition", "queue", "account", "image", "dag_id", "task_id")
-_KEYS = frozenset({"name", "set", "append", "prepend", "separator", "init", "when"})
+_KEYS = frozenset({"name", "set", "append", "prepend", "separator", "init", "when", "secret"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # ``$${`` (an escaped ``${``) or ``${NAME}``; a ``${`` that is neither is an error.
 _EXPANSION = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
@@ -68,6 +68,7 @@ class Rule:
     separator: str = ":"
     init: tuple[str, ...] = ()
     when: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    secret: bool = False
 
     def applies(self, facts: Mapping[str, str]) -> bool:
         return all(
@@ -152,6 +153,11 @@ def parse_rule(raw: Any, where: str) -> Rule:
         if attribute not in FACTS:
             raise _fail(where, f"when tests {attribute!r}, which is none of {list(FACTS)}")
     when = tuple((str(attribute), _patterns(patterns, attribute, where)) for attribute, patterns in when_raw.items())
+    secret = raw.get("secret", False)
+    if not isinstance(secret, bool):
+        raise _fail(where, f"secret must be true or false, not {secret!r}")
+    if secret and action is None:
+        raise _fail(where, f"{dict(raw)!r}: secret marks a value; an init-only rule has none")
     return Rule(
         name=name,
         action=action,
@@ -159,6 +165,7 @@ def parse_rule(raw: Any, where: str) -> Rule:
         separator=separator,
         init=tuple(init_lines),
         when=when,
+        secret=secret,
     )
 
 
@@ -288,6 +295,8 @@ class JobEnvironment:
     origins: tuple[Origin, ...]
     skipped: tuple[str, ...] = ()
     from_env: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
+    """Values of rules marked ``secret`` (as expanded), for the caller to mask in the task log."""
 
     def log_lines(self) -> list[str]:
         lines = [origin.describe() for origin in self.origins]
@@ -354,6 +363,7 @@ def layered_environment(
     steps: dict[str, list[tuple[str, Action]]] = {}
     init: list[str] = []
     skipped: list[str] = []
+    secrets: list[str] = []
     for layer in layers:
         for index, rule in enumerate(layer.rules):
             if not rule.applies(facts):
@@ -365,6 +375,8 @@ def layered_environment(
                 continue
             check_refused((rule,), refused, layer.label)
             value = _expand(rule.value, state, layer.label, rule.name)
+            if rule.secret and value:
+                secrets.append(value)
             current = state.get(rule.name)
             if rule.action is Action.SET:
                 state[rule.name] = value
@@ -410,4 +422,5 @@ def layered_environment(
         origins=tuple(origins),
         skipped=tuple(skipped),
         from_env=tuple(variables_from_env),
+        secrets=tuple(secrets),
     )

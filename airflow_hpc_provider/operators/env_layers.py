@@ -12,6 +12,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
+from airflow.sdk.log import mask_secret
 
 from airflow_hpc_provider import env_rules as rules_model
 from airflow_hpc_provider.dialects.directives import EnvRule
@@ -89,6 +90,9 @@ class LayeredEnvOperator(HpcOperator):
             env,
             refused=self._refusals(),
         )
+        for value in environment.secrets:
+            # Should the job print it, the task log shows *** (Airflow's masker, as for its secrets).
+            mask_secret(value)
         lines = environment.log_lines()
         if lines:
             self.log.info(

@@ -222,3 +222,23 @@ def test_path_which_env_may_not_touch_on_a_cluster_may_be_extended_by_a_rule() -
     with pytest.raises(JobSpecError, match="env name 'PATH' is refused"):
         SlurmSubmitOperator(task_id="t", slurm_conn_id="c", command="true", env={"PATH": "/x"})
     SlurmSubmitOperator(task_id="t", slurm_conn_id="c", command="true", env_rules=[{"name": "PATH", "prepend": "/x"}])
+
+
+def test_a_value_marked_secret_is_handed_to_airflows_masker_and_expansions_of_it_are_masked_too() -> None:
+    from airflow.sdk._shared.secrets_masker import redact
+
+    secret = f"tok-{os.getpid()}-s3cr3t"
+    operator = SlurmSubmitOperator(
+        task_id="t", slurm_conn_id="c", command="true", env_rules=[{"name": "URL", "set": "https://u:${TOKEN}@host"}]
+    )
+    extra = {"env_rules": [{"name": "TOKEN", "set": secret, "secret": True}]}
+    environment = operator.layered_job_environment(conn_id="c", extra=extra, facts={}, env={})
+    assert environment.secrets == (secret,)
+    assert redact(f"the job printed https://u:{secret}@host") == "the job printed https://u:***@host"
+
+
+def test_secret_must_be_a_boolean_on_a_rule_with_a_value() -> None:
+    with pytest.raises(JobSpecError, match="secret must be true or false"):
+        parse_rules([{"name": "X", "set": "a", "secret": "yes"}], "t")
+    with pytest.raises(JobSpecError, match="an init-only rule has none"):
+        parse_rules([{"init": "x", "secret": True}], "t")
