@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -242,3 +243,21 @@ def test_secret_must_be_a_boolean_on_a_rule_with_a_value() -> None:
         parse_rules([{"name": "X", "set": "a", "secret": "yes"}], "t")
     with pytest.raises(JobSpecError, match="an init-only rule has none"):
         parse_rules([{"init": "x", "secret": True}], "t")
+
+
+def test_a_dag_file_with_a_bad_rule_fails_to_import_with_the_reason(tmp_path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag_file = tmp_path / "rules_dag.py"
+    dag_file.write_text(
+        "from datetime import datetime\n"
+        "from airflow.sdk import DAG\n"
+        "from airflow_hpc_provider.operators.sge import SgeOperator\n"
+        "with DAG('bad_rules', schedule=None, start_date=datetime(2026, 1, 1)):\n"
+        "    SgeOperator(task_id='t', command='true',\n"
+        "                env_rules=[{'name': 'PATH', 'prepend': '/x', 'when': {'q': 'a'}}])\n"
+    )
+    bag = DagBag(dag_folder=str(dag_file))
+    assert "bad_rules" not in bag.dags
+    (error,) = bag.import_errors.values()
+    assert "env rules of task 't' (rule 1): when tests 'q', which is none of ['scheduler'" in error
