@@ -90,6 +90,23 @@ CLUSTER_FIELDS: dict[str, Any] = {
     ),
 }
 
+# Layered environment rules (docs/env_rules.rst), JSON text in a multi-line field: the same keys
+# hold JSON objects when the connection comes from a URI's JSON form or a secrets backend.
+ENV_RULE_FIELDS: dict[str, Any] = {
+    "env_rules": _text(
+        "Environment rules",
+        'JSON list of rules for every job on this cluster, e.g. [{"name": "PATH", "prepend": "/opt/site/bin"}, '
+        '{"init": ["module load gcc"]}]. Values reach jobs through their environment, never their script.',
+        format="multiline",
+    ),
+    "env_groups": _text(
+        "Environment rule groups",
+        'JSON object of named rule lists a task picks with env_groups=, e.g. {"cuda": [{"init": '
+        '["module load cuda"]}, {"name": "CUDA_CACHE_PATH", "set": "/scratch/cuda"}]}.',
+        format="multiline",
+    ),
+}
+
 HIDDEN = ["schema", "extra"]
 # How the form of every SSH-reached cluster connection (slurm, pbs, sge) names Airflow's own fields.
 LOGIN_NODE_FORM: dict[str, Any] = {
@@ -233,6 +250,7 @@ def get_provider_info() -> dict[str, Any]:
                     **SSH_FIELDS,
                     "partition": _text("Default partition", "Partition used when a task names none."),
                     **CLUSTER_FIELDS,
+                    **ENV_RULE_FIELDS,
                 },
                 "ui-field-behaviour": LOGIN_NODE_FORM,
             },
@@ -249,6 +267,7 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "queue": _text("Default queue", "Queue used when a task names none (overrides a Slurm partition)."),
                     **{name: field for name, field in CLUSTER_FIELDS.items() if name != "max_concurrent_jobs"},
+                    **ENV_RULE_FIELDS,
                 },
                 "ui-field-behaviour": LOGIN_NODE_FORM,
             },
@@ -264,6 +283,7 @@ def get_provider_info() -> dict[str, Any]:
                         "Parallel environment", "The site's parallel environment for tasks with cpus > 1 (often smp)."
                     ),
                     **{name: field for name, field in CLUSTER_FIELDS.items() if name in ("log_dir", "poll_interval")},
+                    **ENV_RULE_FIELDS,
                 },
                 "ui-field-behaviour": LOGIN_NODE_FORM,
             },

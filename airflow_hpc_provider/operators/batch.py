@@ -22,7 +22,8 @@ from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.hooks.batch import BatchHook, ResolvedDefinition
 from airflow_hpc_provider.jobs import JobKey, JobStatus, signal_of_shell_status
 from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink
-from airflow_hpc_provider.operators.base import HpcOperator, StopCause
+from airflow_hpc_provider.operators.base import StopCause
+from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator, with_prelude
 from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
 from airflow_hpc_provider.watching.batch import BatchTarget
@@ -48,7 +49,7 @@ class ContainerCommand:
     for_log: str
 
 
-class BatchRevisionOperator(HpcOperator):
+class BatchRevisionOperator(LayeredEnvOperator):
     """Submit an AWS Batch job and wait for it, deferred by default.
 
     Job definition modes (``job_definition_mode``):
@@ -102,7 +103,16 @@ class BatchRevisionOperator(HpcOperator):
     :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped.
     """
 
-    template_fields: Sequence[str] = ("command", "job_id", "image", "env", "job_name", "tags", "aws_conn_id")
+    template_fields: Sequence[str] = (
+        "command",
+        "job_id",
+        "image",
+        "env",
+        "job_name",
+        "tags",
+        "aws_conn_id",
+        *ENV_RULE_FIELDS,
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "env": "json", "tags": "json"}
     operator_extra_links = (BatchJobLink(), BatchLogLink())
     ui_color = "#fdf1e6"
@@ -186,6 +196,9 @@ class BatchRevisionOperator(HpcOperator):
         self.share_identifier = share_identifier
         self.scheduling_priority = batch.check_range(scheduling_priority, "scheduling_priority", 0, 9999)
         self.array_size = array_size
+        # Set by execute: what travels (env + env rules' carriers) and the rules' script lines.
+        self._job_variables: dict[str, str] = {}
+        self._env_prelude: tuple[str, ...] = ()
         self.array_child_logs = array_child_logs
         self.job_name = job_name
         self.git = dict(git) if git is not None else None
@@ -250,7 +263,8 @@ class BatchRevisionOperator(HpcOperator):
         return GitCheckout(repo=repo, sha=shas[0], path=path)
 
     def _command_script(self, hook: BatchHook, key: JobKey, env: Mapping[str, str]) -> str:
-        script = batch.render_script(self.command or "", tuple(env), self._git())
+        command = with_prelude(self.command or "", self._env_prelude)
+        script = batch.render_script(command, tuple(env), self._git())
         if len(script.encode()) <= self.offload_threshold_bytes:
             return script
         if not self.script_bucket:
@@ -275,7 +289,7 @@ class BatchRevisionOperator(HpcOperator):
     def _request(
         self, name: str, queue: str, definition: ResolvedDefinition, container: ContainerCommand, key: JobKey
     ) -> dict[str, Any]:
-        env = {**{str(k): str(v) for k, v in self.env.items()}, **container.env}
+        env = {**self._job_variables, **container.env}
         request: dict[str, Any] = {
             "jobName": name,
             "jobQueue": queue,
@@ -394,7 +408,18 @@ class BatchRevisionOperator(HpcOperator):
                 )
             return earlier.job_id
         definition = self._definition(hook)
-        env = {str(k): str(v) for k, v in self.env.items()}
+        environment = self.layered_job_environment(
+            conn_id=self.aws_conn_id,
+            facts={"scheduler": "batch", "queue": queue, "image": self.image},
+            env={str(k): str(v) for k, v in self.env.items()},
+        )
+        if environment.prelude and type(self).container_command is not BatchRevisionOperator.container_command:
+            raise JobSpecError(
+                f"{type(self).__name__} runs its own container command, which does not apply env rules yet: "
+                "use env= (or BatchRevisionOperator) for now"
+            )
+        self._job_variables, self._env_prelude = environment.variables, environment.prelude
+        env = environment.variables
         container = self.container_command(hook, key, env)
         request = self._request(batch.job_name_for(base, key), queue, definition, container, key)
         job_id = hook.submit(request)

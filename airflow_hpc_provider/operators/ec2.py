@@ -35,7 +35,8 @@ from airflow_hpc_provider.errors import (
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook, LaunchRequest
 from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget, find_tools
 from airflow_hpc_provider.jobs import JobKey, JobStatus, signal_of_shell_status
-from airflow_hpc_provider.operators.base import HpcOperator, StopCause, ending_summary
+from airflow_hpc_provider.operators.base import StopCause, ending_summary
+from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator, with_prelude
 from airflow_hpc_provider.resources import check_env_names, parse_time_limit
 from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
 from airflow_hpc_provider.watching.ec2_watch import follow_instance
@@ -80,7 +81,7 @@ class Ec2Settings:
     extra_tags: dict[str, str]
 
 
-class Ec2EphemeralOperator(HpcOperator):
+class Ec2EphemeralOperator(LayeredEnvOperator):
     """Run a container on a fresh EC2 instance, watched without holding a worker slot.
 
     Infrastructure (``ami_id``, ``subnet_id``...) may come from the ``aws`` connection's extra, under
@@ -111,7 +112,15 @@ class Ec2EphemeralOperator(HpcOperator):
     :param skip_on_exit_code: an exit code of the container, or a list of them, that marks the task skipped.
     """
 
-    template_fields: Sequence[str] = ("command", "script", "env", "image", "extra_tags", "aws_conn_id")
+    template_fields: Sequence[str] = (
+        "command",
+        "script",
+        "env",
+        "image",
+        "extra_tags",
+        "aws_conn_id",
+        *ENV_RULE_FIELDS,
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "script": "bash", "env": "json"}
     ui_color = "#f3e6fd"
 
@@ -262,7 +271,12 @@ class Ec2EphemeralOperator(HpcOperator):
         ti = context["ti"]
         map_index = -1 if ti.map_index is None else ti.map_index
         key = JobKey.for_task_instance(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
-        script, env = self.job_script(), self.job_env()
+        environment = self.layered_job_environment(
+            conn_id=self.aws_conn_id,
+            facts={"scheduler": "ec2", "partition": self.partition, "image": self.image},
+            env=self.job_env(),
+        )
+        script, env = with_prelude(self.job_script(), environment.prelude), environment.variables
         instance_id, run_dir = self._adopt_or_launch(hook, settings, context, key)
         self._instance_id = instance_id
         self.push_xcom(context, "ec2_instance_id", instance_id)

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -36,6 +37,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.operators.base import HpcOperator, StopCause
+from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator
 from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
 from airflow_hpc_provider.resources import (
     build_resources,
@@ -276,7 +278,7 @@ class SlurmReleaseOperator(HpcOperator):
         return list(released.job_ids)
 
 
-class SlurmTenantOperator(GitPinnedPartial, HpcOperator):
+class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
     """Run a command as a tenant of a booked allocation and wait for it, deferred by default.
 
     The command starts at once in the reservation's running allocation (one SSH round trip, no
@@ -313,7 +315,15 @@ class SlurmTenantOperator(GitPinnedPartial, HpcOperator):
         a relative ``working_dir`` resolves inside it. See docs/git_pinned.rst.
     """
 
-    template_fields: Sequence[str] = ("reservation", "command", "env", "setup", "working_dir", "slurm_conn_id")
+    template_fields: Sequence[str] = (
+        "reservation",
+        "command",
+        "env",
+        "setup",
+        "working_dir",
+        "slurm_conn_id",
+        *ENV_RULE_FIELDS,
+    )
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "env": "json"}
     ui_color = "#e8f7ee"
 
@@ -364,6 +374,10 @@ class SlurmTenantOperator(GitPinnedPartial, HpcOperator):
         self._log_dir: str | None = None
         self._cursor_path: str | None = None
 
+    def refused_rule_names(self) -> Sequence[directives.EnvRule]:
+        # The submitting shell never sees a rule's variable (only its carrier): srun's stay refused.
+        return directives.TENANT_ENV_RULES
+
     def _spec(self, login_shell: bool) -> TenantSpec:
         env = {str(name): str(value) for name, value in self.env.items()}
         check_env_names(tuple(env))
@@ -390,6 +404,14 @@ class SlurmTenantOperator(GitPinnedPartial, HpcOperator):
         spec = self._spec(login_shell)
         # git= pins the commit and makes its checkout on the cluster (docs/git_pinned.rst).
         spec = replace(spec, working_dir=pinned_working_dir(self, context, target, defaults.log_dir, spec.working_dir))
+        # Rule variables travel as the task's env does (the tenant's private env file).
+        environment = self.layered_job_environment(
+            conn_id=conn.conn_id,
+            extra=conn.extra_dejson,
+            facts={"scheduler": "slurm_tenant", "partition": defaults.partition, "account": defaults.account},
+            env=spec.env,
+        )
+        spec = dataclasses.replace(spec, env=environment.variables, setup=(*environment.prelude, *spec.setup))
         ti = context["ti"]
         key = JobKey.for_task_instance(
             ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number

@@ -19,9 +19,16 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects.base import SchedulerDialect
-from airflow_hpc_provider.dialects.directives import SLURM_FAMILIES, EnvRule, OptionUse, multi_job_requests
+from airflow_hpc_provider.dialects.directives import (
+    SHELL_ENV_RULES,
+    SLURM_FAMILIES,
+    EnvRule,
+    OptionUse,
+    multi_job_requests,
+)
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
 from airflow_hpc_provider.dialects.remote_shell import quote
+from airflow_hpc_provider.env_rules import JobEnvironment
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.git_pin import GitSource
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
@@ -31,7 +38,8 @@ from airflow_hpc_provider.jobs import (
     Resources,
     WatchedJob,
 )
-from airflow_hpc_provider.operators.base import HpcOperator, StopCause, rendered_number, rendered_text, unless_templated
+from airflow_hpc_provider.operators.base import StopCause, rendered_number, rendered_text, unless_templated
+from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator
 from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
@@ -81,7 +89,7 @@ _WHY_NO_ARRAYS = (
 )
 
 
-class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
+class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
     """Base of the operators that submit a batch job over SSH and wait for it (see subclasses)."""
 
     scheduler: ClassVar[str] = ""
@@ -101,6 +109,7 @@ class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
         "working_dir",
         "conn_id",
         *RESOURCE_FIELDS,
+        *ENV_RULE_FIELDS,
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"command": "bash", "script": "bash", "env": "json"}
 
@@ -162,6 +171,7 @@ class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
         self.log_tail_lines = log_tail_lines
         self._job_id: str | None = None
         self._cursor_path: str | None = None
+        self._environment: JobEnvironment | None = None
 
     # -- what a subclass provides ------------------------------------------------------------------
 
@@ -263,7 +273,7 @@ class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
 
     def checked_script(self, batch_script: str) -> str:
         """At run time, after templating: the same checks on what will really be submitted."""
-        check_env(self.job_env(), self.env_rules)
+        check_env(self._task_env(), self.env_rules)
         self._refuse_multi_job(batch_script, "the batch script", templated=False)
         return batch_script
 
@@ -275,10 +285,40 @@ class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
                 + _WHY_NO_ARRAYS
             )
 
-    def job_env(self) -> dict[str, str]:
+    def _task_env(self) -> dict[str, str]:
         env = {str(name): str(value) for name, value in self.env.items()}
         check_env_names(tuple(env))
         return env
+
+    def job_env(self) -> dict[str, str]:
+        """What travels in the submission's environment: the task's env, plus the env rules'
+        carriers once :meth:`with_env_rules` layered them."""
+        return dict(self._environment.variables) if self._environment else self._task_env()
+
+    def refused_rule_names(self) -> Sequence[EnvRule]:
+        # The shell rules guard the submitting shell, which never sees a rule's variable (only its
+        # carrier): PATH may be prepended to. What the scheduler sets in the job stays refused.
+        return [rule for rule in self.env_rules if rule not in SHELL_ENV_RULES]
+
+    def with_env_rules(self, spec: JobSpec, cluster: ClusterSettings) -> JobSpec:
+        """The spec with the layered env rules (connection -> groups -> task): their value-free
+        lines run before the setup lines, their values travel as the task's env does."""
+        queue = getattr(self, "pbs_queue", None) or spec.resources.partition
+        self._environment = self.layered_job_environment(
+            conn_id=cluster.conn_id,
+            facts={
+                "scheduler": self.scheduler.lower(),
+                "partition": spec.resources.partition,
+                "queue": queue,
+                "account": spec.resources.account,
+            },
+            env=self._task_env(),
+        )
+        return replace(
+            spec,
+            env_names=tuple(self._environment.variables),
+            setup=(*self._environment.prelude, *spec.setup),
+        )
 
     def job_spec(self, context: Context, cluster: ClusterSettings) -> JobSpec:
         for name, value in (("command", self.command), ("job_name", self.job_name)):
@@ -301,7 +341,7 @@ class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
             command=self.command or "",
             job_name=check_single_line(job_name, "job_name"),
             resources=resources,
-            env_names=tuple(self.job_env()),
+            env_names=tuple(self._task_env()),
             setup=tuple(check_single_line(line, "setup") for line in self.setup),
             login_shell=self.login_shell if self.login_shell is not None else cluster.login_shell,
             working_dir=self.working_dir,
@@ -312,7 +352,7 @@ class SshBatchJobOperator(GitPinnedPartial, HpcOperator):
 
     def execute(self, context: Context) -> str:
         cluster = self.cluster()
-        spec = self.job_spec(context, cluster)
+        spec = self.with_env_rules(self.job_spec(context, cluster), cluster)
         # git= pins the commit and makes its checkout on the cluster (docs/git_pinned.rst).
         working_dir = pinned_working_dir(self, context, cluster.target, cluster.log_dir, spec.working_dir)
         spec = replace(spec, working_dir=working_dir)
