@@ -303,8 +303,17 @@ class BatchRevisionOperator(HpcOperator):
 
     # -- running -----------------------------------------------------------------------------------
 
+    def batch_hook(self) -> BatchHook:
+        """This run's one hook: each new one is a boto3 session and a config walk (~1 s on a busy
+        host), which a task paid three times over when it completed."""
+        hook: BatchHook | None = self.__dict__.get("_batch_hook")
+        if hook is None:
+            hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            self.__dict__["_batch_hook"] = hook
+        return hook
+
     def execute(self, context: Context) -> str:
-        hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        hook = self.batch_hook()
         region = str(hook.client().meta.region_name)
         ti = context["ti"]
         if self.job_id is not None:  # watch only: not ours to terminate
@@ -439,7 +448,7 @@ class BatchRevisionOperator(HpcOperator):
         if payload.get("owned", True):
             # This try takes the job's outcome: no later try may adopt it (a trigger also tagged it
             # when it began watching; on the worker, or if that failed, it happens here).
-            self._claim(BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name), outcome.job_id)
+            self._claim(self.batch_hook(), outcome.job_id)
         status = outcome.status
         self.log.info("%s", self._summary(status))
         self.skip_if_asked(status, f"AWS Batch job {outcome.job_id}")
@@ -467,7 +476,7 @@ class BatchRevisionOperator(HpcOperator):
     def _push_log_stream(self, context: Context, job_id: str) -> None:
         """Give the log link its stream once the job has one; a failure here must not fail the task."""
         try:
-            hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            hook = self.batch_hook()
             described = hook.describe_jobs([job_id])
             streams = batch.log_streams_of(described[0]) if described else []
             region = str(hook.client().meta.region_name)

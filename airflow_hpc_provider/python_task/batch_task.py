@@ -136,7 +136,7 @@ class BatchPythonJob(RemotePythonCall, BatchRevisionOperator):
     # -- after the job ended -------------------------------------------------------------------------
 
     def fetch_result(self, context: Context, job_id: str, *, read: bool) -> tuple[str, bytes | None]:
-        hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        hook = self.batch_hook()
         key = self.job_key(context)
         result_key = s3_objects.result_key(self.payload_prefix, key, job_id)
         document = s3_objects.read_result(hook, self.payload_bucket, result_key) if read else None
