@@ -109,6 +109,8 @@ BATCH = {"aws_conn_id": "aws", "image": "repo/python:3.11", "payload_bucket": "p
         ({**BATCH, "env": {"AIRFLOW_HPC_PAYLOAD": "x"}}, "the manifest's own variable"),
         ({**BATCH, "vcpus": 0.5}, "fractions are Fargate only"),
         ({**BATCH, "cleanup": "never"}, "cleanup='never'"),
+        ({**BATCH, "python_version": "3"}, r"python_version='3': .* is not a Python version"),
+        ({**BATCH, "python_version": 3.11}, "python_version=3.11: give it as text"),
     ],
 )
 def test_batch_arguments_that_cannot_work_fail_when_the_dag_is_parsed(
