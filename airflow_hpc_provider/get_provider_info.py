@@ -178,10 +178,12 @@ def _integrations(with_aws: bool) -> list[dict[str, Any]]:
 
 
 def _task_decorators(with_aws: bool) -> list[dict[str, str]]:
-    """``@task.slurm``, ``@task.pbs`` (and ``@task.batch`` with the aws extra): Python functions as jobs."""
+    """``@task.slurm``, ``@task.pbs``, ``@task.sge`` (and ``@task.batch`` with the aws extra): Python
+    functions as jobs."""
     decorators = {
         "slurm": "airflow_hpc_provider.decorators.slurm.slurm_task",
         "pbs": "airflow_hpc_provider.decorators.pbs.pbs_task",
+        "sge": "airflow_hpc_provider.decorators.sge.sge_task",
     }
     if with_aws:
         decorators["batch"] = "airflow_hpc_provider.decorators.batch.batch_task"

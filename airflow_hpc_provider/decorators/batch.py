@@ -5,12 +5,13 @@ Needs the ``aws`` extra: importing this without it names the extra to install.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
-from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
+from airflow.sdk.bases.decorator import DecoratedOperator
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
+from airflow_hpc_provider.decorators.factory import PYTHON_CALL_RENDERERS, python_task_decorator
 from airflow_hpc_provider.operators.batch import BatchRevisionOperator
 from airflow_hpc_provider.python_task.batch_task import BatchPythonJob
 from airflow_hpc_provider.python_task.cluster_task import python_job_template_fields
@@ -25,22 +26,9 @@ class BatchPythonOperator(BatchPythonJob, DecoratedOperator, BatchRevisionOperat
     template_fields: Sequence[str] = tuple(
         name for name in python_job_template_fields(BatchRevisionOperator) if name != "job_id"
     )
-    template_fields_renderers: ClassVar[dict[str, str]] = {
-        "op_args": "py",
-        "op_kwargs": "py",
-        "env": "json",
-        "tags": "json",
-    }
+    template_fields_renderers: ClassVar[dict[str, str]] = {**PYTHON_CALL_RENDERERS, "tags": "json"}
 
 
-def batch_task(
-    python_callable: Callable[..., Any] | None = None, multiple_outputs: bool | None = None, **kwargs: Any
-) -> TaskDecorator:
-    """Run the decorated function as an AWS Batch job, e.g.
-    ``@task.batch(aws_conn_id="aws", image="...", payload_bucket="my-bucket")``."""
-    return task_decorator_factory(
-        python_callable=python_callable,
-        multiple_outputs=multiple_outputs,
-        decorated_operator_class=BatchPythonOperator,
-        **kwargs,
-    )
+batch_task = python_task_decorator(
+    BatchPythonOperator, '@task.batch(aws_conn_id="aws", image="...", payload_bucket="my-bucket")'
+)

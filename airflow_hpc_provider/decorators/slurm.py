@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import ClassVar
 
-from airflow.sdk.bases.decorator import DecoratedOperator, TaskDecorator, task_decorator_factory
+from airflow.sdk.bases.decorator import DecoratedOperator
 
+from airflow_hpc_provider.decorators.factory import PYTHON_CALL_RENDERERS, python_task_decorator
 from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
 from airflow_hpc_provider.python_task.cluster_task import ClusterPythonJob, python_job_template_fields
 
@@ -17,16 +18,7 @@ class SlurmPythonOperator(ClusterPythonJob, DecoratedOperator, SlurmSubmitOperat
 
     custom_operator_name = "@task.slurm"
     template_fields: Sequence[str] = python_job_template_fields(SlurmSubmitOperator)
-    template_fields_renderers: ClassVar[dict[str, str]] = {"op_args": "py", "op_kwargs": "py", "env": "json"}
+    template_fields_renderers: ClassVar[dict[str, str]] = {**PYTHON_CALL_RENDERERS}
 
 
-def slurm_task(
-    python_callable: Callable[..., Any] | None = None, multiple_outputs: bool | None = None, **kwargs: Any
-) -> TaskDecorator:
-    """Run the decorated function as a Slurm job, e.g. ``@task.slurm(slurm_conn_id="hpc", cpus=4)``."""
-    return task_decorator_factory(
-        python_callable=python_callable,
-        multiple_outputs=multiple_outputs,
-        decorated_operator_class=SlurmPythonOperator,
-        **kwargs,
-    )
+slurm_task = python_task_decorator(SlurmPythonOperator, '@task.slurm(slurm_conn_id="hpc", cpus=4)')

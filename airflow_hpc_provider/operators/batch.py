@@ -315,8 +315,17 @@ class BatchRevisionOperator(LayeredEnvOperator):
 
     # -- running -----------------------------------------------------------------------------------
 
+    def batch_hook(self) -> BatchHook:
+        """This run's one hook: each new one is a boto3 session and a config walk (~1 s on a busy
+        host), which a task paid three times over when it completed."""
+        hook: BatchHook | None = self.__dict__.get("_batch_hook")
+        if hook is None:
+            hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            self.__dict__["_batch_hook"] = hook
+        return hook
+
     def execute(self, context: Context) -> str:
-        hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        hook = self.batch_hook()
         region = str(hook.client().meta.region_name)
         ti = context["ti"]
         if self.job_id is not None:  # watch only: not ours to terminate
@@ -451,7 +460,7 @@ class BatchRevisionOperator(LayeredEnvOperator):
         if owned and outcome.kind is Outcome.ENDED and outcome.status is not None:
             # This try takes the job's outcome: no later try may adopt it (a trigger also tagged it
             # when it began watching; on the worker, or if that failed, it happens here).
-            self._claim(BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name), outcome.job_id)
+            self._claim(self.batch_hook(), outcome.job_id)
         return self.finish(outcome, payload, where=self._where(), owned=owned)
 
     stop_words = ("terminating", "terminated")
@@ -471,7 +480,7 @@ class BatchRevisionOperator(LayeredEnvOperator):
     def _push_log_stream(self, context: Context, job_id: str) -> None:
         """Give the log link its stream once the job has one; a failure here must not fail the task."""
         try:
-            hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+            hook = self.batch_hook()
             described = hook.describe_jobs([job_id])
             streams = batch.log_streams_of(described[0]) if described else []
             region = str(hook.client().meta.region_name)
@@ -483,7 +492,7 @@ class BatchRevisionOperator(LayeredEnvOperator):
 
     def stop_job(self, job_id: str, cause: StopCause) -> str:
         reason = TIMEOUT_REASON if cause is StopCause.TIME_LIMIT else KILL_REASON
-        BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name).terminate(job_id, reason)
+        self.batch_hook().terminate(job_id, reason)
         return f"Terminated AWS Batch job {job_id}"
 
     def on_kill(self) -> None:

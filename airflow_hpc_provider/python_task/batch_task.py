@@ -6,11 +6,13 @@ terminate on timeout or kill) runs unchanged. What every decorated task shares (
 serialization, the end) is :class:`~airflow_hpc_provider.python_task.remote_call.RemotePythonCall`.
 
 Before submission: the call is serialized in ``execute`` (an argument that cannot be pickled fails
-the task with nothing submitted); then, once the operator knows it submits (no earlier try's job to
-adopt), a payload past the inline limit is stored in S3 (the bucket's encryption stated), the
-container's command becomes the bootstrap and its environment carries the manifest
-(``AIRFLOW_HPC_PAYLOAD``), the result's key a template the container fills with its
-``AWS_BATCH_JOB_ID``.
+the task with nothing submitted); a task that states its image's Python (``python_version="3.11"``)
+has it compared with the worker's before anything reaches AWS (the image itself cannot be asked
+without running it: without the statement, the bootstrap compares at container start); then, once
+the operator knows it submits (no earlier try's job to adopt), a payload past the inline limit is
+stored in S3 (the bucket's encryption stated), the container's command becomes the bootstrap and
+its environment carries the manifest (``AIRFLOW_HPC_PAYLOAD``), the result's key a template the
+container fills with its ``AWS_BATCH_JOB_ID``.
 
 After the job ended: the result document of the event's job id is read from S3, so a retry that
 adopted an earlier try's job finds that job's result; then the payloads of every try of the task
@@ -36,9 +38,10 @@ from airflow_hpc_provider.python_task.cleanup import CleanupPolicy
 from airflow_hpc_provider.python_task.codec import BATCH_INLINE_LIMIT_BYTES, encode_body
 from airflow_hpc_provider.python_task.launch import MANIFEST_ENV, batch_command, batch_environment
 from airflow_hpc_provider.python_task.manifest import InlineBody, PayloadManifest, S3Body, check_template
+from airflow_hpc_provider.python_task.preflight import check_stated_version
 from airflow_hpc_provider.python_task.remote_call import RemotePythonCall
 from airflow_hpc_provider.python_task.results import Referencer, ResultDocument
-from airflow_hpc_provider.python_task.serializer import SerializedCall
+from airflow_hpc_provider.python_task.serializer import PythonVersion, SerializedCall
 
 DEFAULT_PAYLOAD_PREFIX = "airflow-hpc/python"
 # S3's rules for a bucket name (3-63 characters: lower-case letters, digits, dots, hyphens).
@@ -61,6 +64,19 @@ def check_payload_location(bucket: Any, prefix: Any) -> tuple[str, str]:
     return bucket, prefix.strip("/")
 
 
+def check_python_version(stated: Any) -> str | None:
+    """``python_version``: a major.minor (a micro is allowed and ignored), checked when the DAG is parsed."""
+    if stated is None:
+        return None
+    try:
+        if not isinstance(stated, str):
+            raise ValueError("give it as text, e.g. '3.11'")
+        PythonVersion.parse(stated)
+    except ValueError as error:
+        raise JobSpecError(f"python_version={stated!r}: {error}") from None
+    return stated
+
+
 class BatchPythonJob(RemotePythonCall, BatchRevisionOperator):
     """Mixin: run ``python_callable(*op_args, **op_kwargs)`` as the Batch job (see the module docstring).
 
@@ -68,6 +84,9 @@ class BatchPythonJob(RemotePythonCall, BatchRevisionOperator):
     :param payload_prefix: the key prefix under it.
     :param python: the image's interpreter (a name on its PATH or a path); it needs cloudpickle and,
         to reach S3, boto3.
+    :param python_version: the major.minor of that interpreter (``"3.11"``), when the task knows it:
+        a worker of another major.minor then fails the task before submitting. Without it, the
+        bootstrap compares the versions when the container starts.
     :param cleanup: ``"delete"`` (default) or ``"keep"``: see the docs.
     :param result_inline_limit_bytes: a returned value larger than this, pickled, stays in S3 and
         XCom holds a reference to it.
@@ -78,9 +97,11 @@ class BatchPythonJob(RemotePythonCall, BatchRevisionOperator):
         *,
         payload_bucket: str | None = None,
         payload_prefix: str = DEFAULT_PAYLOAD_PREFIX,
+        python_version: str | None = None,
         **kwargs: Any,
     ) -> None:
         self.payload_bucket, self.payload_prefix = check_payload_location(payload_bucket, payload_prefix)
+        self.python_version = check_python_version(python_version)
         if kwargs.get("job_id") is not None:
             raise JobSpecError("job_id= is not for a decorated function: the function is what the job runs")
         if kwargs.get("wait_for_completion") is False:
@@ -98,6 +119,9 @@ class BatchPythonJob(RemotePythonCall, BatchRevisionOperator):
 
     def execute(self, context: Context) -> Any:
         self._call = self.serialized_call()  # before anything reaches AWS
+        if self.python_version is not None:
+            check_stated_version(self.python_version, image=self.image or f"of job definition {self.job_definition}")
+            self.log.info("The image's Python (python_version): %s", self.python_version)
         return super().execute(context)
 
     def container_command(self, hook: BatchHook, key: JobKey, env: Mapping[str, str]) -> ContainerCommand:
@@ -136,7 +160,7 @@ class BatchPythonJob(RemotePythonCall, BatchRevisionOperator):
     # -- after the job ended -------------------------------------------------------------------------
 
     def fetch_result(self, context: Context, job_id: str, *, read: bool) -> tuple[str, bytes | None]:
-        hook = BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
+        hook = self.batch_hook()
         key = self.job_key(context)
         result_key = s3_objects.result_key(self.payload_prefix, key, job_id)
         document = s3_objects.read_result(hook, self.payload_bucket, result_key) if read else None

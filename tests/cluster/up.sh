@@ -271,22 +271,25 @@ cd - >/dev/null
 # ---------- 7. Grid Engine ----------
 if [ "$GE" = 1 ]; then . "$(dirname "${BASH_SOURCE[0]}")/gridengine.sh"; fi
 
-# ---------- 8. cloudpickle for the test user's python3 (Python functions as jobs) ----------
+# ---------- 8. cloudpickle for the test users' python3 (Python functions as jobs) ----------
 # The cluster's own /usr/bin/python3, no Airflow: only the serializer, installed as a user would do
 # it on a site (pip --user, into ~/.local, which python3 finds by itself). Debian marks its Python as
 # externally managed (PEP 668), hence --break-system-packages: it touches only the user's ~/.local.
 # Pinned to the release the project's venv resolves, so worker and cluster pickle alike. A failed
 # install warns and leaves the rest of the cluster up: the python-task tests then fail naming it.
+# The Grid Engine user runs @task.sge functions, so it gets the same.
 CP=${HPCINFRA_CLOUDPICKLE:-3.1.3}
-TUSER_HOME=$(getent passwd "$TUSER" | cut -d: -f6)
-if [ "$(HOME=$TUSER_HOME runuser -u "$TUSER" -- python3 -c 'import cloudpickle; print(cloudpickle.__version__)' 2>/dev/null)" != "$CP" ]; then
-  if HOME=$TUSER_HOME runuser -u "$TUSER" -- python3 -m pip install --quiet --user --break-system-packages \
-       --disable-pip-version-check "cloudpickle==$CP" >$B/pip-cloudpickle.log 2>&1; then
-    log "cloudpickle $CP installed for $TUSER (pip --user)"
-  else
-    echo "up.sh: WARNING: could not install cloudpickle $CP for $TUSER (see $B/pip-cloudpickle.log)" >&2
+for PYUSER in "$TUSER" $( [ "$GE" = 1 ] && echo "$SGE_USER" ); do
+  PYUSER_HOME=$(getent passwd "$PYUSER" | cut -d: -f6)
+  if [ "$(HOME=$PYUSER_HOME runuser -u "$PYUSER" -- python3 -c 'import cloudpickle; print(cloudpickle.__version__)' 2>/dev/null)" != "$CP" ]; then
+    if HOME=$PYUSER_HOME runuser -u "$PYUSER" -- python3 -m pip install --quiet --user --break-system-packages \
+         --disable-pip-version-check "cloudpickle==$CP" >$B/pip-cloudpickle-$PYUSER.log 2>&1; then
+      log "cloudpickle $CP installed for $PYUSER (pip --user)"
+    else
+      echo "up.sh: WARNING: could not install cloudpickle $CP for $PYUSER (see $B/pip-cloudpickle-$PYUSER.log)" >&2
+    fi
   fi
-fi
+done
 
 # the Airflow connections the example DAGs, tests and benchmarks use: host keys verified
 { cat <<EOF

@@ -132,3 +132,16 @@ def test_a_function_runs_as_a_pbs_job_too_and_returns_its_value(outcomes: str) -
     match = re.search(r"Submitted PBS job (\S+) on pbs_local", log)
     assert match, log[-3000:]
     assert f"the PBS task returned 42 from PBS job {match.group(1)}" in task_output(outcomes, "show")
+
+
+def test_a_function_runs_as_a_grid_engine_job_with_its_output_in_the_task_log_and_its_value_in_xcom(
+    outcomes: str,
+) -> None:
+    log = task_output(outcomes, "on_sge")
+    match = re.search(r"Submitted SGE job (\d+) on sge_local", log)
+    assert match, log[-3000:]
+    job_id = match.group(1)
+    assert log.count(f"tripling 14 in Grid Engine job {job_id}") == 1, log[-3000:]
+    assert f"SGE job {job_id} ended COMPLETED (exit 0:0)" in log
+    assert "could not delete" not in log
+    assert f"the SGE task returned 42 from SGE job {job_id}" in task_output(outcomes, "show_sge")

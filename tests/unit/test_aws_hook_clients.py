@@ -55,3 +55,30 @@ def test_clients_asked_for_from_two_threads_at_once_all_get_the_connections_conf
         "s3": 8,
     }
     assert hook.client("logs") is clients["logs"] and clients["batch"].meta.region_name == "eu-west-1"
+
+
+def test_the_base_hooks_own_client_is_the_shared_one_so_the_partition_costs_no_second_session(
+    hook: MultiServiceAwsHook, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sessions: list[Any] = []
+    make_session = hook.get_session
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        sessions.append(make_session(*args, **kwargs))
+        return sessions[-1]
+
+    monkeypatch.setattr(hook, "get_session", counted)
+    batch = hook.client()
+    assert hook.conn is batch and hook.get_conn() is batch
+    assert hook.conn_partition == "aws" and hook.conn_region_name == "eu-west-1"
+    assert len(sessions) == 1
+
+
+class WaitingOperator:
+    def execute(self, hook: MultiServiceAwsHook) -> str:
+        return hook._get_caller()
+
+
+def test_the_user_agent_names_the_operator_whose_execute_made_the_hook(hook: MultiServiceAwsHook) -> None:
+    assert WaitingOperator().execute(hook) == "WaitingOperator"
+    assert hook._get_caller() == "Unknown"  # no execute() on the stack

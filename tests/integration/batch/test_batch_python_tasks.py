@@ -8,6 +8,7 @@ The payload and result paths below the decorator are specified in ``test_python_
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from airflow.sdk import DAG, task
 from airflow.sdk.exceptions import TaskDeferred
 
+from airflow_hpc_provider.errors import RemotePythonError
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
 from airflow_hpc_provider.watching.batch_logs import MemoryPositionStore
 from tests.integration.batch.conftest import CONN_ID
@@ -72,7 +74,7 @@ def runs(setting: dict[str, str]) -> dict[str, str]:
         )
         for dag_id, folder in (("python_on_batch", EXAMPLES), ("py_batch_outcomes", DAGS))
     }
-    outputs = {dag_id: process.communicate(timeout=300)[0] for dag_id, process in started.items()}
+    outputs = {dag_id: process.communicate(timeout=600)[0] for dag_id, process in started.items()}
     for dag_id, output in outputs.items():
         assert f"DagRun Finished: dag_id={dag_id}" in output, output[-4000:]
     return outputs
@@ -94,17 +96,22 @@ def objects_left(moto_aws: MotoAws, setting: dict[str, str], prefix: str = PREFI
     return [item["Key"] for item in listed.get("Contents", [])]
 
 
-def test_the_example_maps_a_function_over_5_inputs_as_batch_jobs_and_sums_the_results(runs: dict[str, str]) -> None:
+def test_the_example_maps_a_function_over_50_inputs_as_batch_jobs_and_sums_the_results(
+    moto_aws: MotoAws, setting: dict[str, str], runs: dict[str, str]
+) -> None:
     output = runs["python_on_batch"]
     assert "state=success" in output, output[-4000:]
-    assert output.count("the sum of the squares of 0..4 is 30") == 1, output[-4000:]
-    jobs = set(re.findall(r"Submitted AWS Batch job (\S+) \(python_on_batch-heavy_computation-", output))
-    assert len(jobs) == 5
-    for job_id in jobs:  # the function's line, from the job's CloudWatch stream
-        assert re.search(rf"squaring \d in AWS Batch job {job_id}", output), output[-4000:]
+    assert output.count("the sum of the squares of 0..49 is 40425") == 1, output[-4000:]
+    jobs = re.findall(r"Submitted AWS Batch job (\S+) \(python_on_batch-heavy_computation-", output)
+    assert len(set(jobs)) == len(jobs) == 50
+    for x in range(50):  # the function's line, from the job's CloudWatch stream, once
+        assert len(re.findall(rf"squaring {x} in AWS Batch job ({'|'.join(jobs)})\b", output)) == 1, x
+    assert output.count("The image's Python (python_version): 3.11") == 50  # stated, and the worker's
     assert "(the bootstrap running heavy_computation(); not shown)" not in output  # the Slurm wording
     assert "python3 -c <the bootstrap running heavy_computation(); not shown>" in output
     assert "AIRFLOW_HPC_PAYLOAD" not in output  # the manifest is never logged
+    assert "could not delete" not in output
+    assert objects_left(moto_aws, setting, "airflow-hpc/python") == []  # the example's results, read and deleted
 
 
 def test_a_function_returning_a_dict_with_multiple_outputs_gives_each_key_as_an_xcom(outcomes: str) -> None:
@@ -137,6 +144,59 @@ def test_a_raised_exception_fails_the_task_with_the_remote_traceback_in_its_log(
 def test_payloads_and_results_are_deleted_once_read(moto_aws: MotoAws, setting: dict[str, str], outcomes: str) -> None:
     assert "could not delete" not in outcomes
     assert objects_left(moto_aws, setting) == []
+
+
+def test_an_image_stated_to_run_another_python_fails_the_task_before_anything_reaches_aws(
+    moto_aws: MotoAws, setting: dict[str, str], outcomes: str
+) -> None:
+    log = task_output(outcomes, "on_python_312")
+    worker = ".".join(str(part) for part in sys.version_info[:3])
+    assert f"the image repo/python:3.12 runs Python 3.12 (python_version), the Airflow worker Python {worker}" in log, (
+        log[-3000:]
+    )
+    assert "nothing was submitted" in log and "new_state=failed" in log
+    assert "Submitted AWS Batch job" not in log and "Payload:" not in log
+    queue = json.loads(setting["AIRFLOW_CONN_AWS_BATCH"])["extra"]["job_queue"]
+    batch = moto_aws.client("batch")
+    names = [
+        job["jobName"]
+        for status in ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+        for job in batch.list_jobs(jobQueue=queue, jobStatus=status)["jobSummaryList"]
+    ]
+    assert any(name.startswith("py_batch_outcomes-digest-") for name in names)  # the listing sees this run
+    assert not [name for name in names if name.startswith("py_batch_outcomes-on_python_312-")]
+
+
+def test_a_stated_python_of_another_minor_stops_the_worker_before_any_aws_call(
+    aws: MotoAws, setting: dict[str, str]
+) -> None:
+    """The operator itself, without Airflow's runner: the refusal comes before the first call to
+    AWS (no job, no stored payload, no job definition registered)."""
+    queue = aws.make_queue(f"py-version-{uuid.uuid4().hex[:8]}", runs_containers=True)
+    other = f"{sys.version_info.major}.{sys.version_info.minor + 1}"
+    with DAG("batch_tests", schedule=None, start_date=datetime(2026, 1, 1)):
+
+        @task.batch(
+            aws_conn_id=CONN_ID,
+            image=f"repo/python:{other}",
+            python_version=other,
+            job_queue=queue,
+            payload_bucket=setting["PY_BATCH_BUCKET"],
+            payload_prefix=f"{PREFIX}/version",
+        )
+        def never_runs(data: bytes) -> int:
+            return len(data)
+
+        operator = never_runs(os.urandom(60_000)).operator  # past the inline limit: it would go to S3
+    batch = aws.client("batch")
+    definitions_before = batch.describe_job_definitions()["jobDefinitions"]
+    with pytest.raises(RemotePythonError, match=rf"runs Python {other} \(python_version\), the Airflow worker Python"):
+        operator.execute({"ti": FakeTI("never_runs")})
+    assert batch.list_jobs(jobQueue=queue, jobStatus="SUBMITTED")["jobSummaryList"] == []
+    assert batch.list_jobs(jobQueue=queue, jobStatus="RUNNING")["jobSummaryList"] == []
+    assert batch.list_jobs(jobQueue=queue, jobStatus="SUCCEEDED")["jobSummaryList"] == []
+    assert batch.describe_job_definitions()["jobDefinitions"] == definitions_before
+    assert objects_left(aws, setting, f"{PREFIX}/version") == []
 
 
 def big_sum(data: bytes, label: str) -> dict[str, object]:

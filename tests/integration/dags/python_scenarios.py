@@ -1,4 +1,5 @@
-"""Python functions as Slurm jobs through ``@task.slurm``: the DAGs ``test_python_tasks.py`` runs.
+"""Python functions as Slurm jobs through ``@task.slurm`` (and one each through ``@task.pbs`` and
+``@task.sge``): the DAGs ``test_python_tasks.py`` runs.
 
 ``py_outcomes`` holds one independent task per outcome, so that one ``airflow dags test`` runs them
 all (its output is cut per task by the runner's start and end lines); ``earlier_try_left_a_job``
@@ -129,6 +130,19 @@ with _dag("py_outcomes"):
         print(f"the PBS task returned {value}")
 
     others.append(show(on_pbs(14)))
+
+    @task.sge(sge_conn_id="sge_local", poll_interval=1, time_limit=timedelta(minutes=5))
+    def on_sge(x: int) -> str:
+        import os
+
+        print(f"tripling {x} in Grid Engine job {os.environ['JOB_ID']}")
+        return f"{x * 3} from SGE job {os.environ['JOB_ID']}"
+
+    @task
+    def show_sge(value: str) -> None:
+        print(f"the SGE task returned {value}")
+
+    others.append(show_sge(on_sge(14)))
 
     # Last of all (dags test runs one task at a time), so that the job still runs when "job" starts.
     @task(trigger_rule="all_done")

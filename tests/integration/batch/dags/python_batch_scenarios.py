@@ -2,7 +2,8 @@
 
 One independent task per outcome, so one ``airflow dags test`` runs them all: a value returned
 into XCom (``multiple_outputs``, watched on the worker), a raised exception and a 1 MB argument
-(through S3), both deferred.
+(through S3), both deferred, and an image stated to run another Python than the worker's (refused
+before submission).
 """
 
 from __future__ import annotations
@@ -72,3 +73,11 @@ with DAG(dag_id="py_batch_outcomes", schedule=None, start_date=datetime(2026, 1,
 
     data = make_data()
     compare(data, digest(data))
+
+    # The image runs another major.minor than this worker: refused before anything reaches AWS,
+    # though its argument would have gone to S3.
+    @task.batch(**{**BATCH, "image": "repo/python:3.12"}, python_version="3.12")
+    def on_python_312(data: str) -> int:
+        return len(data)
+
+    on_python_312(make_data())
