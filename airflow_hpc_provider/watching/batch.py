@@ -293,7 +293,7 @@ class BatchPoller:
             if final is not None:
                 ended.append((track, final))
         await self._claim([(track, found[job_id]) for job_id, track in tracks.items() if job_id in found])
-        await self._read_logs(reads)
+        await self._read_logs(reads, ended_ids={track.job_id for track, _ in ended})
         for track, status in ended:
             track.send(JobEnded(status))
 
@@ -356,7 +356,7 @@ class BatchPoller:
 
     # -- CloudWatch --------------------------------------------------------------------------------
 
-    async def _read_logs(self, reads: list[tuple[_Track, LogStream]]) -> None:
+    async def _read_logs(self, reads: list[tuple[_Track, LogStream]], *, ended_ids: set[str]) -> None:
         if not reads:
             return
         # Who reads which stream (a child's stream may also be watched on its own), and in which
@@ -367,7 +367,13 @@ class BatchPoller:
             rank = ranks[track.job_id] = ranks.get(track.job_id, -1) + 1
             owners.setdefault((stream.group, stream.name), []).append((track, stream, rank))
         wanted = [
-            WantedStream(group, name, min(t.position.of(f"{group}|{name}").timestamp for t, _, _ in readers))
+            WantedStream(
+                group,
+                name,
+                min(t.position.of(f"{group}|{name}").timestamp for t, _, _ in readers),
+                # The final lines are read in the poll that sees the end, whatever the stream's schedule.
+                last_chance=any(t.job_id in ended_ids for t, _, _ in readers),
+            )
             for (group, name), readers in owners.items()
         ]
         report = await self._streams.read(wanted, self._filter)

@@ -110,3 +110,25 @@ async def test_streams_no_longer_watched_are_forgotten_and_prove_nothing() -> No
         delivered |= {event["logStreamName"] for _, event in report.events}
     assert planner.missing == 0 and delivered == set(all_names[1:])
     assert missing not in {name for call in cloud.calls[tested:] for name in call}
+
+
+async def test_the_stream_of_a_job_that_ended_is_read_in_that_poll_whatever_its_retry_schedule() -> None:
+    name = "def/default/late"
+    cloud = CloudWatch({})
+    planner = LogStreamPlanner(extra_calls_per_poll=0, first_probe_s=30, max_probe_s=60)
+    # Seen RUNNING before its container wrote a line: found missing, next probe far away.
+    await planner.read(wanted([name]), cloud.read, now=0)
+    assert planner.missing == 1
+    cloud.streams[name] = [1, 2, 3]  # the job wrote its lines and ended
+    before_due = await planner.read(wanted([name]), cloud.read, now=1)
+    assert before_due.events == []  # still waiting for its probe while the job runs
+    ended = [WantedStream(GROUP, name, 0, last_chance=True)]
+    final = await planner.read(ended, cloud.read, now=2)
+    assert [event["timestamp"] for _, event in final.events] == [1, 2, 3]
+
+
+async def test_a_job_that_ended_without_a_stream_costs_one_call_and_reads_nothing() -> None:
+    cloud = CloudWatch({})
+    planner = LogStreamPlanner(extra_calls_per_poll=0)
+    report = await planner.read([WantedStream(GROUP, "def/default/never", 0, last_chance=True)], cloud.read, now=0)
+    assert report.events == [] and report.calls == 1
