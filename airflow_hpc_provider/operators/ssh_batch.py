@@ -352,7 +352,8 @@ class SshBatchJobOperator(HpcOperator):
                 job.state,
             )
         else:
-            self.log.info("Submitted %s job %s on %s (%s)", self.scheduler, job_id, cluster.conn_id, job.state)
+            state = f" ({job.state})" if job.state else ""
+            self.log.info("Submitted %s job %s on %s%s", self.scheduler, job_id, cluster.conn_id, state)
             self.log.info("Batch script:\n%s", self.script_for_log(batch_script))
         self.push_xcom(context, f"{self.scheduler.lower()}_job_id", job_id)
 
