@@ -4,7 +4,9 @@ What a task does on the worker (a Python task: the version probe, the submission
 read and the clean-up; a plain task: the submission, then the failed job's last lines) goes over
 one connection per process. Counted where it costs: in the login node's sshd log, by a key only
 these tests log in with (``Accepted publickey ... <its fingerprint>``). Each connection is a key
-exchange, a login and an sshd process on a shared login node.
+exchange, a login and an sshd process on a shared login node. (The key is added to the test user's
+authorized keys for the test and removed after it; ``tests/cluster/up.sh`` rewrites that file, so
+these tests must not overlap a cluster start-up, which one pytest session never does.)
 
 The triggers run under the usual key (``slurm_local``): in a deployment they run in the triggerer,
 whose one shared connection is counted by ``bench/slurm_poller.py``.
