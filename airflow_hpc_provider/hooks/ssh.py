@@ -67,6 +67,8 @@ DEFAULT_COMMAND_TIMEOUT_S = 300.0
 # A refused channel (the server's session limit) is asked for again, waiting 0.1, 0.2 ... s: ~10 s in all.
 CHANNEL_OPEN_ATTEMPTS = 14
 CHANNEL_OPEN_RETRY_S = 0.1
+# What asyncssh says when a channel could not open because the connection is gone.
+_CONNECTION_CLOSED = "SSH connection closed"
 # A silently dead link (a host gone, a firewall dropping packets) shows no error: asyncssh asks the
 # server every KEEPALIVE_INTERVAL_S while it hears nothing and drops the connection after
 # KEEPALIVE_COUNT_MAX unanswered asks, so a dead link is noticed within about 15-20 s.
@@ -362,6 +364,11 @@ class SshTransport:
                         )
                     break
                 except asyncssh.ChannelOpenError as error:
+                    if conn.is_closed() or error.reason == _CONNECTION_CLOSED:
+                        await self.close()  # the link dropped under the opening channel
+                        raise ClusterUnreachableError(
+                            f"the SSH link to {self.target.where} dropped: {type(error).__name__}: {error}"
+                        ) from None
                     # The server refused a new channel: nothing ran, and the channels in flight on
                     # this connection are fine. sshd counts a session against MaxSessions until it
                     # has reaped it, so a limit below it is not always enough: wait for one to end.
