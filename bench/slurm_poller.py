@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -141,6 +142,8 @@ class ChildResult:
     needed_second_cancel: int = 0
     not_stopped: int = 0
     pollers_left: int = 0
+    cancelled_mid_poll: bool = False  # a status poll was in flight when the triggers were cancelled
+    polls_after_cancel: int = 0  # status polls started after the cancel
     problem: str | None = None
 
 
@@ -182,6 +185,8 @@ class _Recorder:
         self.t0 = 0.0
         self.cpu0 = 0.0
         self.changed = asyncio.Event()
+        self.in_poll = asyncio.Event()  # set while a status poll is in flight
+        self.polls_started = 0
         self.poller: Any = None
 
     def install(self) -> None:
@@ -192,6 +197,8 @@ class _Recorder:
 
         async def poll_once(poller: Any) -> None:  # pass-through: calls the original, re-raises
             recorder.poller = poller
+            recorder.polls_started += 1
+            recorder.in_poll.set()
             jobs = len(poller._tracks)
             start = time.monotonic()
             cpu_start = time.process_time()
@@ -202,6 +209,7 @@ class _Recorder:
                 error = f"{type(exc).__name__}: {exc}"
                 raise
             finally:
+                recorder.in_poll.clear()
                 transport = poller.transport
                 recorder.result.polls.append(
                     PollSample(
@@ -344,13 +352,20 @@ async def _child_main(params: dict[str, Any], result: ChildResult, recorder: _Re
         f"{t.get_name()}: {t.exception()!r}" for t in tasks if t.done() and not t.cancelled() and t.exception()
     ]
 
-    # Teardown: cancel every trigger task as a triggerer would when the triggers go away.
+    # Teardown: cancel every trigger task as a triggerer would when the triggers go away, in the
+    # middle of a status poll (the moment a cancellation is easiest to lose).
     phase = "teardown"
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2 * interval + 30):
+            await recorder.in_poll.wait()
+    result.cancelled_mid_poll = recorder.in_poll.is_set()
+    polls_before_cancel = recorder.polls_started
     start = time.monotonic()
     for task in tasks:
         task.cancel()
     _, pending = await asyncio.wait(tasks, timeout=5.0)
-    result.needed_second_cancel = len(pending)
+    result.needed_second_cancel = len(pending)  # still running 5 s after the cancel
+    result.polls_after_cancel = recorder.polls_started - polls_before_cancel
     if pending:
         for task in pending:
             task.cancel()
@@ -701,8 +716,9 @@ def print_details(r: SizeResult) -> None:
         f"gen-2 GCs {c.gc_gen2}, longest {c.gc_gen2_max_s * 1000:.0f} ms"
     )
     print(
-        f"  teardown: {r.n} tasks cancelled in {c.teardown_s:.2f}s, "
-        f"{c.needed_second_cancel} needed a second cancel, {c.not_stopped} never stopped; "
+        f"  teardown: {r.n} tasks cancelled {'mid-poll' if c.cancelled_mid_poll else 'between polls'} "
+        f"in {c.teardown_s:.2f}s; still running 5 s after the cancel: {c.needed_second_cancel} (target 0), "
+        f"{c.not_stopped} never stopped; status polls started after the cancel {c.polls_after_cancel}; "
         f"shared pollers left {c.pollers_left}"
     )
     if c.events_before_cancel:

@@ -248,7 +248,7 @@ def submit_script(
             f'  if [ "$_busy" -ge {int(max_concurrent_jobs)} ]; then printf \'BUSY %s\\n\' "$_busy"; exit 0; fi\n'
         )
     return (
-        f"mkdir -p -- {log_dir_arg} || exit 1\n"
+        f"[ -d {log_dir_arg} ] || mkdir -p -- {log_dir_arg} || exit 1\n"  # a test is a builtin, mkdir a process
         f"exec 9>>{lock}\n"
         "flock -w 120 9 || { echo 'could not take the submission lock' >&2; exit 1; }\n"
         # This task instance's earlier jobs, newest first, less those a trigger watched.
@@ -287,8 +287,9 @@ def submit_script(
         "  _id=${_id%%;*}\n"
         # Recorded before it is printed: a link that drops now cannot lose the job.
         f'  printf \'%s\\n\' "$_id" >> {record} || echo "could not record job $_id in" {record} >&2\n'
+        # No squeue for the new job's state: it is all but always PENDING, and asking costs the
+        # login node two processes and slurmctld an RPC for every submission.
         "  printf 'SUBMITTED %s\\n' \"$_id\"\n"
-        "  printf 'STATE %s\\n' \"$(squeue -h -j \"$_id\" -O 'State:|' 2>/dev/null | tr -d '|')\"\n"
         "fi\n"
     )
 

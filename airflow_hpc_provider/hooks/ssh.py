@@ -64,6 +64,11 @@ if logging.getLogger("asyncssh").level == logging.NOTSET:
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 DEFAULT_MAX_SESSIONS = 8  # OpenSSH's default MaxSessions is 10: stay under it
 DEFAULT_COMMAND_TIMEOUT_S = 300.0
+# A refused channel (the server's session limit) is asked for again, waiting 0.1, 0.2 ... s: ~10 s in all.
+CHANNEL_OPEN_ATTEMPTS = 14
+CHANNEL_OPEN_RETRY_S = 0.1
+# What asyncssh says when a channel could not open because the connection is gone.
+_CONNECTION_CLOSED = "SSH connection closed"
 # A silently dead link (a host gone, a firewall dropping packets) shows no error: asyncssh asks the
 # server every KEEPALIVE_INTERVAL_S while it hears nothing and drops the connection after
 # KEEPALIVE_COUNT_MAX unanswered asks, so a dead link is noticed within about 15-20 s.
@@ -344,27 +349,46 @@ class SshTransport:
         drops the connection (the link is presumed dead; the next command opens a new one).
         """
         async with self._sessions:
-            conn = await self._connection()
-            try:
-                # asyncio.timeout, not run(timeout=): the latter goes through wait_for, which on
-                # Python 3.11 can swallow a cancellation and keep a cancelled trigger polling.
-                async with asyncio.timeout(timeout_s):
-                    completed = await conn.run(
-                        self.target.shell_command,
-                        input=whole_or_nothing(script).encode(),
-                        encoding=None,
-                        check=False,
-                    )
-            except TimeoutError:
-                await self.close()
-                raise ClusterUnreachableError(
-                    f"a command on {self.target.where} gave no answer within {timeout_s:.0f}s; dropped the connection"
-                ) from None
-            except (OSError, asyncssh.Error) as error:
-                await self.close()
-                raise ClusterUnreachableError(
-                    f"the SSH link to {self.target.where} dropped: {type(error).__name__}: {error}"
-                ) from None
+            refused = 0
+            while True:
+                conn = await self._connection()
+                try:
+                    # asyncio.timeout, not run(timeout=): the latter goes through wait_for, which on
+                    # Python 3.11 can swallow a cancellation and keep a cancelled trigger polling.
+                    async with asyncio.timeout(timeout_s):
+                        completed = await conn.run(
+                            self.target.shell_command,
+                            input=whole_or_nothing(script).encode(),
+                            encoding=None,
+                            check=False,
+                        )
+                    break
+                except asyncssh.ChannelOpenError as error:
+                    if conn.is_closed() or error.reason == _CONNECTION_CLOSED:
+                        await self.close()  # the link dropped under the opening channel
+                        raise ClusterUnreachableError(
+                            f"the SSH link to {self.target.where} dropped: {type(error).__name__}: {error}"
+                        ) from None
+                    # The server refused a new channel: nothing ran, and the channels in flight on
+                    # this connection are fine. sshd counts a session against MaxSessions until it
+                    # has reaped it, so a limit below it is not always enough: wait for one to end.
+                    refused += 1
+                    if refused >= CHANNEL_OPEN_ATTEMPTS:
+                        raise ClusterUnreachableError(
+                            f"{self.target.where} refused {refused} times to open a channel: {error}"
+                        ) from None
+                    await asyncio.sleep(CHANNEL_OPEN_RETRY_S * refused)
+                except TimeoutError:
+                    await self.close()
+                    raise ClusterUnreachableError(
+                        f"a command on {self.target.where} gave no answer within {timeout_s:.0f}s; "
+                        "dropped the connection"
+                    ) from None
+                except (OSError, asyncssh.Error) as error:
+                    await self.close()
+                    raise ClusterUnreachableError(
+                        f"the SSH link to {self.target.where} dropped: {type(error).__name__}: {error}"
+                    ) from None
             self.commands_run += 1
             stdout = completed.stdout if isinstance(completed.stdout, bytes) else b""
             stderr = completed.stderr if isinstance(completed.stderr, bytes) else b""

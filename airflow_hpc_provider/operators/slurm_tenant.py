@@ -35,6 +35,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
     stop_tenants,
 )
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.operators.base import HpcOperator, StopCause
 from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator
@@ -56,16 +57,8 @@ TENANT_ENV_RULES = directives.SHELL_ENV_RULES + directives.TENANT_ENV_RULES
 
 
 def _on_cluster(target: SshTarget, work: Callable[[SshTransport], Awaitable[T]]) -> T:
-    """Run one piece of remote work over a fresh connection, closed afterwards, in a fresh loop."""
-
-    async def run() -> T:
-        transport = SshTransport(target)
-        try:
-            return await work(transport)
-        finally:
-            await transport.close()
-
-    return asyncio.run(run())
+    """Run one piece of remote work over the worker process's one connection to the cluster."""
+    return on_cluster(target, work)
 
 
 class SlurmAllocationOperator(HpcOperator):

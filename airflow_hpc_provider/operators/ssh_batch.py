@@ -32,6 +32,7 @@ from airflow_hpc_provider.env_rules import JobEnvironment
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.git_pin import GitSource
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import (
     JobKey,
     JobSpec,
@@ -358,7 +359,7 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
         spec = replace(spec, working_dir=working_dir)
         batch_script = self.render(spec, cluster)
         key = self.job_key(context)
-        job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
+        job = self._submit_once(spec, batch_script, key, cluster)
         while job.job_id is None:
             self.log.info(
                 "%s already runs %s jobs of this provider (max_concurrent_jobs=%s); trying again in %s",
@@ -372,7 +373,7 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
 
                 self.defer(trigger=TimeDeltaTrigger(BUSY_RETRY_DELAY), method_name="submit_again")
             time.sleep(BUSY_RETRY_DELAY.total_seconds())
-            job = asyncio.run(self._submit_once(spec, batch_script, key, cluster))
+            job = self._submit_once(spec, batch_script, key, cluster)
         job_id = job.job_id
         self._job_id, self._cursor_path = job_id, job.cursor_path
         if job.adopted and job.ended:
@@ -394,7 +395,8 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
                 job.state,
             )
         else:
-            self.log.info("Submitted %s job %s on %s (%s)", self.scheduler, job_id, cluster.conn_id, job.state)
+            state = f" ({job.state})" if job.state else ""
+            self.log.info("Submitted %s job %s on %s%s", self.scheduler, job_id, cluster.conn_id, state)
             self.log.info("Batch script:\n%s", self.script_for_log(batch_script))
         self.push_xcom(context, f"{self.scheduler.lower()}_job_id", job_id)
 
@@ -419,12 +421,10 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
             ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
         )
 
-    async def _submit_once(self, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings) -> Submitted:
-        transport = SshTransport(cluster.target)
-        try:
-            return await self.submit(transport, spec, batch_script, key, cluster)
-        finally:
-            await transport.close()
+    def _submit_once(self, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings) -> Submitted:
+        # Over the process's one connection to the cluster: what came before (a Python task's
+        # version probe) and what comes after (results, last lines) reuse it.
+        return on_cluster(cluster.target, lambda transport: self.submit(transport, spec, batch_script, key, cluster))
 
     def submit_again(self, context: Context, event: Any = None) -> str:
         return self.execute(context)
@@ -448,16 +448,12 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
         if not log_path or self.log_tail_lines <= 0:
             return ""
 
-        async def fetch() -> str:
-            transport = SshTransport(self.cluster().target)
-            try:
-                result = await transport.run(f"tail -n {int(self.log_tail_lines)} -- {quote(log_path)} 2>/dev/null\n")
-                return result.text
-            finally:
-                await transport.close()
+        async def fetch(transport: SshTransport) -> str:
+            result = await transport.run(f"tail -n {int(self.log_tail_lines)} -- {quote(log_path)} 2>/dev/null\n")
+            return result.text
 
         try:
-            return asyncio.run(fetch())
+            return on_cluster(self.cluster().target, fetch)
         except Exception as error:  # the failure itself matters more than its last lines
             self.log.warning("could not read the job's last lines: %s", error)
             return ""

@@ -20,13 +20,13 @@ return value or the remote exception with its traceback, then delete what was re
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from airflow.sdk import Context
 
 from airflow_hpc_provider.errors import RemoteCommandError
 from airflow_hpc_provider.hooks.ssh import SshTransport
+from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.base import HpcOperator
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator
@@ -67,35 +67,35 @@ class ClusterPythonJob(RemotePythonCall, SshBatchJobOperator):
     def execute(self, context: Context) -> Any:
         cluster = self.cluster()
         call = self.serialized_call()
-        self.command = asyncio.run(self._prepare(cluster, self.job_key(context), call))
+        key = self.job_key(context)
+        # The probe and the payload go over the connection the submission then uses.
+        self.command = on_cluster(cluster.target, lambda transport: self._prepare(transport, cluster, key, call))
         return super().execute(context)
 
-    async def _prepare(self, cluster: ClusterSettings, key: JobKey, call: SerializedCall) -> str:
-        transport = SshTransport(cluster.target)
-        try:
-            if self.check_python:
-                remote = await probe_remote_python(transport, self.python, self.setup)
-                warnings = check_remote_python(remote, where=transport.target.where, serializer=load_serializer())
-                for warning in warnings:
-                    self.log.warning("%s", warning)
-                self.log.info(
-                    "The job's Python on %s: %s (%s), cloudpickle %s",
-                    cluster.conn_id,
-                    remote.version,
-                    remote.executable,
-                    remote.cloudpickle_version,
-                )
-            body = encode_body(call.data)
-            if body.fits_inline(CLUSTER_INLINE_LIMIT_BYTES):
-                where: InlineBody | FileBody = InlineBody(body)
-                self.log.info("Payload: %d bytes (%s), in the job script", len(body.data), body.compression.value)
-            else:
-                path = cluster_files.payload_path(cluster.log_dir, key)
-                await cluster_io.upload_payload(transport, path, body)
-                where = FileBody(path, body)
-                self.log.info("Payload: %d bytes (%s), stored in %s", len(body.data), body.compression.value, path)
-        finally:
-            await transport.close()
+    async def _prepare(
+        self, transport: SshTransport, cluster: ClusterSettings, key: JobKey, call: SerializedCall
+    ) -> str:
+        if self.check_python:
+            remote = await probe_remote_python(transport, self.python, self.setup)
+            warnings = check_remote_python(remote, where=transport.target.where, serializer=load_serializer())
+            for warning in warnings:
+                self.log.warning("%s", warning)
+            self.log.info(
+                "The job's Python on %s: %s (%s), cloudpickle %s",
+                cluster.conn_id,
+                remote.version,
+                remote.executable,
+                remote.cloudpickle_version,
+            )
+        body = encode_body(call.data)
+        if body.fits_inline(CLUSTER_INLINE_LIMIT_BYTES):
+            where: InlineBody | FileBody = InlineBody(body)
+            self.log.info("Payload: %d bytes (%s), in the job script", len(body.data), body.compression.value)
+        else:
+            path = cluster_files.payload_path(cluster.log_dir, key)
+            await cluster_io.upload_payload(transport, path, body)
+            where = FileBody(path, body)
+            self.log.info("Payload: %d bytes (%s), stored in %s", len(body.data), body.compression.value, path)
         manifest = PayloadManifest.for_call(
             call,
             where,
@@ -117,7 +117,9 @@ class ClusterPythonJob(RemotePythonCall, SshBatchJobOperator):
     # -- after the job ended -----------------------------------------------------------------------
 
     def fetch_result(self, context: Context, job_id: str, *, read: bool) -> tuple[str, bytes | None]:
-        return asyncio.run(self._read_and_clean(context, job_id, read=read))
+        return on_cluster(
+            self.cluster().target, lambda transport: self._read_and_clean(transport, context, job_id, read=read)
+        )
 
     def result_referencer(self, document: ResultDocument) -> Referencer:
         return cluster_files.referencer(document, self.conn_id)
@@ -125,21 +127,19 @@ class ClusterPythonJob(RemotePythonCall, SshBatchJobOperator):
     def job_label(self, job_id: str) -> str:
         return f"{self.scheduler} job {job_id}"
 
-    async def _read_and_clean(self, context: Context, job_id: str, *, read: bool) -> tuple[str, bytes | None]:
+    async def _read_and_clean(
+        self, transport: SshTransport, context: Context, job_id: str, *, read: bool
+    ) -> tuple[str, bytes | None]:
         cluster = self.cluster()
         key = self.job_key(context)
         path = cluster_files.result_path(cluster.log_dir, key, self.scheduler.lower(), job_id)
-        transport = SshTransport(cluster.target)
+        document = await cluster_io.read_result(transport, path) if read else None
         try:
-            document = await cluster_io.read_result(transport, path) if read else None
-            try:
-                await cluster_io.delete_files(
-                    transport,
-                    locations_to_delete(self.cleanup, None, path),
-                    payloads_of=(cluster.log_dir, key) if self.cleanup is CleanupPolicy.DELETE else None,
-                )
-            except RemoteCommandError as error:  # the outcome matters more than the files
-                self.log.warning("could not delete the payload and result of job %s: %s", job_id, error)
-            return path, document
-        finally:
-            await transport.close()
+            await cluster_io.delete_files(
+                transport,
+                locations_to_delete(self.cleanup, None, path),
+                payloads_of=(cluster.log_dir, key) if self.cleanup is CleanupPolicy.DELETE else None,
+            )
+        except RemoteCommandError as error:  # the outcome matters more than the files
+            self.log.warning("could not delete the payload and result of job %s: %s", job_id, error)
+        return path, document

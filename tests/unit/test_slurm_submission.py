@@ -90,6 +90,16 @@ def test_a_first_submission_asks_no_scheduler_about_other_jobs_and_records_the_n
     assert "--open-mode=append" in login.calls("sbatch")[0]
 
 
+def test_a_first_submission_asks_the_scheduler_nothing_but_sbatch(login: Login) -> None:
+    """No record, so nothing to find: no squeue (not even for the new job's state) and no sacct,
+    each a process on the login node and an RPC to slurmctld for every submission."""
+    result = login.submit()
+
+    assert result.returncode == 0, result.stderr
+    assert slurm.parse_submit_output(result.stdout).job_id == "5000"
+    assert (login.calls("squeue"), login.calls("sacct"), len(login.calls("sbatch"))) == ([], [], 1)
+
+
 def test_a_retry_asks_about_the_recorded_jobs_only_and_adopts_the_newest_live_one(login: Login) -> None:
     login.recorded_jobs("4000", "4001")
     login.answer("squeue", "4000|COMPLETED|\n4001|RUNNING|\n")
