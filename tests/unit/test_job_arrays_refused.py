@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs, slurm
-from airflow_hpc_provider.dialects.pbs import RecordedExit, with_recorded_exit
+from airflow_hpc_provider.dialects import pbs, pbs_exits, pbs_qstat, slurm
+from airflow_hpc_provider.dialects.pbs_exits import RecordedExit, with_recorded_exit
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobSpec, JobState, JobStatus
 from airflow_hpc_provider.operators.pbs import PbsOperator
@@ -254,12 +254,12 @@ def test_single_jobs_beside_an_array_are_read_as_before() -> None:
 def test_a_pbs_array_element_whose_script_refused_to_run_fails_saying_why() -> None:
     finished = JobStatus(job_id="70", state=JobState.FAILED, native_state="C", reason="no exit status")
     status = with_recorded_exit(finished, RecordedExit.parse("array"))
-    assert status.state is JobState.FAILED and pbs.is_array_element(status)
+    assert status.state is JobState.FAILED and pbs_exits.is_array_element(status)
     assert "element of a job array" in str(status.reason)
-    assert pbs.parse_exits("70 array\n71 3\n")["70"].array_element
+    assert pbs_exits.parse_exits("70 array\n71 3\n")["70"].array_element
 
 
 def test_the_pbs_script_refuses_to_run_as_an_array_element() -> None:
-    script = pbs.render_script(JobSpec(command="echo ran", job_name="t"), pbs.PbsFlavour.TORQUE, exit_dir="x")
+    script = pbs.render_script(JobSpec(command="echo ran", job_name="t"), pbs_qstat.PbsFlavour.TORQUE, exit_dir="x")
     assert '"${PBS_ARRAYID:-}${PBS_ARRAY_INDEX:-}${SLURM_ARRAY_TASK_ID:-}"' in script
     assert script.index("_airflow_hpc_exit array") < script.index("echo ran")

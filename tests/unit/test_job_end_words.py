@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs, slurm, slurm_tenant
-from airflow_hpc_provider.dialects.pbs import PbsFlavour
+from airflow_hpc_provider.dialects import pbs_exits, pbs_qstat, slurm, slurm_tenant
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.jobs import (
     JobState,
     JobStatus,
@@ -84,7 +84,7 @@ def test_slurm_keeps_code_and_signal_when_no_signal_ended_the_job() -> None:
 
 
 def test_pbs_names_the_signal_of_an_exit_status_above_256() -> None:
-    status = pbs.status_from_attributes("5.srv", {"job_state": "F", "Exit_status": "265"}, PbsFlavour.PBS_PRO)
+    status = pbs_qstat.status_from_attributes("5.srv", {"job_state": "F", "Exit_status": "265"}, PbsFlavour.PBS_PRO)
     assert (
         PbsOperator(task_id="t", command="true").summary(status)
         == "PBS job 5.srv ended FAILED (F) (killed by signal 9 (SIGKILL))"
@@ -93,9 +93,9 @@ def test_pbs_names_the_signal_of_an_exit_status_above_256() -> None:
 
 def test_pbs_names_the_signal_its_script_recorded() -> None:
     finished = JobStatus(job_id="7", state=JobState.FAILED, native_state="C")
-    status = pbs.with_recorded_exit(finished, pbs.RecordedExit.parse("137"))
+    status = pbs_exits.with_recorded_exit(finished, pbs_exits.RecordedExit.parse("137"))
     assert "ended FAILED (C) (killed by signal 9 (SIGKILL))" in PbsOperator(task_id="t", command="true").summary(status)
-    plain = pbs.with_recorded_exit(finished, pbs.RecordedExit.parse("3"))
+    plain = pbs_exits.with_recorded_exit(finished, pbs_exits.RecordedExit.parse("3"))
     assert "ended FAILED (C) (exit 3:0)" in PbsOperator(task_id="t", command="true").summary(plain)
 
 
@@ -172,7 +172,7 @@ def test_a_completed_pbs_job_carries_no_comment_from_its_wait() -> None:
         "Exit_status": "0",
         "comment": "Not Running: Insufficient amount of resource: ncpus",
     }
-    status = pbs.status_from_attributes("5.srv", attributes, PbsFlavour.PBS_PRO)
+    status = pbs_qstat.status_from_attributes("5.srv", attributes, PbsFlavour.PBS_PRO)
     assert status.state is JobState.COMPLETED and status.reason is None
 
 
