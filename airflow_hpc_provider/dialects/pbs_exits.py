@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from airflow_hpc_provider.dialects import remote_shell, slurm
+from airflow_hpc_provider.dialects import remote_shell, slurm_status
 from airflow_hpc_provider.dialects.pbs_qstat import checked_id, short_id
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.jobs import JobState, JobStatus, signal_of_shell_status
@@ -183,9 +183,9 @@ def parse_accounting(text: str) -> dict[str, SlurmRecord]:
         fields = [part.strip() for part in line.split("|")]
         if len(fields) < 4 or not fields[0].isdigit():
             continue
-        code, signal = slurm.parse_exit_code(fields[2])
-        state = slurm.map_state(fields[1].split(" ")[0])
-        records[fields[0]] = SlurmRecord(state, fields[1], code, signal, slurm.parse_elapsed(fields[3]))
+        code, signal = slurm_status.parse_exit_code(fields[2])
+        state = slurm_status.map_state(fields[1].split(" ")[0])
+        records[fields[0]] = SlurmRecord(state, fields[1], code, signal, slurm_status.parse_elapsed(fields[3]))
     return records
 
 

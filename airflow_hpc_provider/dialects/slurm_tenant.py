@@ -27,7 +27,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from airflow_hpc_provider.dialects import remote_shell, slurm
+from airflow_hpc_provider.dialects import remote_shell, slurm, slurm_status
 from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.errors import JobSpecError
@@ -584,7 +584,7 @@ def observe_tenant(
             final=True,
         )
     native, reason = allocation
-    state = slurm.map_state(native, reason)
+    state = slurm_status.map_state(native, reason)
     if not state.is_terminal and started_run is not None and restarts is not None and restarts > started_run:
         return Observation(
             JobStatus(
@@ -604,7 +604,7 @@ def observe_tenant(
         )
     # The allocation ended and the tenant wrote no exit status: it went down with it.
     ended = JobState.FAILED if state is JobState.COMPLETED else state
-    ending_reason = slurm.reason_for(state, reason)
+    ending_reason = slurm_status.reason_for(state, reason)
     why = f"allocation {ref.allocation_id} ended {native}" + (f" ({ending_reason})" if ending_reason else "")
     return Observation(
         JobStatus(job_id=tenant, state=ended, native_state=native, reason=why + " while the tenant ran"),

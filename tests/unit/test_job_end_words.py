@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs_exits, pbs_qstat, slurm, slurm_tenant
+from airflow_hpc_provider.dialects import pbs_exits, pbs_qstat, slurm_status, slurm_tenant
 from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.jobs import (
     JobState,
@@ -71,13 +71,13 @@ def test_a_shell_status_above_128_names_a_signal_up_to_31(code: int, signal: int
 
 
 def test_slurm_names_the_signal_sacct_recorded() -> None:
-    (status,) = slurm.parse_sacct("9|FAILED|0:9|None|00:00:01|vm|\n").values()
+    (status,) = slurm_status.parse_sacct("9|FAILED|0:9|None|00:00:01|vm|\n").values()
     summary = SlurmSubmitOperator(task_id="t", command="true").summary(status)
     assert summary == "Slurm job 9 ended FAILED (killed by signal 9 (SIGKILL)) after 00:00:01, on vm"
 
 
 def test_slurm_keeps_code_and_signal_when_no_signal_ended_the_job() -> None:
-    records = slurm.parse_sacct((FIXTURES / "slurm" / "sacct_mixed.txt").read_text())
+    records = slurm_status.parse_sacct((FIXTURES / "slurm" / "sacct_mixed.txt").read_text())
     op = SlurmSubmitOperator(task_id="t", command="true")
     assert "ended FAILED (exit 3:0)" in op.summary(records["5"])
     assert "ended OUT_OF_MEMORY (exit 0:125)" in op.summary(records["6"])
@@ -134,7 +134,7 @@ def test_ec2_names_a_containers_128_plus_n_as_a_signal() -> None:
 
 
 def test_a_held_then_released_job_has_no_reason_once_completed() -> None:
-    (status,) = slurm.parse_sacct((FIXTURES / "slurm" / "sacct_held_then_released.txt").read_text()).values()
+    (status,) = slurm_status.parse_sacct((FIXTURES / "slurm" / "sacct_held_then_released.txt").read_text()).values()
     assert status.state is JobState.COMPLETED and status.reason is None
     summary = SlurmSubmitOperator(task_id="t", command="true").summary(status)
     assert summary == "Slurm job 35 ended COMPLETED (exit 0:0) after 00:00:02, on vm"
@@ -156,11 +156,11 @@ def test_a_held_then_released_job_has_no_reason_once_completed() -> None:
     ],
 )
 def test_a_slurm_reason_is_kept_only_with_the_state_it_explains(state: JobState, reason: str, kept: str | None) -> None:
-    assert slurm.reason_for(state, reason) == kept
+    assert slurm_status.reason_for(state, reason) == kept
 
 
 def test_squeue_keeps_a_waiting_reason_and_an_ending_one() -> None:
-    statuses = slurm.parse_squeue((FIXTURES / "slurm" / "squeue_mixed.txt").read_text())
+    statuses = slurm_status.parse_squeue((FIXTURES / "slurm" / "squeue_mixed.txt").read_text())
     assert statuses["3"].reason == "JobHeldUser"
     assert statuses["5"].reason == "NonZeroExitCode"
     assert statuses["4"].reason is None
