@@ -21,8 +21,10 @@ from airflow.sdk.exceptions import AirflowTaskTimeout
 from airflow.triggers.base import TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
-from airflow_hpc_provider.dialects import directives, slurm_tenant
-from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
+from airflow_hpc_provider.dialects import directives, slurm_allocation, slurm_tenant
+from airflow_hpc_provider.dialects.slurm_allocation import AllocationFound, AllocationSpec
+from airflow_hpc_provider.dialects.slurm_tenant import TenantSpec
+from airflow_hpc_provider.dialects.slurm_tenant_poll import SlurmTenantDialect
 from airflow_hpc_provider.errors import AllocationError, JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
@@ -114,7 +116,7 @@ class SlurmAllocationOperator(HpcOperator):
     ) -> None:
         super().__init__(**kwargs)
         if "{{" not in reservation:
-            slurm_tenant.check_reservation(reservation)
+            slurm_allocation.check_reservation(reservation)
         self.reservation = reservation
         self.slurm_conn_id = slurm_conn_id
         self.job_resources = build_resources(
@@ -154,7 +156,7 @@ class SlurmAllocationOperator(HpcOperator):
         self.poll_interval = poll_interval
 
     def execute(self, context: Context) -> str:
-        reservation = slurm_tenant.check_reservation(self.reservation)
+        reservation = slurm_allocation.check_reservation(self.reservation)
         hook = SlurmHook(self.slurm_conn_id)
         conn = hook.get_conn()
         target = SshTarget.from_connection(conn)
@@ -250,12 +252,12 @@ class SlurmReleaseOperator(HpcOperator):
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)
         if "{{" not in reservation:
-            slurm_tenant.check_reservation(reservation)
+            slurm_allocation.check_reservation(reservation)
         self.reservation = reservation
         self.slurm_conn_id = slurm_conn_id
 
     def execute(self, context: Context) -> list[str]:
-        reservation = slurm_tenant.check_reservation(self.reservation)
+        reservation = slurm_allocation.check_reservation(self.reservation)
         target = SlurmHook(self.slurm_conn_id).get_target()
         released = _on_cluster(target, lambda t: release_allocation(t, reservation))
         if released.job_ids:
@@ -332,7 +334,7 @@ class SlurmTenantOperator(HpcOperator):
     ) -> None:
         super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
         if "{{" not in reservation:
-            slurm_tenant.check_reservation(reservation)
+            slurm_allocation.check_reservation(reservation)
         if not isinstance(command, str) or not command.strip():
             raise JobSpecError(f"{self.task_id}: command must be a non-empty string")
         if poll_interval is not None and poll_interval <= 0:
@@ -373,7 +375,7 @@ class SlurmTenantOperator(HpcOperator):
         )
 
     def execute(self, context: Context) -> str:
-        reservation = slurm_tenant.check_reservation(self.reservation)
+        reservation = slurm_allocation.check_reservation(self.reservation)
         hook = SlurmHook(self.slurm_conn_id)
         conn = hook.get_conn()
         target = SshTarget.from_connection(conn)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs_exits, pbs_qstat, slurm_status, slurm_tenant
+from airflow_hpc_provider.dialects import pbs_exits, pbs_qstat, slurm_status, slurm_tenant, slurm_tenant_poll
 from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.jobs import (
     JobState,
@@ -101,10 +101,10 @@ def test_pbs_names_the_signal_its_script_recorded() -> None:
 
 def test_a_tenant_names_the_signal_its_shell_reported() -> None:
     ref = slurm_tenant.TenantRef.parse("12:abc:1")
-    seen = slurm_tenant.observe_tenant(ref, "12:abc:1", "137 exited", None)
+    seen = slurm_tenant_poll.observe_tenant(ref, "12:abc:1", "137 exited", None)
     assert seen.status is not None
     assert tenant_summary(seen.status) == "Slurm tenant 12:abc:1 ended FAILED (killed by signal 9 (SIGKILL))"
-    failed = slurm_tenant.observe_tenant(ref, "12:abc:1", "3 exited", None)
+    failed = slurm_tenant_poll.observe_tenant(ref, "12:abc:1", "3 exited", None)
     assert (
         failed.status is not None and tenant_summary(failed.status) == "Slurm tenant 12:abc:1 ended FAILED (exit 3:0)"
     )
@@ -178,9 +178,9 @@ def test_a_completed_pbs_job_carries_no_comment_from_its_wait() -> None:
 
 def test_a_tenant_whose_allocation_ended_keeps_only_the_allocations_ending_reason() -> None:
     ref = slurm_tenant.TenantRef.parse("12:abc:1")
-    held_once = slurm_tenant.observe_tenant(ref, "12:abc:1", None, ("COMPLETED", "JobHeldUser"))
+    held_once = slurm_tenant_poll.observe_tenant(ref, "12:abc:1", None, ("COMPLETED", "JobHeldUser"))
     assert (
         held_once.status is not None and held_once.status.reason == "allocation 12 ended COMPLETED while the tenant ran"
     )
-    timed_out = slurm_tenant.observe_tenant(ref, "12:abc:1", None, ("TIMEOUT", "TimeLimit"))
+    timed_out = slurm_tenant_poll.observe_tenant(ref, "12:abc:1", None, ("TIMEOUT", "TimeLimit"))
     assert timed_out.status is not None and "ended TIMEOUT (TimeLimit)" in str(timed_out.status.reason)
