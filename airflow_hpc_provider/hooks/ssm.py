@@ -33,7 +33,8 @@ from typing import Any
 import asyncssh
 from botocore.exceptions import ClientError
 
-from airflow_hpc_provider.dialects.ec2 import DEFAULT_OS_USER, host_keys_from_console
+from airflow_hpc_provider.dialects.ec2 import DEFAULT_OS_USER
+from airflow_hpc_provider.dialects.ec2_boot import host_keys_from_console
 from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,
