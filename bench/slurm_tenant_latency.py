@@ -22,7 +22,8 @@ import uuid
 from datetime import timedelta
 from pathlib import Path
 
-from airflow_hpc_provider.dialects.slurm_tenant import AllocationSpec, TenantSpec
+from airflow_hpc_provider.dialects.slurm_allocation import AllocationSpec
+from airflow_hpc_provider.dialects.slurm_tenant import TenantSpec
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR, SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
     book_allocation,

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_hpc_provider.config import BUILTIN_LOG_DIR, default_log_dir
-from airflow_hpc_provider.dialects import pbs
-from airflow_hpc_provider.dialects.pbs import PbsFlavour
+from airflow_hpc_provider.dialects import pbs_qstat, pbs_submit
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.errors import ConnectionConfigError
 from airflow_hpc_provider.hooks.probe import SchedulerProbe
 from airflow_hpc_provider.hooks.refusals import PBS_REFUSALS, submission_error
@@ -75,12 +75,12 @@ class PbsProbe(SchedulerProbe):
     commands: tuple[str, ...] = ("qsub", "qstat", "qdel")
 
     def script(self) -> str:
-        return self.commands_check() + pbs.FLAVOUR_PROBE + self.section("queues", "qstat -Q 2>&1")
+        return self.commands_check() + pbs_qstat.FLAVOUR_PROBE + self.section("queues", "qstat -Q 2>&1")
 
     def judge(self, result: CommandResult, where: str) -> tuple[bool, str]:
         sections = self.sections(result.text)
         version_text = sections.get("", "")
-        flavour = pbs.parse_flavour(version_text)
+        flavour = pbs_qstat.parse_flavour(version_text)
         version = next((line.strip() for line in version_text.splitlines() if "pbs_version" in line), "")
         what = f"PBS Pro / OpenPBS ({version})" if flavour is PbsFlavour.PBS_PRO else "Torque-style PBS"
         queues = _queue_names(sections.get("queues", ""))
@@ -101,8 +101,8 @@ def _queue_names(qstat_q: str) -> list[str]:
 
 async def detect_flavour(transport: SshTransport) -> PbsFlavour:
     """Ask the login node which PBS it runs (one round trip), for connections that leave it empty."""
-    result = await transport.run(pbs.FLAVOUR_PROBE)
-    return pbs.parse_flavour(result.text)
+    result = await transport.run(pbs_qstat.FLAVOUR_PROBE)
+    return pbs_qstat.parse_flavour(result.text)
 
 
 async def submit_job(
@@ -114,13 +114,15 @@ async def submit_job(
     key: JobKey,
     log_dir: str,
     env: Mapping[str, str],
-) -> pbs.PbsSubmitOutcome:
+) -> pbs_submit.PbsSubmitOutcome:
     """Adopt the live job of this task instance, or submit a new one: one SSH round trip."""
-    result = await transport.run(pbs.submit_script(spec, batch_script, flavour, key=key, log_dir=log_dir, env=env))
+    result = await transport.run(
+        pbs_submit.submit_script(spec, batch_script, flavour, key=key, log_dir=log_dir, env=env)
+    )
     where = transport.target.where
     if result.exit_status != 0:
         raise submission_error("qsub", where, result.exit_status, result.error_text or result.text, PBS_REFUSALS)
     try:
-        return pbs.parse_submit_output(result.text)
+        return pbs_submit.parse_submit_output(result.text)
     except ValueError as error:
         raise submission_error("qsub", where, result.exit_status, str(error), PBS_REFUSALS) from None

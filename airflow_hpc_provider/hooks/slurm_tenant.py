@@ -9,15 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from airflow_hpc_provider.dialects import slurm_tenant
+from airflow_hpc_provider.dialects import slurm_allocation, slurm_tenant
 from airflow_hpc_provider.dialects.remote_shell import quote
-from airflow_hpc_provider.dialects.slurm_tenant import (
-    AllocationFound,
-    AllocationSpec,
-    LaunchOutcome,
-    Released,
-    TenantSpec,
-)
+from airflow_hpc_provider.dialects.slurm_allocation import AllocationFound, AllocationSpec, Released
+from airflow_hpc_provider.dialects.slurm_tenant import LaunchOutcome, TenantSpec
 from airflow_hpc_provider.errors import AllocationError, RemoteCommandError, SubmissionError
 from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.jobs import JobKey, claim_marker
@@ -32,11 +27,11 @@ def rebook_hint(reservation: str) -> str:
 
 
 async def book_allocation(transport: SshTransport, spec: AllocationSpec, *, log_dir: str) -> AllocationFound:
-    result = await transport.run(slurm_tenant.book_script(spec, log_dir=log_dir))
+    result = await transport.run(slurm_allocation.book_script(spec, log_dir=log_dir))
     if result.exit_status != 0:
         raise SubmissionError("sbatch", transport.target.where, result.exit_status, result.error_text or result.text)
     try:
-        found = slurm_tenant.parse_book_output(result.text)
+        found = slurm_allocation.parse_book_output(result.text)
     except ValueError as error:
         raise SubmissionError("sbatch", transport.target.where, result.exit_status, str(error)) from None
     if not found.ours:
@@ -51,19 +46,19 @@ async def book_allocation(transport: SshTransport, spec: AllocationSpec, *, log_
 
 
 async def find_allocation(transport: SshTransport, reservation: str) -> AllocationFound:
-    result = await transport.run(slurm_tenant.find_script(reservation))
+    result = await transport.run(slurm_allocation.find_script(reservation))
     if result.exit_status != 0:
         raise RemoteCommandError("squeue", transport.target.where, result.exit_status, result.error_text or result.text)
-    return slurm_tenant.parse_find_output(result.text)
+    return slurm_allocation.parse_find_output(result.text)
 
 
 async def release_allocation(transport: SshTransport, reservation: str) -> Released:
-    result = await transport.run(slurm_tenant.release_script(reservation))
+    result = await transport.run(slurm_allocation.release_script(reservation))
     if result.exit_status != 0:
         raise RemoteCommandError(
             "scancel", transport.target.where, result.exit_status, result.error_text or result.text
         )
-    return slurm_tenant.parse_release_output(result.text)
+    return slurm_allocation.parse_release_output(result.text)
 
 
 async def launch_tenant(
@@ -99,7 +94,7 @@ async def launch_tenant(
         found = (
             "was not booked by this provider"
             if outcome.word == "NOTOURS"
-            else f"has no tmux server on socket {slurm_tenant.socket_name(outcome.allocation_id or '')} "
+            else f"has no tmux server on socket {slurm_allocation.socket_name(outcome.allocation_id or '')} "
             f"(tmux said: {outcome.detail!r})"
         )
         raise AllocationError(

@@ -8,7 +8,7 @@ For every SSH connection :class:`SsmTransport`
    connection (the preferred way: no local port), or ``AWS-StartPortForwardingSession`` to a free port
    on 127.0.0.1 (the fallback, for hosts whose SSM document set lacks the SSH one),
 4. verifies the instance's host key against keys pinned earlier or read from the instance's serial
-   console (:func:`~airflow_hpc_provider.dialects.ec2.host_keys_from_console`), or, only when
+   console (:func:`~airflow_hpc_provider.dialects.ec2_boot.host_keys_from_console`), or, only when
    ``host_key_check="off"`` is set in so many words, skips that check with a warning on every connect.
 
 The session command is spawned here, not through asyncssh's ``proxy_command=``: it is the same pipe,
@@ -33,7 +33,8 @@ from typing import Any
 import asyncssh
 from botocore.exceptions import ClientError
 
-from airflow_hpc_provider.dialects.ec2 import DEFAULT_OS_USER, host_keys_from_console
+from airflow_hpc_provider.dialects.ec2 import DEFAULT_OS_USER
+from airflow_hpc_provider.dialects.ec2_boot import host_keys_from_console
 from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,

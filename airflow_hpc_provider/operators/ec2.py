@@ -22,7 +22,7 @@ from airflow.sdk import BaseOperator, Context, conf
 from airflow.triggers.base import TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
-from airflow_hpc_provider.dialects import ec2
+from airflow_hpc_provider.dialects import ec2, ec2_boot
 from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,
@@ -338,8 +338,8 @@ class Ec2EphemeralOperator(LayeredEnvOperator):
                     f"{settings.max_instances}: not launching another"
                 )
         run_dir = ec2.run_dir_for(settings.work_dir, key)
-        user_data = ec2.render_user_data(
-            ec2.RunnerSpec(
+        user_data = ec2_boot.render_user_data(
+            ec2_boot.RunnerSpec(
                 image=ec2.check_image(self.image),
                 run_dir=run_dir,
                 os_user=settings.os_user,
@@ -351,7 +351,7 @@ class Ec2EphemeralOperator(LayeredEnvOperator):
                 container_name=f"airflow-hpc-{key.task_digest}",
             )
         )
-        ec2.check_user_data_size(user_data)
+        ec2_boot.check_user_data_size(user_data)
         owner = ec2.TaskTags(
             dag_id=ti.dag_id,
             task_id=ti.task_id,

@@ -9,8 +9,9 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.triggers.base import TriggerEvent
 
-from airflow_hpc_provider.dialects import directives, pbs
-from airflow_hpc_provider.dialects.pbs import PbsDialect, PbsFlavour
+from airflow_hpc_provider.dialects import directives, pbs, pbs_exits
+from airflow_hpc_provider.dialects.pbs import PbsDialect
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.pbs import PbsClusterDefaults, PbsHook, detect_flavour, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
@@ -178,7 +179,10 @@ class PbsOperator(SshBatchJobOperator):
         # The flavour may still be unknown here: render again in submit() once it is.
         return self.checked_script(
             pbs.render_script(
-                spec, self._flavour or PbsFlavour.TORQUE, script=self.script, exit_dir=pbs.exit_dir(cluster.log_dir)
+                spec,
+                self._flavour or PbsFlavour.TORQUE,
+                script=self.script,
+                exit_dir=pbs_exits.exit_dir(cluster.log_dir),
             )
         )
 
@@ -213,7 +217,7 @@ class PbsOperator(SshBatchJobOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
         payload = event.payload if isinstance(event, TriggerEvent) else event
         status = payload.get("status")
-        if status is not None and pbs.is_array_element(JobStatus.from_dict(status)):
+        if status is not None and pbs_exits.is_array_element(JobStatus.from_dict(status)):
             # The Slurm-backed wrappers name an array's elements like single jobs; the element
             # watched recorded what it was. The others get the same refusal from their own script,
             # but may still queue: delete the array (cancelling the element cancels them all).

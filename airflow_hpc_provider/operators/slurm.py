@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import Context
 from airflow.triggers.base import TriggerEvent
 
-from airflow_hpc_provider.dialects import directives, slurm
+from airflow_hpc_provider.dialects import directives, slurm, slurm_status
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
 from airflow_hpc_provider.dialects.slurm_resubmit import SignalBeforeTimeout
 from airflow_hpc_provider.errors import JobSpecError
@@ -207,7 +207,7 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
         payload = event.payload if isinstance(event, TriggerEvent) else event
         status = payload.get("status")
-        if status is not None and slurm.is_multi_job(JobStatus.from_dict(status)):
+        if status is not None and slurm_status.is_multi_job(JobStatus.from_dict(status)):
             # It became many jobs, none of which this task can follow: cancel what it started.
             self.log.error("Slurm job %s is a job array: cancelling it", payload.get("job_id"))
             self.stop_from_a_fresh_thread(str(payload["job_id"]), StopCause.REFUSED)

@@ -21,8 +21,10 @@ from airflow.sdk import Context
 from airflow.triggers.base import TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
-from airflow_hpc_provider.dialects import directives, slurm_tenant
-from airflow_hpc_provider.dialects.slurm_tenant import AllocationFound, AllocationSpec, SlurmTenantDialect, TenantSpec
+from airflow_hpc_provider.dialects import directives, slurm_allocation, slurm_tenant
+from airflow_hpc_provider.dialects.slurm_allocation import AllocationFound, AllocationSpec
+from airflow_hpc_provider.dialects.slurm_tenant import TenantSpec
+from airflow_hpc_provider.dialects.slurm_tenant_poll import SlurmTenantDialect
 from airflow_hpc_provider.errors import AllocationError, JobSpecError
 from airflow_hpc_provider.git_pin import GitSource
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
@@ -111,7 +113,7 @@ class SlurmAllocationOperator(HpcOperator):
     ) -> None:
         super().__init__(**kwargs)
         if "{{" not in reservation:
-            slurm_tenant.check_reservation(reservation)
+            slurm_allocation.check_reservation(reservation)
         self.reservation = reservation
         self.slurm_conn_id = slurm_conn_id
         self.job_resources = build_resources(
@@ -151,7 +153,7 @@ class SlurmAllocationOperator(HpcOperator):
         self.poll_interval = poll_interval
 
     def execute(self, context: Context) -> str:
-        reservation = slurm_tenant.check_reservation(self.reservation)
+        reservation = slurm_allocation.check_reservation(self.reservation)
         hook = SlurmHook(self.slurm_conn_id)
         conn = hook.get_conn()
         target = SshTarget.from_connection(conn)
@@ -247,12 +249,12 @@ class SlurmReleaseOperator(HpcOperator):
         kwargs.setdefault("trigger_rule", "all_done")
         super().__init__(**kwargs)
         if "{{" not in reservation:
-            slurm_tenant.check_reservation(reservation)
+            slurm_allocation.check_reservation(reservation)
         self.reservation = reservation
         self.slurm_conn_id = slurm_conn_id
 
     def execute(self, context: Context) -> list[str]:
-        reservation = slurm_tenant.check_reservation(self.reservation)
+        reservation = slurm_allocation.check_reservation(self.reservation)
         target = SlurmHook(self.slurm_conn_id).get_target()
         released = _on_cluster(target, lambda t: release_allocation(t, reservation))
         if released.job_ids:
@@ -342,7 +344,7 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
         super().__init__(deferrable=deferrable, skip_on_exit_code=skip_on_exit_code, **kwargs)
         self.git_source = GitSource.parse(git, self.task_id)  # docs/git_pinned.rst
         if "{{" not in reservation:
-            slurm_tenant.check_reservation(reservation)
+            slurm_allocation.check_reservation(reservation)
         if not isinstance(command, str) or not command.strip():
             raise JobSpecError(f"{self.task_id}: command must be a non-empty string")
         if poll_interval is not None and poll_interval <= 0:
@@ -388,7 +390,7 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
         )
 
     def execute(self, context: Context) -> str:
-        reservation = slurm_tenant.check_reservation(self.reservation)
+        reservation = slurm_allocation.check_reservation(self.reservation)
         hook = SlurmHook(self.slurm_conn_id)
         conn = hook.get_conn()
         target = SshTarget.from_connection(conn)

@@ -17,7 +17,8 @@ import airflow_hpc_provider.aws_extra  # noqa: F401  (names the extra to install
 from airflow_hpc_provider.errors import SetupError
 from airflow_hpc_provider.setup import plan
 from airflow_hpc_provider.setup.access import AwsAccess, open_access
-from airflow_hpc_provider.setup.batch import DEFAULT_IMAGE, BatchOptions, BatchSetup, parse_ids
+from airflow_hpc_provider.setup.batch import BatchSetup
+from airflow_hpc_provider.setup.batch_options import DEFAULT_IMAGE, BatchOptions, parse_ids
 from airflow_hpc_provider.setup.ec2 import Ec2Options, Ec2Setup
 from airflow_hpc_provider.setup.naming import SetupNames, check_name
 from airflow_hpc_provider.setup.network import resolve_network

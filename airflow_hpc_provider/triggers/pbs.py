@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_hpc_provider.dialects.pbs import PbsDialect, PbsFlavour
+from airflow_hpc_provider.dialects.pbs import PbsDialect
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from airflow_hpc_provider.dialects.slurm_tenant import SlurmTenantDialect, TenantRef
+from airflow_hpc_provider.dialects.slurm_tenant import TenantRef
+from airflow_hpc_provider.dialects.slurm_tenant_poll import SlurmTenantDialect
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import WatchedJob
 from airflow_hpc_provider.triggers.base import HpcTrigger

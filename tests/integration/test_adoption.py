@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs, slurm, slurm_tenant
-from airflow_hpc_provider.dialects.pbs import PbsFlavour
+from airflow_hpc_provider.dialects import pbs, pbs_exits, pbs_submit, slurm, slurm_tenant
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.dialects.slurm_tenant import TenantSpec
 from airflow_hpc_provider.hooks import pbs as pbs_hook
 from airflow_hpc_provider.hooks import slurm as slurm_hook
@@ -133,10 +133,10 @@ async def test_a_slurm_job_cancelled_on_purpose_is_never_adopted(slurm_connectio
 # --- PBS (the Torque-compatible wrappers) -------------------------------------------------------
 
 
-async def submit_pbs(key: JobKey, command: str) -> pbs.PbsSubmitOutcome:
+async def submit_pbs(key: JobKey, command: str) -> pbs_submit.PbsSubmitOutcome:
     spec = JobSpec(command=command, job_name="adoption-test")
     log_dir = pbs_hook.DEFAULT_LOG_DIR
-    script = pbs.render_script(spec, PbsFlavour.TORQUE, exit_dir=pbs.exit_dir(log_dir))
+    script = pbs.render_script(spec, PbsFlavour.TORQUE, exit_dir=pbs_exits.exit_dir(log_dir))
     transport = SshTransport(PbsHook("pbs_local").get_target())
     try:
         return await pbs_hook.submit_job(transport, spec, script, PbsFlavour.TORQUE, key=key, log_dir=log_dir, env={})

@@ -16,8 +16,8 @@ import uuid
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs
-from airflow_hpc_provider.dialects.pbs import PbsFlavour
+from airflow_hpc_provider.dialects import pbs, pbs_exits
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.errors import JobFailedError
 from airflow_hpc_provider.hooks.pbs import DEFAULT_LOG_DIR, PbsHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTransport
@@ -39,7 +39,7 @@ def pbs_connection(cluster_env: dict[str, str], monkeypatch: pytest.MonkeyPatch)
 async def submit(conn_id: str, spec: JobSpec, *, script: str | None = None) -> PbsJobTrigger:
     """Render and submit as PbsOperator does (the script records its end); return the trigger."""
     key = JobKey.for_task_instance("pbs_job_ends", "job", uuid.uuid4().hex, -1, 1)
-    batch = pbs.render_script(spec, PbsFlavour.TORQUE, script=script, exit_dir=pbs.exit_dir(DEFAULT_LOG_DIR))
+    batch = pbs.render_script(spec, PbsFlavour.TORQUE, script=script, exit_dir=pbs_exits.exit_dir(DEFAULT_LOG_DIR))
     transport = SshTransport(PbsHook(conn_id).get_target())
     try:
         outcome = await submit_job(transport, spec, batch, PbsFlavour.TORQUE, key=key, log_dir=DEFAULT_LOG_DIR, env={})

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs
-from airflow_hpc_provider.dialects.pbs import PbsFlavour
+from airflow_hpc_provider.dialects import pbs, pbs_exits
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.hooks.pbs import DEFAULT_LOG_DIR, PbsHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec
@@ -91,7 +91,7 @@ async def test_marking_a_pbs_task_failed_deletes_its_job_through_on_kill(cluster
     monkeypatch.setenv("AIRFLOW_CONN_PBS_LOCAL", cluster_env["AIRFLOW_CONN_PBS_LOCAL"])
     key = JobKey.for_task_instance("pbs_tests", "job", uuid.uuid4().hex, -1, 1)
     spec = JobSpec(command='echo "started"; sleep 300', job_name="pbs-kill")
-    script = pbs.render_script(spec, PbsFlavour.TORQUE, exit_dir=pbs.exit_dir(DEFAULT_LOG_DIR))
+    script = pbs.render_script(spec, PbsFlavour.TORQUE, exit_dir=pbs_exits.exit_dir(DEFAULT_LOG_DIR))
     transport = SshTransport(PbsHook("pbs_local").get_target())
     try:
         outcome = await submit_job(transport, spec, script, PbsFlavour.TORQUE, key=key, log_dir=DEFAULT_LOG_DIR, env={})

@@ -16,8 +16,9 @@ from datetime import timedelta
 
 import pytest
 
-from airflow_hpc_provider.dialects import slurm_tenant
-from airflow_hpc_provider.dialects.slurm_tenant import AllocationSpec, TenantSpec
+from airflow_hpc_provider.dialects import slurm_allocation, slurm_tenant
+from airflow_hpc_provider.dialects.slurm_allocation import AllocationSpec
+from airflow_hpc_provider.dialects.slurm_tenant import TenantSpec
 from airflow_hpc_provider.errors import AllocationError
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR, SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
@@ -276,7 +277,7 @@ async def test_an_allocation_whose_tmux_server_died_is_refused_with_how_to_reboo
         # The server is the batch step's main process, so killing it would end the job too; removing
         # its socket leaves a running allocation that no tmux client can reach.
         cluster.ssh(
-            f"srun --jobid={job_id} --overlap sh -c 'rm -f /tmp/tmux-$(id -u)/{slurm_tenant.socket_name(job_id)}'"
+            f"srun --jobid={job_id} --overlap sh -c 'rm -f /tmp/tmux-$(id -u)/{slurm_allocation.socket_name(job_id)}'"
         )
         with pytest.raises(AllocationError) as raised:
             await launch_tenant(

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import pytest
 
-from airflow_hpc_provider.dialects.slurm_tenant import AllocationSpec
+from airflow_hpc_provider.dialects.slurm_allocation import AllocationSpec
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR
 from airflow_hpc_provider.hooks.slurm_tenant import book_allocation, find_allocation
 from airflow_hpc_provider.jobs import JobSpec, Resources

@@ -9,7 +9,7 @@ from importlib import resources
 import pytest
 import yaml
 
-from airflow_hpc_provider.dialects import ec2
+from airflow_hpc_provider.dialects import ec2, ec2_boot
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.hooks.ec2 import CONTROLLER_ACTIONS
 from airflow_hpc_provider.jobs import JobKey, JobState
@@ -69,10 +69,10 @@ def test_host_keys_come_from_our_marker_lines_before_cloud_init_block() -> None:
         "-----END SSH HOST KEY KEYS-----\n"
         f"AIRFLOW_HPC_HOST_KEY {ours}\nAIRFLOW_HPC_HOST_KEY {ours}\nAIRFLOW_HPC_HOST_KEY not a key\n"
     )
-    assert ec2.host_keys_from_console(console) == (ours,)
+    assert ec2_boot.host_keys_from_console(console) == (ours,)
     block_only = console.split("AIRFLOW_HPC_HOST_KEY")[0]
-    assert ec2.host_keys_from_console(block_only) == ("ecdsa-sha2-nistp256 AAAAE2VjZHNh",)
-    assert ec2.host_keys_from_console("nothing here") == ()
+    assert ec2_boot.host_keys_from_console(block_only) == ("ecdsa-sha2-nistp256 AAAAE2VjZHNh",)
+    assert ec2_boot.host_keys_from_console("nothing here") == ()
 
 
 def test_the_reaper_keeps_young_and_live_instances_and_names_why_it_takes_the_rest() -> None:
@@ -88,7 +88,7 @@ def test_the_reaper_keeps_young_and_live_instances_and_names_why_it_takes_the_re
 
 
 def test_user_data_is_quoted_carries_no_payload_and_respects_the_size_limit() -> None:
-    spec = ec2.RunnerSpec(
+    spec = ec2_boot.RunnerSpec(
         image="repo/img:1",
         run_dir="/var/lib/x y",
         os_user="ec2-user",
@@ -97,14 +97,14 @@ def test_user_data_is_quoted_carries_no_payload_and_respects_the_size_limit() ->
         startup_timeout_s=600,
         idle_slack_s=600,
     )
-    text = ec2.render_user_data(spec)
+    text = ec2_boot.render_user_data(spec)
     assert "W='/var/lib/x y'" in text and "\nset -x" not in text and "set -o xtrace" not in text
     assert "timeout -k" in text and "--init" in text and "poweroff" in text
-    ec2.check_user_data_size(text)
+    ec2_boot.check_user_data_size(text)
     with pytest.raises(JobSpecError, match="at most 16384"):
-        ec2.check_user_data_size(text + "#" * ec2.USER_DATA_LIMIT_BYTES)
+        ec2_boot.check_user_data_size(text + "#" * ec2_boot.USER_DATA_LIMIT_BYTES)
     with pytest.raises(JobSpecError, match="not a container image"):
-        ec2.render_user_data(ec2.RunnerSpec(**{**spec.__dict__, "image": "img; rm -rf /"}))
+        ec2_boot.render_user_data(ec2_boot.RunnerSpec(**{**spec.__dict__, "image": "img; rm -rf /"}))
 
 
 def test_the_shipped_controller_policies_grant_exactly_the_calls_the_hooks_make() -> None:

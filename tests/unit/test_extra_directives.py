@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs, sge
+from airflow_hpc_provider.dialects import pbs, pbs_qstat, sge
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobSpec
 
 RENDERERS: dict[str, Callable[[JobSpec], list[str]]] = {
-    "pbs": lambda spec: pbs.resource_options(spec, pbs.PbsFlavour.TORQUE),
+    "pbs": lambda spec: pbs.resource_options(spec, pbs_qstat.PbsFlavour.TORQUE),
     "sge": lambda spec: sge.resource_options(spec),
 }
 

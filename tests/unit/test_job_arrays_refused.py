@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs, slurm
-from airflow_hpc_provider.dialects.pbs import RecordedExit, with_recorded_exit
+from airflow_hpc_provider.dialects import pbs, pbs_exits, pbs_qstat, slurm, slurm_status
+from airflow_hpc_provider.dialects.pbs_exits import RecordedExit, with_recorded_exit
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobSpec, JobState, JobStatus
 from airflow_hpc_provider.operators.pbs import PbsOperator
@@ -223,20 +223,20 @@ def test_a_running_slurm_array_fails_at_once_naming_its_elements_not_on_one_elem
     # Element 3 has the array's own raw id (284): watched alone, its end was the task's.
     seen = slurm_poll("squeue_array_running.txt", ["284"])["284"]
     assert seen.final and seen.status is not None
-    assert seen.status.state is JobState.FAILED and slurm.is_multi_job(seen.status)
+    assert seen.status.state is JobState.FAILED and slurm_status.is_multi_job(seen.status)
     assert "Slurm job 284 is 284_1 RUNNING, 284_2 RUNNING, 284_3 RUNNING" in str(seen.status.reason)
 
 
 def test_an_element_watched_by_its_own_raw_id_fails_too() -> None:
     # A retry's adoption search sees squeue's raw ids: element 1 of array 284 is job 285.
     seen = slurm_poll("squeue_array_running.txt", ["285"])["285"]
-    assert seen.final and seen.status is not None and slurm.is_multi_job(seen.status)
+    assert seen.final and seen.status is not None and slurm_status.is_multi_job(seen.status)
     assert "Slurm job 285 is 284_1 RUNNING" in str(seen.status.reason)
 
 
 def test_a_pending_slurm_array_fails_at_once_too() -> None:
     seen = slurm_poll("squeue_array_pending.txt", ["288"])["288"]
-    assert seen.final and seen.status is not None and slurm.is_multi_job(seen.status)
+    assert seen.final and seen.status is not None and slurm_status.is_multi_job(seen.status)
     assert "288_[1-3] PENDING" in str(seen.status.reason)
 
 
@@ -254,12 +254,12 @@ def test_single_jobs_beside_an_array_are_read_as_before() -> None:
 def test_a_pbs_array_element_whose_script_refused_to_run_fails_saying_why() -> None:
     finished = JobStatus(job_id="70", state=JobState.FAILED, native_state="C", reason="no exit status")
     status = with_recorded_exit(finished, RecordedExit.parse("array"))
-    assert status.state is JobState.FAILED and pbs.is_array_element(status)
+    assert status.state is JobState.FAILED and pbs_exits.is_array_element(status)
     assert "element of a job array" in str(status.reason)
-    assert pbs.parse_exits("70 array\n71 3\n")["70"].array_element
+    assert pbs_exits.parse_exits("70 array\n71 3\n")["70"].array_element
 
 
 def test_the_pbs_script_refuses_to_run_as_an_array_element() -> None:
-    script = pbs.render_script(JobSpec(command="echo ran", job_name="t"), pbs.PbsFlavour.TORQUE, exit_dir="x")
+    script = pbs.render_script(JobSpec(command="echo ran", job_name="t"), pbs_qstat.PbsFlavour.TORQUE, exit_dir="x")
     assert '"${PBS_ARRAYID:-}${PBS_ARRAY_INDEX:-}${SLURM_ARRAY_TASK_ID:-}"' in script
     assert script.index("_airflow_hpc_exit array") < script.index("echo ran")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs, slurm, slurm_tenant
-from airflow_hpc_provider.dialects.pbs import PbsFlavour
+from airflow_hpc_provider.dialects import pbs_exits, pbs_qstat, slurm_status, slurm_tenant, slurm_tenant_poll
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.jobs import (
     JobState,
     JobStatus,
@@ -73,20 +73,20 @@ def test_a_shell_status_above_128_names_a_signal_up_to_31(code: int, signal: int
 
 
 def test_slurm_names_the_signal_sacct_recorded() -> None:
-    (status,) = slurm.parse_sacct("9|FAILED|0:9|None|00:00:01|vm|\n").values()
+    (status,) = slurm_status.parse_sacct("9|FAILED|0:9|None|00:00:01|vm|\n").values()
     summary = SlurmSubmitOperator(task_id="t", command="true").summary(status)
     assert summary == "Slurm job 9 ended FAILED (killed by signal 9 (SIGKILL)) after 00:00:01, on vm"
 
 
 def test_slurm_keeps_code_and_signal_when_no_signal_ended_the_job() -> None:
-    records = slurm.parse_sacct((FIXTURES / "slurm" / "sacct_mixed.txt").read_text())
+    records = slurm_status.parse_sacct((FIXTURES / "slurm" / "sacct_mixed.txt").read_text())
     op = SlurmSubmitOperator(task_id="t", command="true")
     assert "ended FAILED (exit 3:0)" in op.summary(records["5"])
     assert "ended OUT_OF_MEMORY (exit 0:125)" in op.summary(records["6"])
 
 
 def test_pbs_names_the_signal_of_an_exit_status_above_256() -> None:
-    status = pbs.status_from_attributes("5.srv", {"job_state": "F", "Exit_status": "265"}, PbsFlavour.PBS_PRO)
+    status = pbs_qstat.status_from_attributes("5.srv", {"job_state": "F", "Exit_status": "265"}, PbsFlavour.PBS_PRO)
     assert (
         PbsOperator(task_id="t", command="true").summary(status)
         == "PBS job 5.srv ended FAILED (F) (killed by signal 9 (SIGKILL))"
@@ -95,9 +95,9 @@ def test_pbs_names_the_signal_of_an_exit_status_above_256() -> None:
 
 def test_pbs_names_the_signal_its_script_recorded() -> None:
     finished = JobStatus(job_id="7", state=JobState.FAILED, native_state="C")
-    status = pbs.with_recorded_exit(finished, pbs.RecordedExit.parse("137"))
+    status = pbs_exits.with_recorded_exit(finished, pbs_exits.RecordedExit.parse("137"))
     assert "ended FAILED (C) (killed by signal 9 (SIGKILL))" in PbsOperator(task_id="t", command="true").summary(status)
-    plain = pbs.with_recorded_exit(finished, pbs.RecordedExit.parse("3"))
+    plain = pbs_exits.with_recorded_exit(finished, pbs_exits.RecordedExit.parse("3"))
     assert "ended FAILED (C) (exit 3:0)" in PbsOperator(task_id="t", command="true").summary(plain)
 
 
@@ -111,10 +111,10 @@ def batch_summary(status: JobStatus) -> str:
 
 def test_a_tenant_names_the_signal_its_shell_reported() -> None:
     ref = slurm_tenant.TenantRef.parse("12:abc:1")
-    seen = slurm_tenant.observe_tenant(ref, "12:abc:1", "137 exited", None)
+    seen = slurm_tenant_poll.observe_tenant(ref, "12:abc:1", "137 exited", None)
     assert seen.status is not None
     assert tenant_summary(seen.status) == "Slurm tenant 12:abc:1 ended FAILED (killed by signal 9 (SIGKILL))"
-    failed = slurm_tenant.observe_tenant(ref, "12:abc:1", "3 exited", None)
+    failed = slurm_tenant_poll.observe_tenant(ref, "12:abc:1", "3 exited", None)
     assert (
         failed.status is not None and tenant_summary(failed.status) == "Slurm tenant 12:abc:1 ended FAILED (exit 3:0)"
     )
@@ -142,7 +142,7 @@ def test_ec2_names_a_containers_128_plus_n_as_a_signal() -> None:
 
 
 def test_a_held_then_released_job_has_no_reason_once_completed() -> None:
-    (status,) = slurm.parse_sacct((FIXTURES / "slurm" / "sacct_held_then_released.txt").read_text()).values()
+    (status,) = slurm_status.parse_sacct((FIXTURES / "slurm" / "sacct_held_then_released.txt").read_text()).values()
     assert status.state is JobState.COMPLETED and status.reason is None
     summary = SlurmSubmitOperator(task_id="t", command="true").summary(status)
     assert summary == "Slurm job 35 ended COMPLETED (exit 0:0) after 00:00:02, on vm"
@@ -164,11 +164,11 @@ def test_a_held_then_released_job_has_no_reason_once_completed() -> None:
     ],
 )
 def test_a_slurm_reason_is_kept_only_with_the_state_it_explains(state: JobState, reason: str, kept: str | None) -> None:
-    assert slurm.reason_for(state, reason) == kept
+    assert slurm_status.reason_for(state, reason) == kept
 
 
 def test_squeue_keeps_a_waiting_reason_and_an_ending_one() -> None:
-    statuses = slurm.parse_squeue((FIXTURES / "slurm" / "squeue_mixed.txt").read_text())
+    statuses = slurm_status.parse_squeue((FIXTURES / "slurm" / "squeue_mixed.txt").read_text())
     assert statuses["3"].reason == "JobHeldUser"
     assert statuses["5"].reason == "NonZeroExitCode"
     assert statuses["4"].reason is None
@@ -180,17 +180,17 @@ def test_a_completed_pbs_job_carries_no_comment_from_its_wait() -> None:
         "Exit_status": "0",
         "comment": "Not Running: Insufficient amount of resource: ncpus",
     }
-    status = pbs.status_from_attributes("5.srv", attributes, PbsFlavour.PBS_PRO)
+    status = pbs_qstat.status_from_attributes("5.srv", attributes, PbsFlavour.PBS_PRO)
     assert status.state is JobState.COMPLETED and status.reason is None
 
 
 def test_a_tenant_whose_allocation_ended_keeps_only_the_allocations_ending_reason() -> None:
     ref = slurm_tenant.TenantRef.parse("12:abc:1")
-    held_once = slurm_tenant.observe_tenant(ref, "12:abc:1", None, ("COMPLETED", "JobHeldUser"))
+    held_once = slurm_tenant_poll.observe_tenant(ref, "12:abc:1", None, ("COMPLETED", "JobHeldUser"))
     assert (
         held_once.status is not None and held_once.status.reason == "allocation 12 ended COMPLETED while the tenant ran"
     )
-    timed_out = slurm_tenant.observe_tenant(ref, "12:abc:1", None, ("TIMEOUT", "TimeLimit"))
+    timed_out = slurm_tenant_poll.observe_tenant(ref, "12:abc:1", None, ("TIMEOUT", "TimeLimit"))
     assert timed_out.status is not None and "ended TIMEOUT (TimeLimit)" in str(timed_out.status.reason)
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import pbs, remote_shell
-from airflow_hpc_provider.dialects.pbs import PbsFlavour
+from airflow_hpc_provider.dialects import pbs, pbs_qstat, pbs_submit, remote_shell
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, Resources
 
@@ -120,7 +120,7 @@ def test_the_job_name_carries_the_task_digest_and_try_in_characters_no_shell_rea
 def test_the_pbs_pro_submit_script_passes_env_names_only_and_writes_the_script_to_a_file():
     spec = JobSpec(command="echo hi", job_name="etl", env_names=("DATA_URL",))
     script = pbs.render_script(spec, PbsFlavour.PBS_PRO)
-    submit = pbs.submit_script(
+    submit = pbs_submit.submit_script(
         spec, script, PbsFlavour.PBS_PRO, key=KEY, log_dir="airflow-logs", env={"DATA_URL": "s3://bucket/x"}
     )
     assert normalised(submit) == golden("submit_pbs_pro.golden")
@@ -129,7 +129,7 @@ def test_the_pbs_pro_submit_script_passes_env_names_only_and_writes_the_script_t
 def test_the_torque_submit_script_exports_the_whole_environment_with_dash_capital_v():
     spec = JobSpec(command="echo hi", job_name="etl", env_names=("DATA_URL",))
     script = pbs.render_script(spec, PbsFlavour.TORQUE)
-    submit = pbs.submit_script(
+    submit = pbs_submit.submit_script(
         spec, script, PbsFlavour.TORQUE, key=KEY, log_dir="/scratch/airflow", env={"DATA_URL": "s3://bucket/x"}
     )
     assert normalised(submit) == golden("submit_torque.golden")
@@ -140,34 +140,34 @@ def test_the_torque_submit_script_exports_the_whole_environment_with_dash_capita
 def test_a_log_dir_the_wrappers_shell_would_misread_is_refused():
     spec = JobSpec(command="x", job_name="x")
     with pytest.raises(ConnectionConfigError, match="log directory"):
-        pbs.submit_script(spec, "#!/bin/sh\n", PbsFlavour.TORQUE, key=KEY, log_dir="logs; rm -rf ~", env={})
+        pbs_submit.submit_script(spec, "#!/bin/sh\n", PbsFlavour.TORQUE, key=KEY, log_dir="logs; rm -rf ~", env={})
 
 
 def test_a_recorded_fresh_submission_on_the_wrapper_yields_its_bare_id():
-    outcome = pbs.parse_submit_output(golden("torque_submit_fresh.out"))
+    outcome = pbs_submit.parse_submit_output(golden("torque_submit_fresh.out"))
     assert (outcome.job_id, outcome.adopted, outcome.state, outcome.try_number) == ("14", False, "Q", 1)
     assert "-S is ignored" in golden("torque_submit_fresh.err")
 
 
 def test_a_recorded_second_run_adopts_the_live_job_instead_of_submitting_again():
-    outcome = pbs.parse_submit_output(golden("torque_submit_adopted.out"))
+    outcome = pbs_submit.parse_submit_output(golden("torque_submit_adopted.out"))
     assert (outcome.job_id, outcome.adopted, outcome.state) == ("14", True, "R")
     assert pbs.log_path("logs", RECORDED_KEY.task_digest, outcome.try_number) == ("logs/9e9d6ae961e6cad81a88-try1.log")
 
 
 def test_a_recorded_second_submission_reads_as_a_new_job_not_an_adopted_one():
-    outcome = pbs.parse_submit_output(golden("torque_submit_after_finish.out"))
+    outcome = pbs_submit.parse_submit_output(golden("torque_submit_after_finish.out"))
     assert (outcome.job_id, outcome.adopted, outcome.ended) == ("16", False, False)
 
 
 def test_an_adopted_job_in_a_finished_state_is_told_apart_from_a_live_one():
-    assert pbs.parse_submit_output("ADOPTED 14 1\nSTATE C\n").ended
-    assert not pbs.parse_submit_output("ADOPTED 14 1\nSTATE R\n").ended
+    assert pbs_submit.parse_submit_output("ADOPTED 14 1\nSTATE C\n").ended
+    assert not pbs_submit.parse_submit_output("ADOPTED 14 1\nSTATE R\n").ended
 
 
 def test_submit_output_without_an_id_is_an_error_not_a_guess():
     with pytest.raises(ValueError, match="no job id"):
-        pbs.parse_submit_output("SUBMITTED There was an error running the Slurm sbatch command. 1\n")
+        pbs_submit.parse_submit_output("SUBMITTED There was an error running the Slurm sbatch command. 1\n")
 
 
 def test_cancel_is_one_qdel_for_all_ids_and_refuses_what_is_not_a_job_id():
@@ -235,9 +235,9 @@ def test_nasty_env_values_and_job_names_arrive_verbatim_and_execute_nothing(tmp_
         command="echo \"$QUOTES\" '$(touch PWNED_CMD)'", job_name='x"; touch PWNED_NAME; `id`', env_names=tuple(NASTY)
     )
     batch = pbs.render_script(spec, flavour)
-    result = run_submit(tmp_path, pbs.submit_script(spec, batch, flavour, key=KEY, log_dir="logs", env=NASTY))
+    result = run_submit(tmp_path, pbs_submit.submit_script(spec, batch, flavour, key=KEY, log_dir="logs", env=NASTY))
     assert result.returncode == 0, result.stderr
-    outcome = pbs.parse_submit_output(result.stdout)
+    outcome = pbs_submit.parse_submit_output(result.stdout)
     assert (outcome.job_id, outcome.adopted, outcome.try_number) == ("777.server", False, 2)
 
     record = tmp_path / "record"
@@ -268,7 +268,7 @@ def record_jobs(tmp_path: Path, log_dir: str, digest: str, *lines: str) -> None:
 def test_a_retry_asks_qstat_about_the_recorded_jobs_only_and_adopts_the_newest_live_one(tmp_path):
     key = RECORDED_KEY
     record_jobs(tmp_path, "logs", key.task_digest, "15 1", "14 1")
-    script = pbs.submit_script(
+    script = pbs_submit.submit_script(
         JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={}
     )
     result = run_submit(tmp_path, script, qstat_output=FIXTURES / "torque_qstat_f_running_and_held.txt")
@@ -283,7 +283,7 @@ def test_a_recorded_job_a_trigger_watched_is_never_adopted(tmp_path):
     key = RECORDED_KEY
     record_jobs(tmp_path, "logs", key.task_digest, "14 1")
     (tmp_path / "home" / "logs" / f"{key.task_digest}-try1.cursor.watched").write_text("")
-    script = pbs.submit_script(
+    script = pbs_submit.submit_script(
         JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={}
     )
     result = run_submit(tmp_path, script, qstat_output=FIXTURES / "torque_qstat_f_running_and_held.txt")
@@ -298,20 +298,20 @@ def test_a_finished_job_qstat_forgot_is_adopted_when_its_script_recorded_how_it_
     record_jobs(tmp_path, "logs", key.task_digest, "21 1")
     (tmp_path / "home" / "logs" / "exit").mkdir()
     (tmp_path / "home" / "logs" / "exit" / "21").write_text("3\n")
-    script = pbs.submit_script(
+    script = pbs_submit.submit_script(
         JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={}
     )
     result = run_submit(tmp_path, script)  # qstat knows nothing: exit 153
     assert result.returncode == 0, result.stderr
     assert result.stdout == "ADOPTED 21 1\nSTATE F\n"
-    assert pbs.parse_submit_output(result.stdout).ended
+    assert pbs_submit.parse_submit_output(result.stdout).ended
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
 def test_a_job_gone_without_a_trace_is_submitted_again_and_recorded_before_its_id_is_printed(tmp_path):
     key = RECORDED_KEY
     record_jobs(tmp_path, "logs", key.task_digest, "21 1")
-    script = pbs.submit_script(
+    script = pbs_submit.submit_script(
         JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.TORQUE, key=key, log_dir="logs", env={}
     )
     result = run_submit(tmp_path, script)
@@ -324,7 +324,7 @@ def test_a_job_gone_without_a_trace_is_submitted_again_and_recorded_before_its_i
 def test_a_failing_qstat_stops_the_submission_instead_of_risking_a_duplicate(tmp_path):
     record_jobs(tmp_path, "logs", KEY.task_digest, "14 2")
     spec = JobSpec(command="x", job_name="x")
-    script = pbs.submit_script(spec, "#!/bin/sh\n", PbsFlavour.PBS_PRO, key=KEY, log_dir="logs", env={})
+    script = pbs_submit.submit_script(spec, "#!/bin/sh\n", PbsFlavour.PBS_PRO, key=KEY, log_dir="logs", env={})
     result = run_submit(tmp_path, script, qstat_fails=True)
     assert result.returncode == 1
     assert "qstat exited 2" in result.stderr
@@ -333,7 +333,7 @@ def test_a_failing_qstat_stops_the_submission_instead_of_risking_a_duplicate(tmp
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
 def test_a_first_submission_asks_qstat_nothing(tmp_path):
-    script = pbs.submit_script(
+    script = pbs_submit.submit_script(
         JobSpec(command="x", job_name="x"), "#!/bin/sh\n", PbsFlavour.PBS_PRO, key=KEY, log_dir="logs", env={}
     )
     result = run_submit(tmp_path, script)
@@ -344,16 +344,16 @@ def test_a_first_submission_asks_qstat_nothing(tmp_path):
 # --- polling: the Torque wrapper, recorded ------------------------------------------------------
 
 
-def poll(fixture: str, token: str, ids: list[str], flavour: PbsFlavour = PbsFlavour.TORQUE) -> pbs.PbsPoll:
+def poll(fixture: str, token: str, ids: list[str], flavour: PbsFlavour = PbsFlavour.TORQUE) -> pbs_qstat.PbsPoll:
     framed = remote_shell.parse_framed(fixture_bytes(fixture), token)
-    return pbs.parse_poll(framed.sections, ids, flavour)
+    return pbs_qstat.parse_poll(framed.sections, ids, flavour)
 
 
 def test_the_poll_is_one_qstat_for_all_ids_with_stderr_kept_apart():
-    script = pbs.poll_script("T", ["12", "13.srv"], [], PbsFlavour.PBS_PRO)
+    script = pbs_qstat.poll_script("T", ["12", "13.srv"], [], PbsFlavour.PBS_PRO)
     assert len(re.findall(r"\bqstat -", script)) == 1
     assert "qstat -x -f -F json 12 13.srv" in script
-    assert "qstat -f 12 13.srv" in pbs.poll_script("T", ["12", "13.srv"], [], PbsFlavour.TORQUE)
+    assert "qstat -f 12 13.srv" in pbs_qstat.poll_script("T", ["12", "13.srv"], [], PbsFlavour.TORQUE)
 
 
 def test_recorded_running_and_held_jobs_are_running_and_pending_and_the_unknown_id_is_absent():
@@ -394,7 +394,7 @@ def test_a_recorded_poll_of_only_unknown_ids_reports_them_absent_without_an_erro
 
 
 def test_real_torque_exit_statuses_map_walltime_memory_and_qdel():
-    statuses = pbs.parse_qstat_full(golden("torque_qstat_f_handwritten.txt"), PbsFlavour.TORQUE)
+    statuses = pbs_qstat.parse_qstat_full(golden("torque_qstat_f_handwritten.txt"), PbsFlavour.TORQUE)
     done = statuses["212.head.cluster"]
     assert (done.state, done.exit_code, done.nodes) == (JobState.COMPLETED, 0, "n01,n02")
     assert done.elapsed == timedelta(minutes=1, seconds=5)
@@ -412,7 +412,7 @@ def test_real_torque_exit_statuses_map_walltime_memory_and_qdel():
 
 
 def pbs_pro_statuses() -> dict[str, JobStatus]:
-    return pbs.parse_qstat_json(golden("pbspro_qstat_x_f_json.json"), PbsFlavour.PBS_PRO)
+    return pbs_qstat.parse_qstat_json(golden("pbspro_qstat_x_f_json.json"), PbsFlavour.PBS_PRO)
 
 
 def test_pbs_pro_running_job_shows_its_hosts_use_and_no_exit_code():
@@ -449,8 +449,8 @@ def test_pbs_pro_states_and_exit_statuses_map_onto_shared_states(job_id, state, 
 
 
 def test_minus_eleven_is_a_rerun_on_pbs_pro_but_a_walltime_kill_on_torque():
-    pro, _, _ = pbs.map_state("F", -11, None, PbsFlavour.PBS_PRO)
-    torque, _, _ = pbs.map_state("C", -11, None, PbsFlavour.TORQUE)
+    pro, _, _ = pbs_qstat.map_state("F", -11, None, PbsFlavour.PBS_PRO)
+    torque, _, _ = pbs_qstat.map_state("C", -11, None, PbsFlavour.TORQUE)
     assert (pro, torque) == (JobState.FAILED, JobState.TIMEOUT)
 
 
@@ -459,7 +459,9 @@ def test_a_pbs_pro_poll_matches_ids_and_lists_the_ones_qstat_does_not_know():
         "qstat": (153, golden("pbspro_qstat_x_f_json.json")),
         "qstat_stderr": (0, "qstat: Unknown Job Id 4199.pbsserver"),
     }
-    result = pbs.parse_poll(sections, ["4101.pbsserver", "4110[].pbsserver", "4199.pbsserver"], PbsFlavour.PBS_PRO)
+    result = pbs_qstat.parse_poll(
+        sections, ["4101.pbsserver", "4110[].pbsserver", "4199.pbsserver"], PbsFlavour.PBS_PRO
+    )
     assert set(result.statuses) == {"4101.pbsserver", "4110[].pbsserver"}
     assert result.unknown_ids == ("4199.pbsserver",)
     assert result.errors == ()
@@ -467,41 +469,41 @@ def test_a_pbs_pro_poll_matches_ids_and_lists_the_ones_qstat_does_not_know():
 
 def test_an_id_without_its_server_suffix_still_finds_its_job():
     sections = {"qstat": (0, golden("pbspro_qstat_x_f_json.json")), "qstat_stderr": (0, "")}
-    result = pbs.parse_poll(sections, ["4107"], PbsFlavour.PBS_PRO)
+    result = pbs_qstat.parse_poll(sections, ["4107"], PbsFlavour.PBS_PRO)
     assert result.statuses["4107"].job_id == "4107"
     assert result.statuses["4107"].exit_code == 3
 
 
 def test_unreadable_json_is_an_error_and_says_nothing_about_any_job():
     sections = {"qstat": (0, '{"Jobs": {"1.s": {"job_state": "F", "Exit_status": 0'), "qstat_stderr": (0, "")}
-    result = pbs.parse_poll(sections, ["1.s"], PbsFlavour.PBS_PRO)
+    result = pbs_qstat.parse_poll(sections, ["1.s"], PbsFlavour.PBS_PRO)
     assert result.statuses == {}
     assert result.errors and "not readable" in result.errors[0]
 
 
 def test_json_with_a_raw_tab_inside_a_string_is_still_read():
     text = '{"Jobs": {"1.s": {"job_state": "F", "Exit_status": 0, "comment": "a\tb"}}}'
-    assert pbs.parse_qstat_json(text)["1.s"].state is JobState.COMPLETED
+    assert pbs_qstat.parse_qstat_json(text)["1.s"].state is JobState.COMPLETED
 
 
 def test_a_server_failure_is_reported_as_an_error():
     stderr = "Connection refused\nqstat: cannot connect to server pbs1"
     sections = {"qstat": (2, ""), "qstat_stderr": (0, stderr)}
-    result = pbs.parse_poll(sections, ["1.pbs1"], PbsFlavour.PBS_PRO)
+    result = pbs_qstat.parse_poll(sections, ["1.pbs1"], PbsFlavour.PBS_PRO)
     assert result.statuses == {}
     assert any("cannot connect" in error for error in result.errors)
     assert any("exited 2" in error for error in result.errors)
 
 
 def test_the_pbs_pro_text_form_parses_like_the_json_form():
-    statuses = pbs.parse_qstat_full(golden("pbspro_qstat_x_f.txt"), PbsFlavour.PBS_PRO)
+    statuses = pbs_qstat.parse_qstat_full(golden("pbspro_qstat_x_f.txt"), PbsFlavour.PBS_PRO)
     assert statuses["4101.pbsserver"].state is JobState.RUNNING
     assert statuses["4101.pbsserver"].reason == ("Job run at Fri Nov 20 at 09:12 on (cn017:ncpus=4:mem=4194304kb)")
     assert statuses["4104.pbsserver"].state is JobState.COMPLETED
 
 
 def test_the_recorded_wrapper_text_has_tab_indented_attributes_and_no_exit_status():
-    statuses = pbs.parse_qstat_full(golden("torque_qstat_f_running_and_held.txt"))
+    statuses = pbs_qstat.parse_qstat_full(golden("torque_qstat_f_running_and_held.txt"))
     assert statuses["14"].state is JobState.RUNNING
     assert statuses["15"].native_state == "Q"
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow_hpc_provider.dialects.pbs import PbsDialect, PbsFlavour, with_recorded_exit
+from airflow_hpc_provider.dialects.pbs import PbsDialect
+from airflow_hpc_provider.dialects.pbs_exits import with_recorded_exit
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.dialects.remote_shell import parse_framed
 from airflow_hpc_provider.jobs import JobState, JobStatus
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from airflow_hpc_provider.dialects import pbs
-from airflow_hpc_provider.dialects.pbs import PbsDialect, PbsFlavour
+from airflow_hpc_provider.dialects.pbs import PbsDialect
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.jobs import JobSpec, JobState
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "pbs"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import slurm
+from airflow_hpc_provider.dialects import slurm, slurm_status
 from airflow_hpc_provider.dialects.remote_shell import parse_framed
 from airflow_hpc_provider.jobs import JobSpec, JobState, JobStatus
 from airflow_hpc_provider.resources import build_resources
@@ -150,7 +150,7 @@ def test_a_sub_minute_limit_never_renders_as_zero_which_slurm_reads_as_no_limit(
 
 
 def test_a_held_job_is_reported_held_not_pending() -> None:
-    assert slurm.parse_squeue(recorded("squeue_held.txt")) == {
+    assert slurm_status.parse_squeue(recorded("squeue_held.txt")) == {
         "3": JobStatus(
             job_id="3",
             state=JobState.HELD,
@@ -165,7 +165,7 @@ def test_a_held_job_is_reported_held_not_pending() -> None:
 
 
 def test_a_job_waiting_for_resources_is_pending_and_a_running_job_names_its_node() -> None:
-    statuses = slurm.parse_squeue(recorded("squeue_pending_and_running.txt"))
+    statuses = slurm_status.parse_squeue(recorded("squeue_pending_and_running.txt"))
 
     assert statuses["5"] == JobStatus(
         job_id="5", state=JobState.PENDING, native_state="PENDING", reason="Resources", elapsed=timedelta(0)
@@ -183,7 +183,7 @@ def test_a_job_waiting_for_resources_is_pending_and_a_running_job_names_its_node
 
 
 def test_a_running_job_has_no_exit_code_even_though_squeue_prints_zero() -> None:
-    status = slurm.parse_squeue(recorded("squeue_running.txt"))["2"]
+    status = slurm_status.parse_squeue(recorded("squeue_running.txt"))["2"]
 
     assert status.state is JobState.RUNNING
     assert status.exit_code is None
@@ -193,7 +193,7 @@ def test_a_running_job_has_no_exit_code_even_though_squeue_prints_zero() -> None
 
 def test_squeue_decodes_its_raw_wait_status_into_the_exit_code_sacct_would_show() -> None:
     # squeue printed 768 for 'exit 3', 253 for the OOM kill, 15 for SIGTERM (cancel, time limit).
-    statuses = slurm.parse_squeue(recorded("squeue_mixed.txt"))
+    statuses = slurm_status.parse_squeue(recorded("squeue_mixed.txt"))
 
     seen = {job_id: (s.state, s.exit_code, s.signal) for job_id, s in statuses.items()}
     assert seen == {
@@ -207,11 +207,11 @@ def test_squeue_decodes_its_raw_wait_status_into_the_exit_code_sacct_would_show(
 
 
 def test_an_id_squeue_does_not_know_is_simply_absent_from_its_answer() -> None:
-    assert "99999" not in slurm.parse_squeue(recorded("squeue_mixed.txt"))
+    assert "99999" not in slurm_status.parse_squeue(recorded("squeue_mixed.txt"))
 
 
 def test_each_single_job_recording_parses_to_the_same_status_as_in_the_mixed_recording() -> None:
-    mixed = slurm.parse_squeue(recorded("squeue_mixed.txt"))
+    mixed = slurm_status.parse_squeue(recorded("squeue_mixed.txt"))
 
     for name, job_id in [
         ("squeue_completed.txt", "4"),
@@ -220,11 +220,11 @@ def test_each_single_job_recording_parses_to_the_same_status_as_in_the_mixed_rec
         ("squeue_cancelled.txt", "7"),
         ("squeue_timeout.txt", "2"),
     ]:
-        assert slurm.parse_squeue(recorded(name)) == {job_id: mixed[job_id]}
+        assert slurm_status.parse_squeue(recorded(name)) == {job_id: mixed[job_id]}
 
 
 def test_a_failed_job_in_squeue_keeps_slurms_reason() -> None:
-    status = slurm.parse_squeue(recorded("squeue_failed_exit3.txt"))["5"]
+    status = slurm_status.parse_squeue(recorded("squeue_failed_exit3.txt"))["5"]
 
     assert status == JobStatus(
         job_id="5",
@@ -239,7 +239,7 @@ def test_a_failed_job_in_squeue_keeps_slurms_reason() -> None:
 
 
 def test_a_job_completing_after_its_time_limit_is_not_yet_terminal() -> None:
-    status = slurm.parse_squeue(recorded("squeue_completing.txt"))["2"]
+    status = slurm_status.parse_squeue(recorded("squeue_completing.txt"))["2"]
 
     assert status.state is JobState.COMPLETING
     assert not status.state.is_terminal
@@ -249,15 +249,15 @@ def test_a_job_completing_after_its_time_limit_is_not_yet_terminal() -> None:
 
 def test_squeue_with_several_unknown_ids_prints_nothing_and_that_means_no_statuses() -> None:
     assert recorded("squeue_unknown_ids_several.txt") == ""
-    assert slurm.parse_squeue(recorded("squeue_unknown_ids_several.txt")) == {}
+    assert slurm_status.parse_squeue(recorded("squeue_unknown_ids_several.txt")) == {}
 
 
 def test_squeues_error_message_for_an_unknown_id_is_not_mistaken_for_a_job() -> None:
-    assert slurm.parse_squeue(recorded("squeue_unknown_id_single.txt")) == {}
+    assert slurm_status.parse_squeue(recorded("squeue_unknown_id_single.txt")) == {}
 
 
 def test_a_native_state_this_provider_does_not_know_is_unknown_and_not_terminal() -> None:
-    status = slurm.parse_squeue("42|WARPING|None|vm|0|0:07|\n")["42"]
+    status = slurm_status.parse_squeue("42|WARPING|None|vm|0|0:07|\n")["42"]
 
     assert status.state is JobState.UNKNOWN
     assert status.native_state == "WARPING"
@@ -265,14 +265,14 @@ def test_a_native_state_this_provider_does_not_know_is_unknown_and_not_terminal(
 
 
 def test_short_or_blank_squeue_lines_are_skipped() -> None:
-    assert slurm.parse_squeue("\n  \n7|RUNNING|None\n|RUNNING|None|vm|0|0:01|\n") == {}
+    assert slurm_status.parse_squeue("\n  \n7|RUNNING|None\n|RUNNING|None|vm|0|0:01|\n") == {}
 
 
 # --- parse_sacct on recorded output ----------------------------------------------------------------
 
 
 def test_a_completed_job_has_exit_code_zero_and_its_batch_steps_peak_memory() -> None:
-    assert slurm.parse_sacct(recorded("sacct_completed.txt")) == {
+    assert slurm_status.parse_sacct(recorded("sacct_completed.txt")) == {
         "4": JobStatus(
             job_id="4",
             state=JobState.COMPLETED,
@@ -288,7 +288,7 @@ def test_a_completed_job_has_exit_code_zero_and_its_batch_steps_peak_memory() ->
 
 
 def test_a_job_that_exited_3_is_failed_with_exit_code_3() -> None:
-    assert slurm.parse_sacct(recorded("sacct_failed_exit3.txt")) == {
+    assert slurm_status.parse_sacct(recorded("sacct_failed_exit3.txt")) == {
         "5": JobStatus(
             job_id="5",
             state=JobState.FAILED,
@@ -304,7 +304,7 @@ def test_a_job_that_exited_3_is_failed_with_exit_code_3() -> None:
 
 
 def test_cancelled_by_a_uid_is_cancelled_and_keeps_the_native_words() -> None:
-    status = slurm.parse_sacct(recorded("sacct_cancelled.txt"))["7"]
+    status = slurm_status.parse_sacct(recorded("sacct_cancelled.txt"))["7"]
 
     assert status == JobStatus(
         job_id="7",
@@ -321,7 +321,7 @@ def test_cancelled_by_a_uid_is_cancelled_and_keeps_the_native_words() -> None:
 
 
 def test_an_oom_killed_job_is_out_of_memory_with_exit_0_and_signal_125_as_recorded() -> None:
-    assert slurm.parse_sacct(recorded("sacct_out_of_memory.txt")) == {
+    assert slurm_status.parse_sacct(recorded("sacct_out_of_memory.txt")) == {
         "6": JobStatus(
             job_id="6",
             state=JobState.OUT_OF_MEMORY,
@@ -337,7 +337,7 @@ def test_an_oom_killed_job_is_out_of_memory_with_exit_0_and_signal_125_as_record
 
 
 def test_a_timed_out_job_is_timeout_although_its_batch_step_says_cancelled() -> None:
-    status = slurm.parse_sacct(recorded("sacct_timeout.txt"))["2"]
+    status = slurm_status.parse_sacct(recorded("sacct_timeout.txt"))["2"]
 
     assert status == JobStatus(
         job_id="2",
@@ -353,7 +353,7 @@ def test_a_timed_out_job_is_timeout_although_its_batch_step_says_cancelled() -> 
 
 
 def test_a_held_job_in_sacct_is_held_has_no_node_and_no_exit_code() -> None:
-    assert slurm.parse_sacct(recorded("sacct_held.txt")) == {
+    assert slurm_status.parse_sacct(recorded("sacct_held.txt")) == {
         "3": JobStatus(
             job_id="3",
             state=JobState.HELD,
@@ -368,7 +368,7 @@ def test_a_held_job_in_sacct_is_held_has_no_node_and_no_exit_code() -> None:
 
 
 def test_a_running_job_in_sacct_has_no_exit_code_although_sacct_prints_0_0() -> None:
-    status = slurm.parse_sacct(recorded("sacct_running.txt"))["2"]
+    status = slurm_status.parse_sacct(recorded("sacct_running.txt"))["2"]
 
     assert status.state is JobState.RUNNING
     assert (status.exit_code, status.signal) == (None, None)
@@ -376,7 +376,7 @@ def test_a_running_job_in_sacct_has_no_exit_code_although_sacct_prints_0_0() -> 
 
 
 def test_sacct_steps_never_appear_as_jobs_of_their_own() -> None:
-    statuses = slurm.parse_sacct(recorded("sacct_mixed.txt"))
+    statuses = slurm_status.parse_sacct(recorded("sacct_mixed.txt"))
 
     assert sorted(statuses) == ["2", "3", "4", "5", "6", "7"]
     assert {job_id: s.state for job_id, s in statuses.items()} == {
@@ -396,7 +396,7 @@ def test_the_peak_memory_is_the_largest_over_all_steps() -> None:
         "9.0|COMPLETED|0:0||00:00:50|vm|3M\n"
     )
 
-    assert slurm.parse_sacct(text)["9"].max_rss_mb == 3.0
+    assert slurm_status.parse_sacct(text)["9"].max_rss_mb == 3.0
 
 
 # --- parse_poll on recorded framed bytes ------------------------------------------------------------
@@ -404,7 +404,7 @@ def test_the_peak_memory_is_the_largest_over_all_steps() -> None:
 
 def test_a_real_poll_while_jobs_ran_gives_squeue_for_all_and_sacct_for_the_ended_ones() -> None:
     framed = parse_framed(recorded_bytes("poll_output.bin"), POLL_TOKEN)
-    poll = slurm.parse_poll(framed.sections, ["2", "3", "4", "5", "6", "7"])
+    poll = slurm_status.parse_poll(framed.sections, ["2", "3", "4", "5", "6", "7"])
 
     assert poll.errors == ()
     assert poll.accounting_available
@@ -424,7 +424,7 @@ def test_a_real_poll_while_jobs_ran_gives_squeue_for_all_and_sacct_for_the_ended
 
 def test_a_real_poll_after_the_jobs_ended_has_sacct_words_for_each_of_them() -> None:
     framed = parse_framed(recorded_bytes("poll_output_resumed.bin"), POLL_TOKEN)
-    poll = slurm.parse_poll(framed.sections, ["2", "3", "4", "5", "6", "7"])
+    poll = slurm_status.parse_poll(framed.sections, ["2", "3", "4", "5", "6", "7"])
 
     assert poll.observations["7"].accounting is not None
     assert poll.observations["7"].accounting.native_state == "CANCELLED by 1001"
@@ -437,14 +437,14 @@ def test_a_poll_of_an_id_nobody_knows_is_no_error_and_observes_nothing() -> None
     framed = parse_framed(recorded_bytes("poll_output_unknown_id.bin"), "AIRFLOW_HPC_0123456789abcdef")
 
     assert framed.sections["squeue"] == (1, "slurm_load_jobs error: Invalid job id specified")
-    poll = slurm.parse_poll(framed.sections, ["99990"])
+    poll = slurm_status.parse_poll(framed.sections, ["99990"])
 
     assert poll.errors == ()
-    assert poll.observations["99990"] == slurm.SlurmObservation(queue=None, accounting=None)
+    assert poll.observations["99990"] == slurm_status.SlurmObservation(queue=None, accounting=None)
 
 
 def test_a_failing_squeue_is_reported_as_an_error_with_its_output() -> None:
-    poll = slurm.parse_poll(
+    poll = slurm_status.parse_poll(
         {"squeue": (1, "slurm_load_jobs error: Unable to contact slurm controller (connect failure)")}, ["5"]
     )
 
@@ -460,7 +460,7 @@ def test_a_cluster_without_accounting_is_noted_and_not_an_error() -> None:
         "sacct": (1, "sacct: error: Slurm accounting storage is disabled"),
     }
 
-    poll = slurm.parse_poll(sections, ["4"])
+    poll = slurm_status.parse_poll(sections, ["4"])
 
     assert not poll.accounting_available
     assert poll.errors == ()
@@ -468,7 +468,7 @@ def test_a_cluster_without_accounting_is_noted_and_not_an_error() -> None:
 
 
 def test_a_failing_sacct_on_an_accounting_cluster_is_an_error() -> None:
-    poll = slurm.parse_poll({"sacct": (1, "sacct: error: slurmdbd: Connection refused")}, ["4"])
+    poll = slurm_status.parse_poll({"sacct": (1, "sacct: error: slurmdbd: Connection refused")}, ["4"])
 
     assert poll.accounting_available
     assert poll.errors == ("sacct exited 1: 'sacct: error: slurmdbd: Connection refused'",)
@@ -537,7 +537,7 @@ def test_submit_output_without_a_clean_job_id_is_an_error(stdout: str) -> None:
 def test_an_exit_code_field_is_code_and_signal_or_unknown_never_zero(
     text: str, expected: tuple[int | None, int | None]
 ) -> None:
-    assert slurm.parse_exit_code(text) == expected
+    assert slurm_status.parse_exit_code(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -556,7 +556,7 @@ def test_an_exit_code_field_is_code_and_signal_or_unknown_never_zero(
     ],
 )
 def test_an_elapsed_field_in_any_slurm_form_becomes_a_timedelta(text: str, expected: timedelta | None) -> None:
-    assert slurm.parse_elapsed(text) == expected
+    assert slurm_status.parse_elapsed(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -574,7 +574,7 @@ def test_an_elapsed_field_in_any_slurm_form_becomes_a_timedelta(text: str, expec
     ],
 )
 def test_a_maxrss_field_becomes_kibibytes(text: str, expected: float | None) -> None:
-    assert slurm.parse_rss_kb(text) == expected
+    assert slurm_status.parse_rss_kb(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -592,7 +592,7 @@ def test_a_maxrss_field_becomes_kibibytes(text: str, expected: float | None) -> 
     ],
 )
 def test_native_states_map_onto_shared_states(native: str, reason: str | None, expected: JobState) -> None:
-    assert slurm.map_state(native, reason) is expected
+    assert slurm_status.map_state(native, reason) is expected
 
 
 def test_cancel_quotes_every_id() -> None:

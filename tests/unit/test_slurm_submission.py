@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import slurm
+from airflow_hpc_provider.dialects import slurm, slurm_status
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 
 pytestmark = pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
@@ -179,5 +179,5 @@ def test_the_cap_still_counts_every_live_job_of_the_provider(login: Login) -> No
 
 
 def test_a_restart_count_is_read_from_squeues_restartcnt_field() -> None:
-    assert slurm.restart_count("7|RUNNING|None|n1|0|0:05|7|2|") == 2
-    assert slurm.restart_count("7|RUNNING|None|n1|0|0:05|7|") is None
+    assert slurm_status.restart_count("7|RUNNING|None|n1|0|0:05|7|2|") == 2
+    assert slurm_status.restart_count("7|RUNNING|None|n1|0|0:05|7|") is None

@@ -7,14 +7,10 @@ from datetime import timedelta
 
 import pytest
 
-from airflow_hpc_provider.dialects import slurm_tenant
-from airflow_hpc_provider.dialects.slurm_tenant import (
-    AllocationSpec,
-    SlurmTenantDialect,
-    TenantRef,
-    TenantSpec,
-    observe_tenant,
-)
+from airflow_hpc_provider.dialects import slurm_allocation, slurm_tenant
+from airflow_hpc_provider.dialects.slurm_allocation import AllocationSpec
+from airflow_hpc_provider.dialects.slurm_tenant import TenantRef, TenantSpec
+from airflow_hpc_provider.dialects.slurm_tenant_poll import SlurmTenantDialect, observe_tenant
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, Resources
 
@@ -30,7 +26,7 @@ def shell_syntax_ok(script: str) -> None:
 @pytest.mark.parametrize("name", ["", "-x", "a b", "a;b", "$(x)", "a/b", "x" * 101, "é", None, 3])
 def test_a_reservation_name_a_shell_or_a_path_could_misread_is_refused(name: object) -> None:
     with pytest.raises(JobSpecError, match="reservation"):
-        slurm_tenant.check_reservation(name)
+        slurm_allocation.check_reservation(name)
 
 
 def test_a_launch_script_carries_env_values_and_commands_only_inside_quoted_heredocs() -> None:
@@ -64,10 +60,10 @@ def test_a_wrapper_run_for_real_records_exit_code_and_log(tmp_path) -> None:
 
 def test_an_allocation_script_execs_the_tmux_server_unless_it_must_trap_usr1_to_resubmit() -> None:
     job = JobSpec(command="", job_name="pool", resources=Resources(cpus=1, time_limit=timedelta(minutes=5)))
-    plain = slurm_tenant.render_allocation_script(AllocationSpec("pool", job), log_dir=".airflow-hpc/logs")
+    plain = slurm_allocation.render_allocation_script(AllocationSpec("pool", job), log_dir=".airflow-hpc/logs")
     shell_syntax_ok(plain)
     assert plain.rstrip().endswith('exec tmux -L "airflow-hpc-$SLURM_JOB_ID" -f /dev/null -D')
-    persistent = slurm_tenant.render_allocation_script(
+    persistent = slurm_allocation.render_allocation_script(
         AllocationSpec("pool", job, persistent_lead_s=90), log_dir=".airflow-hpc/logs"
     )
     shell_syntax_ok(persistent)
@@ -76,9 +72,9 @@ def test_an_allocation_script_execs_the_tmux_server_unless_it_must_trap_usr1_to_
 
 
 def test_release_cancels_only_jobs_carrying_the_allocation_tag() -> None:
-    script = slurm_tenant.release_script("pool")
+    script = slurm_allocation.release_script("pool")
     shell_syntax_ok(script)
-    released = slurm_tenant.parse_release_output("RELEASED 12\nRELEASED 14\nFOREIGN 13\n")
+    released = slurm_allocation.parse_release_output("RELEASED 12\nRELEASED 14\nFOREIGN 13\n")
     assert released.job_ids == ("12", "14") and released.foreign == ("13",)
 
 

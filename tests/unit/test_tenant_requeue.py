@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from airflow_hpc_provider.dialects.slurm_tenant import TenantFiles, TenantRef, observe_tenant, parse_sentinels
+from airflow_hpc_provider.dialects.slurm_tenant import TenantRef
+from airflow_hpc_provider.dialects.slurm_tenant_poll import TenantFiles, observe_tenant, parse_sentinels
 from airflow_hpc_provider.jobs import JobState
 
 TENANT = "4242:0123456789abcdef0123:2"

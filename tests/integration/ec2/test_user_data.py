@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import ec2
+from airflow_hpc_provider.dialects import ec2, ec2_boot
 from airflow_hpc_provider.jobs import JobState
 from tests.integration.ec2.fake_ec2 import SSH_DIR, StandIns, kill_session, remove_scratch, scratch_dir
 
@@ -26,8 +26,8 @@ def box() -> StandIns:
 
 def boot(box: StandIns, *, limit_s: int = 30, startup_s: int = 30, slack_s: int = 60, image: str = "repo/img:1"):
     run_dir = str(box.root / "run")
-    user_data = ec2.render_user_data(
-        ec2.RunnerSpec(
+    user_data = ec2_boot.render_user_data(
+        ec2_boot.RunnerSpec(
             image=image,
             run_dir=run_dir,
             os_user="root",
