@@ -207,6 +207,7 @@ class HpcOperator(BaseOperator):
     # What stop_job does to a job, as (doing, done): ("cancelling", "cancelled").
     stop_words: ClassVar[tuple[str, str]] = ("cancelling", "cancelled")
     tail_heading: ClassVar[str] = "last lines of the job's output"
+    job_word: ClassVar[str] = "job"  # what the job is called in a sentence: "the tenant was not stopped"
 
     @property
     def job_noun(self) -> str:
@@ -259,31 +260,37 @@ class HpcOperator(BaseOperator):
         outcome: WatchOutcome,
         payload: Mapping[str, Any],
         *,
-        where: str,
+        where: str | None = None,
         owned: bool = True,
         already_stopped: bool = False,
     ) -> str:
         """The end of every task of this provider: the job's id (the task's XCom), or the right exception.
 
-        ``where``: the connection named in messages; ``owned``: False when the task only watches a
-        job it did not submit, which it then never stops; ``already_stopped``: the job is gone
-        whatever happened (an EC2 instance is terminated at the end of every watch)."""
+        ``where``: the connection named in messages (None: the job's id says enough, as Batch's
+        and EC2's do); ``owned``: False when the task only watches a job it did not submit, which
+        it then never stops; ``already_stopped``: the job is gone whatever happened (an EC2
+        instance is terminated at the end of every watch)."""
         what = f"{self.job_noun} {outcome.job_id}"
+        named = what if where is None else f"{what} on {where}"
         doing, done = self.stop_words
         if outcome.kind is Outcome.TIMEOUT:
             if not owned:
-                raise AirflowTaskTimeout(f"{what} on {where}: {outcome.message} (left running)")
-            if not already_stopped:
-                self.log.error("%s passed the task's time limit: %s it", what, doing)
-                error = self.stop_from_a_fresh_thread(outcome.job_id, StopCause.TIME_LIMIT)
-                if error is not None:
-                    raise AirflowTaskTimeout(
-                        f"{what} on {where} passed the task's time limit and could not be {done}: {error}"
-                    )
-            raise AirflowTaskTimeout(f"{what} on {where} was {done}: {outcome.message}")
+                raise AirflowTaskTimeout(f"{named}: {outcome.message} (left running)")
+            if already_stopped:
+                raise AirflowTaskTimeout(f"{named} passed the task's time limit and was {done}")
+            self.log.error("%s passed the task's time limit: %s it", what, doing)
+            error = self.stop_from_a_fresh_thread(outcome.job_id, StopCause.TIME_LIMIT)
+            if error is not None:
+                raise AirflowTaskTimeout(f"{named} passed the task's time limit and could not be {done}: {error}")
+            raise AirflowTaskTimeout(f"{named} was {done}: {outcome.message}")
         if outcome.kind is Outcome.ERROR or outcome.status is None:
-            fate = f"it was {done}" if already_stopped else f"the job was not {done} and may still be running"
-            raise JobFailedError(f"lost track of {what} on {where}: {outcome.message} ({fate})", None)
+            if already_stopped:
+                raise JobFailedError(f"{named}: {outcome.message}; it was {done}", None)
+            raise JobFailedError(
+                f"lost track of {named}: {outcome.message} "
+                f"(the {self.job_word} was not {done} and may still be running)",
+                None,
+            )
         status = outcome.status
         message = self.summary(status)
         self.log.info("%s", message)

@@ -461,7 +461,7 @@ class BatchRevisionOperator(LayeredEnvOperator):
             # This try takes the job's outcome: no later try may adopt it (a trigger also tagged it
             # when it began watching; on the worker, or if that failed, it happens here).
             self._claim(self.batch_hook(), outcome.job_id)
-        return self.finish(outcome, payload, where=self._where(), owned=owned)
+        return self.finish(outcome, payload, owned=owned)
 
     stop_words = ("terminating", "terminated")
 
@@ -473,9 +473,6 @@ class BatchRevisionOperator(LayeredEnvOperator):
         # A container's exit code of 128 + N is Docker's word for "killed by signal N" (137:
         # SIGKILL, often the out-of-memory killer or a stop), so it is named as such.
         return signal_of_shell_status(status.exit_code)
-
-    def _where(self) -> str:
-        return f"connection {self.aws_conn_id}, region {self.region_name or 'default'}"
 
     def _push_log_stream(self, context: Context, job_id: str) -> None:
         """Give the log link its stream once the job has one; a failure here must not fail the task."""

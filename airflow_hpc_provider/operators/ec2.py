@@ -492,7 +492,7 @@ class Ec2EphemeralOperator(LayeredEnvOperator):
         for place in payload.get("archived") or ():
             self.log.info("The whole log of %s is archived at %s", instance_id, place)
         ended = WatchOutcome(outcome.kind, instance_id, outcome.status, outcome.message)
-        return self.finish(ended, payload, where=f"connection {self.aws_conn_id}", already_stopped=True)
+        return self.finish(ended, payload, already_stopped=True)
 
     stop_words = ("terminating", "terminated")
 

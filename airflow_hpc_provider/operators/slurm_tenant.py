@@ -476,6 +476,7 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
 
     stop_words = ("stopping", "stopped")
     tail_heading = "last lines of the tenant's log"
+    job_word = "tenant"
 
     @property
     def job_noun(self) -> str:

@@ -15,10 +15,11 @@ import pytest
 from airflow_hpc_provider.dialects import batch as batch_dialect
 from airflow_hpc_provider.dialects.base import Observation
 from airflow_hpc_provider.dialects.ec2 import Ec2RunnerDialect
-from airflow_hpc_provider.dialects.pbs import PbsDialect, PbsFlavour
+from airflow_hpc_provider.dialects.pbs import PbsDialect
+from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.dialects.sge import SgeDialect
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
-from airflow_hpc_provider.dialects.slurm_tenant import SlurmTenantDialect
+from airflow_hpc_provider.dialects.slurm_tenant_poll import SlurmTenantDialect
 from airflow_hpc_provider.jobs import JobState, JobStatus
 from airflow_hpc_provider.watching import batch, cluster
 from airflow_hpc_provider.watching.events import Notice, StatusChanged, WatchEvent
