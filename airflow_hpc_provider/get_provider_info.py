@@ -194,11 +194,15 @@ def _modules(kind: str, with_aws: bool) -> list[dict[str, Any]]:
     """Which modules hold the operators, hooks or triggers of each integration."""
     table: dict[str, dict[str, list[str]]] = {
         "operators": {
-            "Slurm": ["airflow_hpc_provider.operators.slurm", "airflow_hpc_provider.operators.slurm_tenant"],
+            "Slurm": [
+                "airflow_hpc_provider.operators.slurm",
+                "airflow_hpc_provider.operators.slurm_tenant",
+                "airflow_hpc_provider.operators.slurm_allocation",
+            ],
             "PBS": ["airflow_hpc_provider.operators.pbs"],
             "Grid Engine": ["airflow_hpc_provider.operators.sge"],
             "AWS Batch": ["airflow_hpc_provider.operators.batch"],
-            "Amazon EC2": ["airflow_hpc_provider.operators.ec2"],
+            "Amazon EC2": ["airflow_hpc_provider.operators.ec2", "airflow_hpc_provider.operators.ec2_reaper"],
         },
         "hooks": {
             "Slurm": ["airflow_hpc_provider.hooks.slurm", "airflow_hpc_provider.hooks.slurm_tenant"],

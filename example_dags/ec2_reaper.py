@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
-from airflow_hpc_provider.operators.ec2 import Ec2ReaperOperator
+from airflow_hpc_provider.operators.ec2_reaper import Ec2ReaperOperator
 
 with DAG(
     dag_id="ec2_reaper",

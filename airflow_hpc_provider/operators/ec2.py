@@ -5,37 +5,36 @@ and its sshd answers through the tunnel (start-up timeout) -> deliver the task's
 over the tunnel -> defer; the trigger streams the log, archives it, reads the exit code and terminates
 the instance. Any failure before deferring terminates the instance too.
 
-``Ec2ReaperOperator`` terminates tagged instances whose task instance is no longer running.
+``Ec2ReaperOperator`` (:mod:`.ec2_reaper`, importable from here too) terminates tagged instances
+whose task instance is no longer running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from airflow.sdk import BaseOperator, Context, conf
+from airflow.sdk import Context, conf
 from airflow.triggers.base import TriggerEvent
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.dialects import ec2, ec2_boot
 from airflow_hpc_provider.errors import (
-    ClusterAuthError,
-    ClusterUnreachableError,
     ConnectionConfigError,
     InstanceLimitError,
     JobSpecError,
-    RemoteCommandError,
-    StartupError,
 )
 from airflow_hpc_provider.hooks.ec2 import Ec2InstanceHook, LaunchRequest
-from airflow_hpc_provider.hooks.ssm import SsmTransport, SsmTunnelTarget, find_tools
+from airflow_hpc_provider.hooks.ssm import SsmTunnelTarget, find_tools
 from airflow_hpc_provider.jobs import JobKey, JobStatus, signal_of_shell_status
 from airflow_hpc_provider.operators.base import StopCause, ending_summary
+from airflow_hpc_provider.operators.ec2_reaper import Ec2ReaperOperator
+from airflow_hpc_provider.operators.ec2_startup import Delivery, start_up
 from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator, with_prelude
 from airflow_hpc_provider.resources import check_env_names, parse_time_limit
 from airflow_hpc_provider.triggers.ec2 import Ec2InstanceTrigger
@@ -46,20 +45,6 @@ DEFAULT_POLL_INTERVAL_S = 15.0
 DEFAULT_STARTUP_TIMEOUT = timedelta(minutes=10)
 DEFAULT_IDLE_SLACK = timedelta(minutes=10)
 DEFAULT_KILL_AFTER = timedelta(seconds=30)
-# Auth refusals are retried a few times during start-up: on a fresh instance the Instance Connect
-# hook of sshd can lag behind sshd itself.
-STARTUP_AUTH_ATTEMPTS = 3
-
-
-class _StartupProgress:
-    """The last thing seen go wrong while an instance comes up: what a start-up timeout reports."""
-
-    def __init__(self, instance_id: str) -> None:
-        self.instance_id = instance_id
-        self.last = "nothing: DescribeInstances never answered"
-
-    def saw(self, what: str) -> None:
-        self.last = what
 
 
 @dataclass(frozen=True)
@@ -281,7 +266,8 @@ class Ec2EphemeralOperator(LayeredEnvOperator):
         self._instance_id = instance_id
         self.push_xcom(context, "ec2_instance_id", instance_id)
         try:
-            host_keys = asyncio.run(self._start_up(hook, settings, instance_id, run_dir, script, env))
+            delivery = Delivery(instance_id, run_dir, script, env)
+            host_keys = asyncio.run(self._start_up(hook, settings, delivery))
         except BaseException:
             self.log.error("Start-up of %s failed: terminating it", instance_id)
             self.stop_from_a_fresh_thread(instance_id, StopCause.DONE)
@@ -377,90 +363,20 @@ class Ec2EphemeralOperator(LayeredEnvOperator):
         self.log.info("Launched EC2 instance %s (%s, %s) on %s", instance_id, instance_type, self.image, hook.where())
         return instance_id, run_dir
 
-    async def _start_up(
-        self,
-        hook: Ec2InstanceHook,
-        settings: Ec2Settings,
-        instance_id: str,
-        run_dir: str,
-        script: str,
-        env: Mapping[str, str],
-    ) -> tuple[str, ...]:
-        """Running, sshd reachable, host key verified, task delivered: within the start-up timeout.
+    async def _start_up(self, hook: Ec2InstanceHook, settings: Ec2Settings, delivery: Delivery) -> tuple[str, ...]:
+        """Running, sshd reachable, host key verified, task delivered (ec2_startup.py)."""
 
-        Raises :class:`StartupError` naming the last thing seen go wrong (the instance's state and
-        EC2's reason, the SSM session's own error text, sshd's answer) when the time runs out.
-        """
-        progress = _StartupProgress(instance_id)
-        try:
-            async with asyncio.timeout(self.startup_timeout.total_seconds()):
-                return await self._come_up(hook, settings, instance_id, run_dir, script, env, progress)
-        except TimeoutError:
-            raise StartupError(
-                f"instance {instance_id} was not running with sshd reachable through SSM within "
-                f"{self.startup_timeout}; last seen: {progress.last}; it was terminated"
-            ) from None
-
-    async def _come_up(
-        self,
-        hook: Ec2InstanceHook,
-        settings: Ec2Settings,
-        instance_id: str,
-        run_dir: str,
-        script: str,
-        env: Mapping[str, str],
-        progress: _StartupProgress,
-    ) -> tuple[str, ...]:
-        while True:
-            instance = await asyncio.to_thread(hook.describe, instance_id)
-            reason = f" ({instance.state_reason})" if instance.state_reason else ""
-            if instance.state == "running":
-                break
-            if instance.state != "pending":
-                raise StartupError(
-                    f"instance {instance_id} is {instance.state}{reason}, not starting; it was terminated"
-                )
-            progress.saw(f"the instance is still pending{reason or ' (EC2 gives no reason)'}")
-            await asyncio.sleep(min(5.0, self.poll_interval))
-        self.log.info("EC2 instance %s is running; reaching its sshd through SSM", instance_id)
-        progress.saw("the instance is running; no answer through the SSM tunnel yet")
-        transport = SsmTransport(
-            self._tunnel(
+        def tunnel(availability_zone: str | None) -> SsmTunnelTarget:
+            return self._tunnel(
                 settings,
-                instance_id,
+                delivery.instance_id,
                 host_key_check=settings.host_key_check,
-                availability_zone=instance.availability_zone,
+                availability_zone=availability_zone,
             )
+
+        return await start_up(
+            hook, tunnel, delivery, timeout=self.startup_timeout, poll_interval_s=self.poll_interval, log=self.log
         )
-        try:
-            auth_failures = 0
-            while True:
-                try:
-                    result = await transport.run(ec2.readiness_script(run_dir), timeout_s=60)
-                    if result.text.strip() == "ready":
-                        break
-                    progress.saw("sshd answers, but the boot script has not prepared the instance yet")
-                except ClusterAuthError as error:
-                    progress.saw(str(error))
-                    auth_failures += 1
-                    if auth_failures >= STARTUP_AUTH_ATTEMPTS:
-                        raise
-                except ClusterUnreachableError as error:
-                    progress.saw(str(error))
-                    self.log.info("not reachable yet: %s", error)
-                await asyncio.sleep(min(5.0, self.poll_interval))
-            delivered = await transport.run(ec2.render_payload(run_dir, script, env), timeout_s=120)
-            if delivered.exit_status != 0:
-                raise RemoteCommandError(
-                    "delivering the task", instance_id, delivered.exit_status, delivered.error_text
-                )
-            if delivered.text.strip() == "already":
-                self.log.info("The task was already delivered to %s (an earlier try did it)", instance_id)
-            else:
-                self.log.info("Delivered the task's script and %d env value(s) to %s", len(env), instance_id)
-            return transport.host_keys
-        finally:
-            await transport.close()
 
     def _archive_path(self, context: Context, instance_id: str) -> str:
         ti = context["ti"]
@@ -531,93 +447,4 @@ class Ec2EphemeralOperator(LayeredEnvOperator):
             self.stop_from_a_fresh_thread(self._instance_id, StopCause.KILLED)
 
 
-# --- the reaper -------------------------------------------------------------------------------------
-
-TaskStateLookup = Callable[[ec2.TaskTags], "str | None"]
-
-
-@dataclass(frozen=True)
-class ReapReport:
-    instance_id: str
-    reason: str
-    terminated: bool
-
-
-def airflow_task_state(owner: ec2.TaskTags) -> str | None:
-    """The task instance's state through the Task SDK (the worker's execution API), None if unknown."""
-    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
-
-    states = RuntimeTaskInstance.get_task_states(
-        dag_id=owner.dag_id,
-        task_ids=[owner.task_id],
-        run_ids=[owner.run_id],
-        map_index=None if owner.map_index < 0 else owner.map_index,
-    )
-    run = states.get(owner.run_id) or {}
-    name = owner.task_id if owner.map_index < 0 else f"{owner.task_id}_{owner.map_index}"
-    if name not in run:
-        return None
-    state = run[name]
-    return None if state is None else str(getattr(state, "value", state))
-
-
-class Ec2ReaperOperator(BaseOperator):
-    """Terminate this provider's instances whose task instance is no longer running.
-
-    :param dry_run: only report what would be terminated (default).
-    :param min_age: leave younger instances alone (their task may not have recorded its state yet).
-    :param backend: only instances launched through this connection id (default: any).
-    :param task_state: how to learn a task instance's state; default: Airflow's own, through the Task SDK.
-    """
-
-    def __init__(
-        self,
-        *,
-        aws_conn_id: str | None = "aws_default",
-        region_name: str | None = None,
-        tag_prefix: str = ec2.DEFAULT_TAG_PREFIX,
-        backend: str | None = None,
-        dry_run: bool = True,
-        min_age: timedelta = timedelta(minutes=15),
-        task_state: TaskStateLookup | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.aws_conn_id = aws_conn_id
-        self.region_name = region_name
-        self.tag_prefix = tag_prefix
-        self.backend = backend
-        # BaseOperator already has a dry_run() method: keep the flag under another name.
-        self.report_only = dry_run
-        self.min_age = min_age
-        self.task_state = task_state
-
-    def execute(self, context: Context) -> list[dict[str, Any]]:
-        return [report.__dict__ for report in self.reap()]
-
-    def reap(self) -> list[ReapReport]:
-        hook = Ec2InstanceHook(self.aws_conn_id, self.region_name)
-        lookup = self.task_state or airflow_task_state
-        only = {f"{self.tag_prefix}:backend": self.backend} if self.backend else None
-        now = datetime.now(UTC)
-        reports: list[ReapReport] = []
-        doomed: list[str] = []
-        for instance in hook.tagged(self.tag_prefix, only):
-            owner = ec2.TaskTags.from_tags(instance.tags, self.tag_prefix)
-            candidate = ec2.ReapCandidate(instance.instance_id, instance.state, instance.launched, owner)
-            state = lookup(owner) if owner is not None else None
-            reason = ec2.reap_reason(candidate, state, now, self.min_age)
-            if reason is None:
-                continue
-            verb = "Would terminate" if self.report_only else "Terminating"
-            self.log.info("%s %s (%s): %s", verb, instance.instance_id, instance.state, reason)
-            reports.append(ReapReport(instance.instance_id, reason, terminated=not self.report_only))
-            doomed.append(instance.instance_id)
-        if doomed and not self.report_only:
-            hook.terminate(doomed)
-        self.log.info(
-            "%d orphaned instance(s) %s",
-            len(doomed),
-            "found (dry run: none terminated)" if self.report_only else "terminated",
-        )
-        return reports
+__all__ = ["Ec2EphemeralOperator", "Ec2ReaperOperator", "Ec2Settings"]
