@@ -17,6 +17,7 @@ Facts this relies on (Slurm 22.05, tmux 3.3a, checked on the test cluster):
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -242,9 +243,31 @@ def launch_script(reservation: str, spec: TenantSpec, *, key: JobKey, log_dir: s
     )
 
 
+class LaunchWord(enum.StrEnum):
+    """What the launch script answered (its first word); the value is the word on the wire."""
+
+    STARTED = "STARTED"
+    """A new tmux session runs the tenant in the allocation."""
+    ADOPTED = "ADOPTED"
+    """An earlier try's tenant of this task still runs: it is watched, not started again."""
+    DONE = "DONE"
+    """An earlier try's tenant of this task ended and nobody consumed its outcome: it is taken."""
+    NOALLOC = "NOALLOC"
+    """No allocation of the reservation is queued or running."""
+    NOTRUNNING = "NOTRUNNING"
+    """The reservation's allocation exists but is not running yet."""
+    NOTOURS = "NOTOURS"
+    """The allocation of that name was not booked by this provider: left alone."""
+    NOSERVER = "NOSERVER"
+    """The allocation runs but its tmux server does not answer."""
+
+
+_REFUSALS = frozenset({LaunchWord.NOTRUNNING, LaunchWord.NOTOURS, LaunchWord.NOSERVER})
+
+
 @dataclass(frozen=True)
 class LaunchOutcome:
-    word: str  # STARTED, ADOPTED, DONE, NOALLOC, NOTRUNNING, NOTOURS, NOSERVER
+    word: LaunchWord
     allocation_id: str | None = None
     try_number: int | None = None
     detail: str = ""
@@ -252,17 +275,19 @@ class LaunchOutcome:
 
 def parse_launch_output(stdout: str) -> LaunchOutcome:
     for line in stdout.splitlines():
-        word, _, rest = line.partition(" ")
-        if word == "NOALLOC":
+        text, _, rest = line.partition(" ")
+        if text not in LaunchWord.__members__:
+            continue
+        word = LaunchWord(text)
+        if word is LaunchWord.NOALLOC:
             return LaunchOutcome(word)
-        if word in ("NOTRUNNING", "NOTOURS", "NOSERVER"):
+        if word in _REFUSALS:
             job_id, _, detail = rest.partition(" ")
             return LaunchOutcome(word, allocation_id=job_id, detail=detail.strip())
-        if word in ("STARTED", "ADOPTED", "DONE"):
-            job_id, _, try_text = rest.partition(" ")
-            if not job_id.isdigit() or not try_text.strip().isdigit():
-                raise ValueError(f"unreadable tenant launch answer: {line!r}")
-            return LaunchOutcome(word, allocation_id=job_id, try_number=int(try_text))
+        job_id, _, try_text = rest.partition(" ")
+        if not job_id.isdigit() or not try_text.strip().isdigit():
+            raise ValueError(f"unreadable tenant launch answer: {line!r}")
+        return LaunchOutcome(word, allocation_id=job_id, try_number=int(try_text))
     raise ValueError(f"no answer in the tenant launch's output: {stdout!r}")
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from airflow_hpc_provider.dialects import slurm_allocation, slurm_tenant
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.dialects.slurm_allocation import AllocationFound, AllocationSpec, Released
-from airflow_hpc_provider.dialects.slurm_tenant import LaunchOutcome, TenantSpec
+from airflow_hpc_provider.dialects.slurm_tenant import LaunchOutcome, LaunchWord, TenantSpec
 from airflow_hpc_provider.errors import AllocationError, RemoteCommandError, SubmissionError
 from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.jobs import JobKey, claim_marker
@@ -77,23 +77,23 @@ async def launch_tenant(
         outcome = slurm_tenant.parse_launch_output(result.text)
     except ValueError as error:
         raise SubmissionError("tenant launch (srun + tmux)", where, result.exit_status, str(error)) from None
-    if outcome.word == "NOALLOC":
+    if outcome.word is LaunchWord.NOALLOC:
         raise AllocationError(
             f"reservation {reservation!r} is unknown on {where}: no queued or running job of this user has that "
             f"name; book it first with SlurmAllocationOperator(reservation={reservation!r}, ...)",
             reservation=reservation,
         )
-    if outcome.word == "NOTRUNNING":
+    if outcome.word is LaunchWord.NOTRUNNING:
         raise AllocationError(
             f"reservation {reservation!r} (Slurm job {outcome.allocation_id}) on {where} is not running: "
             f"{outcome.detail or 'state unknown'}; tenants start only in a running allocation",
             reservation=reservation,
             job_id=outcome.allocation_id,
         )
-    if outcome.word in ("NOTOURS", "NOSERVER"):
+    if outcome.word in (LaunchWord.NOTOURS, LaunchWord.NOSERVER):
         found = (
             "was not booked by this provider"
-            if outcome.word == "NOTOURS"
+            if outcome.word is LaunchWord.NOTOURS
             else f"has no tmux server on socket {slurm_allocation.socket_name(outcome.allocation_id or '')} "
             f"(tmux said: {outcome.detail!r})"
         )

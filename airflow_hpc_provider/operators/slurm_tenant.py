@@ -23,7 +23,7 @@ from airflow.triggers.base import TriggerEvent
 
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import directives, slurm_allocation, slurm_tenant
-from airflow_hpc_provider.dialects.slurm_tenant import TenantSpec
+from airflow_hpc_provider.dialects.slurm_tenant import LaunchWord, TenantSpec
 from airflow_hpc_provider.dialects.slurm_tenant_poll import SlurmTenantDialect
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.git_pin import GitSource
@@ -204,9 +204,9 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
         self._tenant_id, self._log_dir = tenant, defaults.log_dir
         self._cursor_path = watched_tenant(tenant, defaults.log_dir).cursor_path
         where = f"allocation {launched.allocation_id} (reservation {reservation!r}) on {self.slurm_conn_id}"
-        if launched.word == "STARTED":
+        if launched.word is LaunchWord.STARTED:
             self.log.info("Started Slurm tenant %s in %s", tenant, where)
-        elif launched.word == "ADOPTED":
+        elif launched.word is LaunchWord.ADOPTED:
             self.log.info(
                 "Adopted Slurm tenant %s in %s: try %s of this task started it", tenant, where, launched.try_number
             )

@@ -80,7 +80,8 @@ def test_release_cancels_only_jobs_carrying_the_allocation_tag() -> None:
 
 def test_launch_answers_are_read_and_anything_else_is_an_error() -> None:
     assert slurm_tenant.parse_launch_output("STARTED 12 2\n").try_number == 2
-    assert slurm_tenant.parse_launch_output("ADOPTED 12 1\n").word == "ADOPTED"
+    assert slurm_tenant.parse_launch_output("ADOPTED 12 1\n").word is slurm_tenant.LaunchWord.ADOPTED
+    assert slurm_tenant.parse_launch_output("srun: warning\nNOALLOC\n").word is slurm_tenant.LaunchWord.NOALLOC
     noserver = slurm_tenant.parse_launch_output("NOSERVER 12 no server running on /tmp/tmux-1/x\n")
     assert noserver.allocation_id == "12" and "no server" in noserver.detail
     with pytest.raises(ValueError):
