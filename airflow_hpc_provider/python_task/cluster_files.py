@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.jobs import JobKey
+from airflow_hpc_provider.python_task import results
 from airflow_hpc_provider.python_task.codec import MAX_STORED_PAYLOAD_BYTES, EncodedBody
 from airflow_hpc_provider.python_task.manifest import check_template, fill_template
-from airflow_hpc_provider.python_task.results import Referencer, RemoteResult, ResultDocument
+from airflow_hpc_provider.python_task.results import Referencer, ResultDocument
 
 # The variable each scheduler sets to the job's id inside the job.
 JOB_ID_VARIABLES = {"slurm": "SLURM_JOB_ID", "pbs": "PBS_JOBID", "sge": "JOB_ID"}
@@ -100,21 +100,7 @@ def parse_read_result(stdout: bytes) -> ResultRead:
 
 def referencer(document: ResultDocument, conn_id: str) -> Referencer:
     """How XCom names the values a cluster job left in files (absolute paths, as the job wrote them)."""
-
-    def make(record: Mapping[str, Any], stored: Mapping[str, Any]) -> RemoteResult:
-        return RemoteResult(
-            backend="cluster",
-            location=str(stored["path"]),
-            conn_id=conn_id,
-            size_bytes=int(record["size"]),
-            sha256=str(record["sha256"]),
-            compression=str(record["compression"]),
-            type_name=str(record["type"]),
-            serializer=document.serializer,
-            python=document.python,
-        )
-
-    return make
+    return results.referencer(document, "cluster", conn_id, lambda stored: str(stored["path"]))
 
 
 def read_value_script(path: str) -> str:

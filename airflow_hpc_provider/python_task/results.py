@@ -136,6 +136,28 @@ class ResultDocument:
 Referencer = Callable[[Mapping[str, Any], Mapping[str, Any]], RemoteResult]
 
 
+def referencer(
+    document: ResultDocument, backend: str, conn_id: str | None, location: Callable[[Mapping[str, Any]], str]
+) -> Referencer:
+    """How XCom names the values a job left where it ran: ``location`` says where one is stored
+    (an absolute path on the cluster, an ``s3://`` URI) from what the bootstrap recorded."""
+
+    def make(record: Mapping[str, Any], stored: Mapping[str, Any]) -> RemoteResult:
+        return RemoteResult(
+            backend=backend,
+            location=location(stored),
+            conn_id=conn_id,
+            size_bytes=int(record["size"]),
+            sha256=str(record["sha256"]),
+            compression=str(record["compression"]),
+            type_name=str(record["type"]),
+            serializer=document.serializer,
+            python=document.python,
+        )
+
+    return make
+
+
 def return_value(
     document: ResultDocument,
     *,

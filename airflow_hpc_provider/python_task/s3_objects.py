@@ -25,6 +25,7 @@ from typing import Any
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.hooks.batch import BatchHook, error_code
 from airflow_hpc_provider.jobs import JobKey
+from airflow_hpc_provider.python_task import results
 from airflow_hpc_provider.python_task.codec import EncodedBody
 from airflow_hpc_provider.python_task.manifest import S3Body, S3ResultTarget, check_template, fill_template
 from airflow_hpc_provider.python_task.results import Referencer, RemoteResult, ResultDocument
@@ -114,21 +115,7 @@ def read_result(hook: BatchHook, bucket: str, key: str) -> bytes | None:
 
 def referencer(document: ResultDocument, aws_conn_id: str | None) -> Referencer:
     """How XCom names the values a Batch job stored in S3."""
-
-    def make(record: Mapping[str, Any], stored: Mapping[str, Any]) -> RemoteResult:
-        return RemoteResult(
-            backend="s3",
-            location=f"s3://{stored['bucket']}/{stored['key']}",
-            conn_id=aws_conn_id,
-            size_bytes=int(record["size"]),
-            sha256=str(record["sha256"]),
-            compression=str(record["compression"]),
-            type_name=str(record["type"]),
-            serializer=document.serializer,
-            python=document.python,
-        )
-
-    return make
+    return results.referencer(document, "s3", aws_conn_id, lambda stored: f"s3://{stored['bucket']}/{stored['key']}")
 
 
 def load_stored(hook: BatchHook, ref: RemoteResult) -> bytes:
