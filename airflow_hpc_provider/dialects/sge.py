@@ -166,6 +166,7 @@ def job_name(spec: JobSpec, key: JobKey) -> str:
 # The output file and its cursor are named as Slurm's are: the job id is in the path (-o $JOB_ID).
 log_path = slurm.log_path
 cursor_path = slurm.cursor_path
+jobs_record = slurm.jobs_record
 
 
 def cancelled_dir(log_dir: str) -> str:
@@ -192,6 +193,16 @@ def _checked_id(job_id: str) -> str:
 
 # Reads `qstat -xml`; prints the id of every job whose name ends with `want` and digits (our task,
 # any try) and that is not being deleted. One element per line, as qstat writes it.
+# Over a jobs record: its job ids, newest first.
+_NEWEST_FIRST_AWK = "NF == 1 && $1 ~ /^[0-9]+$/ { a[n++] = $1 } END { for (i = n - 1; i >= 0; i--) print a[i] }"
+
+# Over `qacct -j` of one job: COMPLETED when Grid Engine and the script both said 0, else FAILED
+# (the poll reads the details; this word only says the job has ended).
+_ENDED_AWK = r"""
+$1 == "failed" { failed = $2 } $1 == "exit_status" { code = $2 }
+END { print (failed == "0" && code == "0") ? "COMPLETED" : "FAILED" }
+"""
+
 _ADOPT_AWK = r"""
 function value(line) { sub(/^[ \t]*<[^>]*>/, "", line); sub(/<\/.*$/, "", line); return line }
 /<JB_job_number>/ { id = value($0) }
@@ -206,12 +217,15 @@ function value(line) { sub(/^[ \t]*<[^>]*>/, "", line); sub(/<\/.*$/, "", line);
 
 
 def submit_script(spec: JobSpec, batch_script: str, *, key: JobKey, log_dir: str, env: Mapping[str, str]) -> str:
-    """One round trip: take a per-task lock, adopt a live job with our key, or submit a new one.
+    """One round trip: take a per-task lock, adopt a job of this task no trigger watched, or submit.
 
     The lock (``flock`` beside the logs) closes the race of two workers submitting the same task;
     the search of ``qstat -xml`` by job name closes the gap between a submission and Airflow
     recording it. A failing qstat stops the submission: submitting blind could duplicate a job.
-    The script goes to qsub on stdin; env values are exported in this shell and named in ``-v``.
+    ``qstat`` lists live jobs only, so every submission is also recorded (``jobs_record``) before
+    it is printed, and a recorded, unwatched job that ``qacct`` knows has ended is adopted with
+    how it ended: a job that finished while its worker was dead decides the retry and is not run
+    again. The script goes to qsub on stdin; env values are exported in this shell and named in ``-v``.
     """
     for name in env:
         if not _ENV_NAME.fullmatch(name):
@@ -226,6 +240,7 @@ def submit_script(spec: JobSpec, batch_script: str, *, key: JobKey, log_dir: str
     if env:
         qsub += ["-v", quote(",".join(env))]
     lock = remote_shell.home_relative(f"{log_dir}/{key.task_digest}.lock")
+    record = remote_shell.home_relative(jobs_record(log_dir, key))
     claimed = remote_shell.home_relative(f"{log_dir}/{key.task_digest}-")
     find_live = f"printf '%s\\n' \"$_q\" | awk -v want={quote('-' + key.task_digest + '-try')} {quote(_ADOPT_AWK)}"
     return (
@@ -238,6 +253,15 @@ def submit_script(spec: JobSpec, batch_script: str, *, key: JobKey, log_dir: str
         f"for _j in $({find_live}); do\n"
         f'  [ -e {claimed}"$_j".cursor.watched ] || {{ _live=$_j; break; }}\n'
         "done\n"
+        # Else the newest recorded job that no trigger watched and accounting knows has ended.
+        'if [ -z "$_live" ] && [ -f ' + record + " ]; then\n"
+        f"  for _j in $(awk {quote(_NEWEST_FIRST_AWK)} {record}); do\n"
+        f'    [ -e {claimed}"$_j".cursor.watched ] && continue\n'
+        '    _a=$(qacct -j "$_j" 2>/dev/null) || continue\n'
+        f"    _st=$(printf '%s\\n' \"$_a\" | awk {quote(_ENDED_AWK)})\n"
+        '    printf \'ADOPTED %s\\nSTATE %s\\n\' "$_j" "$_st"; exit 0\n'
+        "  done\n"
+        "fi\n"
         'if [ -n "$_live" ]; then\n'
         "  printf 'ADOPTED %s\\n' \"$_live\"; _id=$_live\n"
         "else\n"
@@ -246,6 +270,8 @@ def submit_script(spec: JobSpec, batch_script: str, *, key: JobKey, log_dir: str
         + remote_shell.heredoc(batch_script, feed=" ".join(qsub))
         + ") || exit $?\n"
         "  _id=${_id%%.*}\n"  # an array job answers 42.1-3:1
+        # Recorded before it is printed: a link that drops now cannot lose the job.
+        f'  printf \'%s\\n\' "$_id" >> {record} || echo "could not record job $_id in" {record} >&2\n'
         "  printf 'SUBMITTED %s\\n' \"$_id\"\n"
         "fi\n"
         # qstat's plain listing: the state is the fifth column

@@ -144,8 +144,7 @@ class SgeOperator(SshBatchJobOperator):
             state=outcome.state,
             log_path=sge.log_path(cluster.log_dir, key, outcome.job_id),
             cursor_path=sge.cursor_path(cluster.log_dir, key, outcome.job_id),
-            # qstat lists live jobs only: an adopted job is one still queued or running.
-            ended=False,
+            ended=outcome.ended,
         )
 
     def trigger_arguments(self, cluster: ClusterSettings) -> dict[str, Any]:

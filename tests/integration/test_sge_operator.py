@@ -170,6 +170,47 @@ async def test_a_retry_adopts_the_live_sge_job_of_its_task_streams_all_its_outpu
     assert third.job_id != first.job_id and not third.adopted, "a watched job is never adopted again"
 
 
+async def _accounted(job_id: str, timeout_s: float = 120) -> None:
+    """Until Grid Engine's accounting has the job's end (qacct), asking over SSH as the worker would."""
+    transport = SshTransport(SgeHook("sge_local").get_target())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while (
+                await transport.run(f"qacct -j {int(job_id)} >/dev/null 2>&1 && echo ended\n")
+            ).text.strip() != "ended":
+                await asyncio.sleep(1)
+    finally:
+        await transport.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("exit_code", "state"), [(0, "COMPLETED"), (3, "FAILED")])
+async def test_an_sge_job_that_ended_while_its_worker_was_dead_decides_the_retry_and_is_not_run_again(
+    sge_connection: str, exit_code: int, state: str
+) -> None:
+    run = uuid.uuid4().hex
+    tag = f"sge-ended-{run[:8]}"
+    command = f'for i in $(seq 1 40); do echo "{tag} line $i"; done; exit {exit_code}'
+    first = await _submit(JobKey.for_task_instance("sge_adoption", "ended", run, -1, 1), command)
+    assert not first.adopted and first.job_id
+    await _accounted(first.job_id)  # try 1's worker died: nothing watched the job to its end
+
+    retry_key = JobKey.for_task_instance("sge_adoption", "ended", run, -1, 2)
+    second = await _submit(retry_key, 'echo "this must never run"')
+    assert (second.job_id, second.adopted, second.ended, second.state) == (first.job_id, True, True, state)
+
+    trigger = _trigger(retry_key, first.job_id)
+    log = collected(trigger)
+    payload = await _fired(trigger)
+    assert payload["kind"] == "ended" and payload["status"]["state"] == state, payload
+    assert payload["status"]["exit_code"] == exit_code
+    streamed = [line for line in log.lines if line.startswith(f"{tag} line ")]
+    assert streamed == [f"{tag} line {i}" for i in range(1, 41)]
+
+    third = await _submit(JobKey.for_task_instance("sge_adoption", "ended", run, -1, 3), "echo fresh")
+    assert third.job_id != first.job_id and not third.adopted, "an adopted outcome must be consumed once"
+
+
 @pytest.mark.asyncio
 async def test_stopping_a_deferred_sge_task_deletes_its_job_through_on_kill(sge_connection: str) -> None:
     key = JobKey.for_task_instance("sge_kill", "job", uuid.uuid4().hex, -1, 1)
