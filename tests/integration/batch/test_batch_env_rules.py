@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 
 import pytest
@@ -62,6 +63,10 @@ def test_env_rules_of_the_connection_two_groups_and_the_task_reach_the_container
         assert text not in script, f"{text!r} is in the container's script"
     sent = {item["name"] for item in job.container_overrides["environment"]}
     assert "AIRFLOW_HPC_ENV_SET_BASE" in sent and "BASE" not in sent and "PATH" not in sent
+    deadline = time.monotonic() + 60
+    while job.status not in ("SUCCEEDED", "FAILED"):  # the container runs beside the test: wait for its end
+        assert time.monotonic() < deadline, f"the container did not end: {job.status}"
+        time.sleep(0.2)
     events = aws.client("logs").get_log_events(logGroupName="/aws/batch/job", logStreamName=str(job._stream_name))
     seen = dict(event["message"].split("=", 1) for event in events["events"] if "=" in event["message"])
     expected = {
