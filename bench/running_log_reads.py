@@ -24,7 +24,6 @@ Wall time is the client's, from sending the script to the exit status.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import secrets
@@ -38,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slurm_poller import DEFAULT_ENV_FILE, REMOTE_ROOT, load_env_file
+from slurm_poller import REMOTE_ROOT, run_on_cluster
 
 from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.dialects.remote_shell import LogRead, Record, parse_framed
@@ -260,12 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100,500,1000", help="comma-separated N (default 100,500,1000)")
     parser.add_argument("--polls", type=int, default=5, help="steady polls measured per row (default 5)")
     parser.add_argument("--lines", type=int, default=20, help="lines each log has before the first poll")
-    parser.add_argument("--conn-id", default="slurm_local", help="Airflow connection of the cluster")
-    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="read when AIRFLOW_CONN_<ID> is not set")
-    args = parser.parse_args(argv)
-    if f"AIRFLOW_CONN_{args.conn_id.upper()}" not in os.environ:
-        load_env_file(args.env_file)
-    return asyncio.run(main_async(args))
+    return run_on_cluster(parser, argv, main_async)
 
 
 if __name__ == "__main__":

@@ -431,6 +431,21 @@ def load_env_file(path: str) -> None:
         os.environ.setdefault(name, words[0] if words else "")
 
 
+def run_on_cluster(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    main_async: Callable[[argparse.Namespace], Awaitable[int]],
+) -> int:
+    """What every cluster bench does around its own arguments: name the connection (and the
+    cluster's env file that defines it), parse, read that file, run ``main_async``."""
+    parser.add_argument("--conn-id", default="slurm_local", help="Airflow connection of the cluster")
+    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="read when AIRFLOW_CONN_<ID> is not set")
+    args = parser.parse_args(argv)
+    if f"AIRFLOW_CONN_{args.conn_id.upper()}" not in os.environ:
+        load_env_file(args.env_file)
+    return asyncio.run(main_async(args))
+
+
 class Cluster:
     """The parent's SSH exec, through the provider's own transport (one connection per call)."""
 

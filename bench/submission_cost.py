@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slurm_poller import DEFAULT_ENV_FILE, REMOTE_ROOT, load_env_file
+from slurm_poller import REMOTE_ROOT, run_on_cluster
 
 from airflow_hpc_provider.dialects import slurm
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
@@ -225,12 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=200, help="held jobs per row (default 200)")
     parser.add_argument("--per-task-jobs", type=int, default=50, help="jobs in the connection-per-task row")
     parser.add_argument("--concurrency", default="1,4", help="submissions at once, comma-separated (default 1,4)")
-    parser.add_argument("--conn-id", default="slurm_local", help="Airflow connection of the cluster")
-    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="read when AIRFLOW_CONN_<ID> is not set")
-    args = parser.parse_args(argv)
-    if f"AIRFLOW_CONN_{args.conn_id.upper()}" not in os.environ:
-        load_env_file(args.env_file)
-    return asyncio.run(main_async(args))
+    return run_on_cluster(parser, argv, main_async)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import secrets
 import shlex
 import statistics
@@ -31,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from slurm_poller import DEFAULT_ENV_FILE, REMOTE_ROOT, load_env_file
+from slurm_poller import REMOTE_ROOT, run_on_cluster
 
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import slurm
@@ -130,12 +129,7 @@ async def main_async(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=5, help="jobs per path (default 5)")
-    parser.add_argument("--conn-id", default="slurm_local", help="Airflow connection of the cluster")
-    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="read when AIRFLOW_CONN_<ID> is not set")
-    args = parser.parse_args(argv)
-    if f"AIRFLOW_CONN_{args.conn_id.upper()}" not in os.environ:
-        load_env_file(args.env_file)
-    return asyncio.run(main_async(args))
+    return run_on_cluster(parser, argv, main_async)
 
 
 if __name__ == "__main__":
