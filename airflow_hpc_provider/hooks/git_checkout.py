@@ -9,7 +9,6 @@ ends, however it ends. Should the script never run (a dropped link), the directo
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from airflow_hpc_provider.dialects.remote_shell import random_token
-from airflow_hpc_provider.errors import ClusterUnreachableError, ConnectionConfigError, RemoteCommandError
+from airflow_hpc_provider.errors import ConnectionConfigError, RemoteCommandError
 from airflow_hpc_provider.git_pin import (
     KEY_UPLOAD_COMMAND,
     Checkout,
@@ -30,7 +29,7 @@ from airflow_hpc_provider.git_pin import (
     parse_checkout_output,
 )
 from airflow_hpc_provider.hooks.pasted_key import repair_pasted_key
-from airflow_hpc_provider.hooks.ssh import CommandResult, SshTarget, SshTransport
+from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 
 CHECKOUT_TIMEOUT_S = 1800.0  # a first clone of a large repository takes a while
 
@@ -99,28 +98,7 @@ def _known_hosts_text(target: SshTarget, extra: dict[str, Any], where: str) -> s
     )
 
 
-class GitTransport(SshTransport):
-    """The cluster's transport, able to send bytes on a fixed command's stdin (the key upload)."""
-
-    async def run_with_input(self, command: str, data: bytes, *, timeout_s: float = 60.0) -> CommandResult:
-        import asyncssh
-
-        async with self._sessions:
-            conn = await self._connection()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    completed = await conn.run(command, input=data, encoding=None, check=False)
-            except (TimeoutError, OSError, asyncssh.Error) as error:
-                await self.close()
-                raise ClusterUnreachableError(
-                    f"the SSH link to {self.target.where} dropped: {type(error).__name__}: {error}"
-                ) from None
-            stdout = completed.stdout if isinstance(completed.stdout, bytes) else b""
-            stderr = completed.stderr if isinstance(completed.stderr, bytes) else b""
-            return CommandResult(completed.exit_status, stdout, stderr)
-
-
-async def upload_key(transport: GitTransport, key: DeployKey) -> DeployKeyFiles:
+async def upload_key(transport: SshTransport, key: DeployKey) -> DeployKeyFiles:
     """The key into a fresh 0700 directory on the login node (file mode 0600), sent on stdin."""
     result = await transport.run_with_input(KEY_UPLOAD_COMMAND, key.private_key.encode())
     directory = result.text.strip()
@@ -132,7 +110,7 @@ async def upload_key(transport: GitTransport, key: DeployKey) -> DeployKeyFiles:
 
 
 async def check_out(
-    transport: GitTransport, source: GitSource, place: CheckoutPlace, key: DeployKey | None = None
+    transport: SshTransport, source: GitSource, place: CheckoutPlace, key: DeployKey | None = None
 ) -> tuple[Checkout, DeployKeyFiles | None]:
     """Resolve (or read) the task's pin and make (or reuse) the commit's checkout.
 

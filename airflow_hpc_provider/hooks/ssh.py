@@ -348,6 +348,15 @@ class SshTransport:
         runs not at all rather than in part. A command that gives no answer within ``timeout_s``
         drops the connection (the link is presumed dead; the next command opens a new one).
         """
+        return await self.run_with_input(
+            self.target.shell_command, whole_or_nothing(script).encode(), timeout_s=timeout_s
+        )
+
+    async def run_with_input(
+        self, command: str, data: bytes, *, timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S
+    ) -> CommandResult:
+        """Run one fixed ``command`` with ``data`` on its stdin (a secret travels this way, never in
+        a script or on a command line); the same session cap, retries and timeouts as :meth:`run`."""
         async with self._sessions:
             refused = 0
             while True:
@@ -356,12 +365,7 @@ class SshTransport:
                     # asyncio.timeout, not run(timeout=): the latter goes through wait_for, which on
                     # Python 3.11 can swallow a cancellation and keep a cancelled trigger polling.
                     async with asyncio.timeout(timeout_s):
-                        completed = await conn.run(
-                            self.target.shell_command,
-                            input=whole_or_nothing(script).encode(),
-                            encoding=None,
-                            check=False,
-                        )
+                        completed = await conn.run(command, input=data, encoding=None, check=False)
                     break
                 except asyncssh.ChannelOpenError as error:
                     if conn.is_closed() or error.reason == _CONNECTION_CLOSED:

@@ -7,27 +7,29 @@ See :mod:`airflow_hpc_provider.git_pin` for where the pin lives and why.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from airflow.sdk import Context
 
 from airflow_hpc_provider.git_pin import Checkout, CheckoutPlace, GitSource
-from airflow_hpc_provider.hooks.ssh import SshTarget
+from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.hooks.worker_link import on_cluster
 
 GIT_SHA_XCOM_KEY = "git_sha"
 
 
-async def _check_out(target: SshTarget, source: GitSource, place: CheckoutPlace) -> Checkout:
-    from airflow_hpc_provider.hooks.git_checkout import DeployKey, GitTransport, check_out
+def _check_out(target: SshTarget, source: GitSource, place: CheckoutPlace) -> Checkout:
+    """Pin and check out over the worker process's one connection to the cluster (worker_link)."""
+    from airflow_hpc_provider.hooks.git_checkout import DeployKey, check_out
 
+    # Read here, in the task's thread: the connection lookup is the task runner's to make.
     key = DeployKey.from_connection(source.key_conn_id) if source.key_conn_id else None
-    transport = GitTransport(target)
-    try:
+
+    async def work(transport: SshTransport) -> Checkout:
         checkout, _ = await check_out(transport, source, place, key)
         return checkout
-    finally:
-        await transport.close()
+
+    return on_cluster(target, work)
 
 
 def pinned_working_dir(
@@ -40,7 +42,7 @@ def pinned_working_dir(
         return working_dir
     ti = context["ti"]
     place = CheckoutPlace(log_dir=log_dir, pin_digest=source.pin_digest(ti.dag_id, ti.run_id, ti.task_id))
-    checkout = asyncio.run(_check_out(target, source, place))
+    checkout = _check_out(target, source, place)
     operator.log.info(
         "Git: %s at %s is commit %s (%s); checkout %s (%s)",
         source.repo,

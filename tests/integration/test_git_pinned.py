@@ -22,9 +22,9 @@ import pytest
 
 from airflow_hpc_provider.errors import JobFailedError, RemoteCommandError
 from airflow_hpc_provider.git_pin import CheckoutPlace, GitSource
-from airflow_hpc_provider.hooks.git_checkout import DeployKey, GitTransport, check_out, upload_key
+from airflow_hpc_provider.hooks.git_checkout import DeployKey, check_out, upload_key
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR
-from airflow_hpc_provider.hooks.ssh import SshTarget
+from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.operators.git_pinned import GIT_SHA_XCOM_KEY
 from airflow_hpc_provider.operators.pbs import PbsOperator
 from airflow_hpc_provider.operators.sge import SgeOperator
@@ -245,7 +245,7 @@ def test_the_checkout_of_a_commit_is_made_once_when_several_tasks_start_together
     run_id = unique("run")
 
     async def start(task_id: str) -> Any:
-        transport = GitTransport(target)  # one SSH connection each: they really run at once
+        transport = SshTransport(target)  # one SSH connection each: they really run at once
         try:
             place = CheckoutPlace(log_dir=log_dir, pin_digest=source.pin_digest("together", run_id, task_id))
             return await check_out(transport, source, place, DeployKey.from_connection(DEPLOY_CONN))
@@ -279,7 +279,7 @@ def test_the_deploy_key_reaches_the_cluster_only_as_a_file_only_its_user_reads(
     assert key.private_key.strip() not in repr(key)
 
     async def upload() -> Any:
-        transport = GitTransport(target)
+        transport = SshTransport(target)
         try:
             return await upload_key(transport, key)
         finally:
@@ -389,7 +389,7 @@ def test_a_checkout_that_fails_leaves_neither_a_directory_nor_a_temporary_one_an
     place = CheckoutPlace(log_dir=log_dir, pin_digest=source.pin_digest("fails", unique("run"), "t"))
 
     async def attempt() -> Any:
-        transport = GitTransport(target)
+        transport = SshTransport(target)
         try:
             return await check_out(transport, source, place, DeployKey.from_connection(DEPLOY_CONN))
         finally:
