@@ -14,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from airflow.sdk import Context
 from airflow.triggers.base import TriggerEvent
@@ -33,7 +33,7 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
     read_log_tail,
     stop_tenants,
 )
-from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.base import StopCause
@@ -50,14 +50,8 @@ from airflow_hpc_provider.triggers.slurm_tenant import SlurmTenantTrigger, watch
 from airflow_hpc_provider.watching.events import WatchOutcome
 from airflow_hpc_provider.watching.ssh_watch import watch_job
 
-T = TypeVar("T")
 # A tenant's env is sourced in the allocation right before its srun step: see directives.
 TENANT_ENV_RULES = directives.SHELL_ENV_RULES + directives.TENANT_ENV_RULES
-
-
-def _on_cluster(target: SshTarget, work: Callable[[SshTransport], Awaitable[T]]) -> T:
-    """Run one piece of remote work over the worker process's one connection to the cluster."""
-    return on_cluster(target, work)
 
 
 class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
@@ -198,7 +192,7 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
         key = JobKey.for_task_instance(
             ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
         )
-        launched = _on_cluster(target, lambda t: launch_tenant(t, reservation, spec, key=key, log_dir=defaults.log_dir))
+        launched = on_cluster(target, lambda t: launch_tenant(t, reservation, spec, key=key, log_dir=defaults.log_dir))
         assert launched.allocation_id is not None and launched.try_number is not None  # STARTED/ADOPTED/DONE
         tenant = slurm_tenant.tenant_id(launched.allocation_id, key, launched.try_number)
         self._tenant_id, self._log_dir = tenant, defaults.log_dir
@@ -276,7 +270,7 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
         if not log_path or self.log_tail_lines <= 0:
             return ""
         try:
-            return _on_cluster(
+            return on_cluster(
                 SlurmHook(conn_id).get_target(), lambda t: read_log_tail(t, log_path, self.log_tail_lines)
             )
         except Exception as error:  # the failure itself matters more than its last lines
@@ -287,7 +281,7 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
         # Claimed as it is stopped: a tenant stopped on purpose is never adopted by a retry.
         claims = () if self._cursor_path is None else (self._cursor_path,)
         target = SlurmHook(self._stop_conn_id).get_target()
-        said = _on_cluster(target, lambda t: stop_tenants(t, [job_id], claims=claims))
+        said = on_cluster(target, lambda t: stop_tenants(t, [job_id], claims=claims))
         return f"Stopping Slurm tenant {job_id} on {self._stop_conn_id}: {said.strip()}"
 
     @property
