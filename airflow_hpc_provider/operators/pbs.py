@@ -153,6 +153,7 @@ class PbsOperator(SshBatchJobOperator):
             log_dir=defaults.log_dir,
             poll_interval_s=defaults.poll_interval_s,
             login_shell=PbsHook.login_shell_default(conn),
+            extra=conn.extra_dejson,
         )
 
     def job_spec(self, context: Any, cluster: ClusterSettings) -> JobSpec:

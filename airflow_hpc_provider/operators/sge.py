@@ -119,6 +119,7 @@ class SgeOperator(SshBatchJobOperator):
             log_dir=defaults.log_dir,
             poll_interval_s=defaults.poll_interval_s,
             login_shell=SgeHook.login_shell_default(conn),
+            extra=conn.extra_dejson,
         )
 
     def job_spec(self, context: Any, cluster: ClusterSettings) -> JobSpec:

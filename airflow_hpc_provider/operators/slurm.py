@@ -173,6 +173,7 @@ class SlurmSubmitOperator(SshBatchJobOperator):
             poll_interval_s=defaults.poll_interval_s,
             login_shell=hook.login_shell_default(conn),
             max_concurrent_jobs=defaults.max_concurrent_jobs,
+            extra=conn.extra_dejson,
         )
 
     def dialect(self, cluster: ClusterSettings) -> SlurmDialect:

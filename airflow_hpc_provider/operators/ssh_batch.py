@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -44,8 +44,9 @@ from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEn
 from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
+from airflow_hpc_provider.watching.cluster import cancel_jobs
 from airflow_hpc_provider.watching.events import WatchOutcome
-from airflow_hpc_provider.watching.ssh_watch import cancel_job, watch_job
+from airflow_hpc_provider.watching.ssh_watch import watch_job
 
 BUSY_RETRY_DELAY = timedelta(seconds=60)
 # Templated too: literal values are checked at parse time, templates right after rendering.
@@ -80,6 +81,8 @@ class ClusterSettings:
     poll_interval_s: float | None
     login_shell: bool
     max_concurrent_jobs: int | None = None
+    # The connection's extra as read once for this task (its env rules live there).
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 # Why a job array is refused, in every message that refuses one.
@@ -307,6 +310,7 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
         queue = getattr(self, "pbs_queue", None) or spec.resources.partition
         self._environment = self.layered_job_environment(
             conn_id=cluster.conn_id,
+            extra=cluster.extra,
             facts={
                 "scheduler": self.scheduler.lower(),
                 "partition": spec.resources.partition,
@@ -460,8 +464,11 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
 
     def stop_job(self, job_id: str, cause: StopCause) -> str:
         cluster = self.cluster()
-        # Claimed as it is cancelled: a job stopped on purpose is never adopted by a retry.
-        asyncio.run(cancel_job(cluster.target, self.dialect(cluster), job_id, cursor_path=self._cursor_path))
+        dialect = self.dialect(cluster)
+        # Claimed as it is cancelled: a job stopped on purpose is never adopted by a retry. Over the
+        # worker process's one connection to the cluster, not a new one.
+        claims = () if self._cursor_path is None else (self._cursor_path,)
+        on_cluster(cluster.target, lambda transport: cancel_jobs(transport, dialect, [job_id], claims=claims))
         return f"Cancelled {self.scheduler} job {job_id} on {cluster.conn_id}"
 
     def on_kill(self) -> None:

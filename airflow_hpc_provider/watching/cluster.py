@@ -83,6 +83,22 @@ class PollerSettings:
     give_up_after_s: float | None = None
 
 
+async def cancel_jobs(
+    transport: SshTransport, dialect: SchedulerDialect, job_ids: Sequence[str], *, claims: Sequence[str] = ()
+) -> None:
+    """Cancel jobs in one script; ``claims`` are their cursor paths, marked first so no later try
+    adopts a job cancelled on purpose (see :func:`~airflow_hpc_provider.jobs.claim_marker`)."""
+    marks = "".join(f": > {quote(claim_marker(path))}\n" for path in claims)
+    result = await transport.run(marks + dialect.cancel_script(job_ids))
+    if result.exit_status != 0:
+        raise RemoteCommandError(
+            f"cancel of {dialect.name} job(s) {', '.join(job_ids)}",
+            transport.target.where,
+            result.exit_status,
+            result.error_text or result.text,
+        )
+
+
 def absence_rules(dialect: SchedulerDialect, settings: PollerSettings) -> AbsenceRules:
     """The rules (rules.py) for jobs of one dialect: Slurm, PBS, Grid Engine, tenants, EC2 runners."""
     return AbsenceRules(source=dialect.name, missing_grace_s=settings.missing_grace_s, gap_grace_s=settings.gap_grace_s)
@@ -172,17 +188,8 @@ class ClusterPoller:
                         await self._loop.progress.wait()
 
     async def cancel(self, job_ids: Sequence[str], *, claims: Sequence[str] = ()) -> None:
-        """Cancel jobs; ``claims`` are their cursor paths, marked first so no later try adopts a
-        job cancelled on purpose (see :func:`~airflow_hpc_provider.jobs.claim_marker`)."""
-        marks = "".join(f": > {quote(claim_marker(path))}\n" for path in claims)
-        result = await self.transport.run(marks + self.dialect.cancel_script(job_ids))
-        if result.exit_status != 0:
-            raise RemoteCommandError(
-                f"cancel of {self.dialect.name} job(s) {', '.join(job_ids)}",
-                self.transport.target.where,
-                result.exit_status,
-                result.error_text or result.text,
-            )
+        """Cancel jobs over this poller's connection (see :func:`cancel_jobs`)."""
+        await cancel_jobs(self.transport, self.dialect, job_ids, claims=claims)
 
     def _ensure_running(self) -> None:
         if self._task is None or self._task.done():
