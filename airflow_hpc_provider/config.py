@@ -19,6 +19,7 @@ BUILTIN_POLL_INTERVAL_S = 10.0
 BUILTIN_LOG_DIR = ".airflow-hpc/logs"
 # Airflow's global switch. Airflow writes its own default (false) into every airflow.cfg it
 # creates, so only an environment variable tells that a deployment chose it on purpose.
+BUILTIN_ARRAY_WINDOW_S = 2.0
 AIRFLOW_DEFERRABLE_ENV = "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"
 
 
@@ -35,6 +36,21 @@ def default_poll_interval_s() -> float:
         raise ConnectionConfigError(
             f"[{SECTION}] default_poll_interval={text!r} in the Airflow configuration: give seconds > 0"
         )
+    return seconds
+
+
+def default_array_window_s() -> float:
+    """``[hpc] array_window``: seconds the triggerer waits for more mapped siblings before it
+    submits the elements waiting as one Slurm array (default 2; it ends early once all are there)."""
+    text = conf.get(SECTION, "array_window", fallback=None)
+    if text is None or not str(text).strip():
+        return BUILTIN_ARRAY_WINDOW_S
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise ConnectionConfigError(f"[{SECTION}] array_window={text!r} in the Airflow configuration: give seconds > 0")
     return seconds
 
 

@@ -212,7 +212,11 @@ def _modules(kind: str, with_aws: bool) -> list[dict[str, Any]]:
             "Amazon EC2": ["airflow_hpc_provider.hooks.ec2", "airflow_hpc_provider.hooks.ssm"],
         },
         "triggers": {
-            "Slurm": ["airflow_hpc_provider.triggers.slurm", "airflow_hpc_provider.triggers.slurm_tenant"],
+            "Slurm": [
+                "airflow_hpc_provider.triggers.slurm",
+                "airflow_hpc_provider.triggers.slurm_array",
+                "airflow_hpc_provider.triggers.slurm_tenant",
+            ],
             "PBS": ["airflow_hpc_provider.triggers.pbs"],
             # The Grid Engine trigger is declared beside its operator (one module per scheduler).
             "Grid Engine": ["airflow_hpc_provider.operators.sge"],

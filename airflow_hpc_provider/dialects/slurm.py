@@ -16,7 +16,7 @@ from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.dialects.base import PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.dialects.slurm_resubmit import SignalBeforeTimeout
-from airflow_hpc_provider.dialects.slurm_status import map_state, observe, parse_poll, poll_script
+from airflow_hpc_provider.dialects.slurm_status import RANGE_AWK, map_state, observe, parse_poll, poll_script
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, format_duration
 
 # Jobs a retry may adopt (and that count against max_concurrent_jobs): alive and not on their way out.
@@ -169,7 +169,6 @@ def submit_script(
     )
     record = remote_shell.home_relative(jobs_record(log_dir, key))
     ours = quote(JobKey.PREFIX + ":")
-    claimed = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}-")
     limit = ""
     if max_concurrent_jobs is not None:
         limit = (
@@ -181,30 +180,8 @@ def submit_script(
         f"[ -d {log_dir_arg} ] || mkdir -p -- {log_dir_arg} || exit 1\n"  # a test is a builtin, mkdir a process
         f"exec 9>>{lock}\n"
         "flock -w 120 9 || { echo 'could not take the submission lock' >&2; exit 1; }\n"
-        # This task instance's earlier jobs, newest first, less those a trigger watched.
-        "_mine=\n"
-        f"if [ -f {record} ]; then\n"
-        "  for _j in $(awk 'NF == 1 && $1 ~ /^[0-9]+(_[0-9]+)?$/ { a[n++] = $1 } "
-        f"END {{ for (i = n - 1; i >= 0; i--) print a[i] }}' {record}); do\n"
-        f'    [ -e {claimed}"$_j".cursor.watched ] || _mine="$_mine${{_mine:+,}}$_j"\n'
-        "  done\n"
-        "fi\n"
-        "_pick=\n"
-        'if [ -n "$_mine" ]; then\n'
-        # squeue knows every live job and, for a while, ended ones; accounting knows older ones.
-        # Unknown ids are an answer; any other failure stops the submission (submitting blind
-        # could run a live job, or a finished one, twice).
-        "  _k=$(squeue -h -t all -j \"$_mine\" -O 'JobID:|,State:|' 2>&1); _rc=$?\n"
-        '  case $_rc:$_k in 0:*|*"Invalid job id"*) ;; '
-        '*) printf \'squeue exited %s: %s\\n\' "$_rc" "$_k" >&2; exit 1;; esac\n'
-        f"  _pick=$(printf '%s\\n' \"$_k\" | awk -F'|' -v ids=\"$_mine\" {quote(_NEWEST_KNOWN_AWK)})\n"
-        '  if [ -z "$_pick" ]; then\n'
-        '    _k=$(sacct -n -X -P -j "$_mine" -o JobIDRaw,State 2>&1); _rc=$?\n'
-        '    case $_rc:$_k in 0:*|*"accounting storage is disabled"*) ;; '
-        '*) printf \'sacct exited %s: %s\\n\' "$_rc" "$_k" >&2; exit 1;; esac\n'
-        f"    _pick=$(printf '%s\\n' \"$_k\" | awk -F'|' -v ids=\"$_mine\" {quote(_NEWEST_KNOWN_AWK)})\n"
-        "  fi\n"
-        "fi\n"
+        + ADOPTION_FUNCTION
+        + f"_pick=$(_adopt {adoption_args(log_dir, key)}) || exit 1\n"
         'if [ -n "$_pick" ]; then\n'
         "  _id=${_pick%% *}\n"
         '  printf \'ADOPTED %s\\nSTATE %s\\n\' "$_id" "${_pick#* }"\n'
@@ -224,14 +201,63 @@ def submit_script(
     )
 
 
-# Reads "<id>|<state>..." lines; prints "<id> <state>" of the first id in the comma list ``ids``
-# (newest first) that the scheduler knows.
-_NEWEST_KNOWN_AWK = r"""
+# Reads "<id>|<state>|<name>" lines (name: an array element's, 1234_7, or its pending range's,
+# 1234_[2-4]); prints "<id> <state>" of the first id in the comma list ``ids`` (newest first) that
+# the scheduler knows, by its raw id or its element name.
+_NEWEST_KNOWN_AWK = (
+    RANGE_AWK
+    + r"""
 BEGIN { n = split(ids, order, ",") }
-{ id = $1; gsub(/ /, "", id); state = $2; sub(/^ +/, "", state); sub(/ .*$/, "", state) }
-id != "" && state != "" { known[id] = state }
+{ id = $1; gsub(/ /, "", id); name = $3; gsub(/ /, "", name)
+  state = $2; sub(/^ +/, "", state); sub(/ .*$/, "", state) }
+state != "" && id != "" { known[id] = state }
+state != "" && name != "" { known[name] = state; m = elements(name, el); for (j = 1; j <= m; j++) known[el[j]] = state }
 END { for (i = 1; i <= n; i++) if (order[i] in known) { print order[i], known[order[i]]; exit } }
 """
+)
+
+# A shell function: ``_adopt RECORD CLAIMED [TRY]`` prints "<id> <state>" of the newest job in the
+# task instance's record (:func:`jobs_record`) that the scheduler still knows, running or ended, and
+# that no trigger watched (no ``CLAIMED<id>.cursor.watched``), unless the record says it was
+# submitted for try TRY: a job a trigger of this very try watched is still its own (the triggerer
+# that submitted an array element restarted), a job watched for an earlier try was that try's.
+# Prints nothing when there is none; fails when the scheduler cannot be asked: submitting blind
+# could run a live job, or a finished one, twice. Record lines are ``<id>`` or ``<id> <try>``.
+ADOPTION_FUNCTION = (
+    "_adopt() {\n"
+    "  _mine=\n"
+    '  if [ -f "$1" ]; then\n'
+    '    for _j in $(awk -v t="${3-}" \'$1 !~ /^[0-9]+(_[0-9]+)?$/ { next } '
+    'NF == 1 { a[n++] = $1 } NF == 2 { a[n++] = ($2 == t ? "=" : "") $1 } '
+    'END { for (i = n - 1; i >= 0; i--) print a[i] }\' "$1"); do\n'
+    '      case $_j in =*) _mine="$_mine${_mine:+,}${_j#=}" ;; '
+    '*) [ -e "$2$_j".cursor.watched ] || _mine="$_mine${_mine:+,}$_j" ;; esac\n'
+    "    done\n"
+    "  fi\n"
+    '  [ -n "$_mine" ] || return 0\n'
+    # squeue knows every live job and, for a while, ended ones; accounting knows older ones.
+    # Unknown ids are an answer; any other failure stops the submission.
+    "  _k=$(squeue -h -t all -j \"$_mine\" -O 'JobID:|,State:|,JobArrayID:|' 2>&1); _rc=$?\n"
+    '  case $_rc:$_k in 0:*|*"Invalid job id"*) ;; '
+    '*) printf \'squeue exited %s: %s\\n\' "$_rc" "$_k" >&2; return 1;; esac\n'
+    f"  _p=$(printf '%s\\n' \"$_k\" | awk -F'|' -v ids=\"$_mine\" {quote(_NEWEST_KNOWN_AWK)})\n"
+    '  if [ -z "$_p" ]; then\n'
+    '    _k=$(sacct -n -X -P -j "$_mine" -o JobIDRaw,State,JobID 2>&1); _rc=$?\n'
+    '    case $_rc:$_k in 0:*|*"accounting storage is disabled"*) ;; '
+    '*) printf \'sacct exited %s: %s\\n\' "$_rc" "$_k" >&2; return 1;; esac\n'
+    f"    _p=$(printf '%s\\n' \"$_k\" | awk -F'|' -v ids=\"$_mine\" {quote(_NEWEST_KNOWN_AWK)})\n"
+    "  fi\n"
+    "  printf '%s' \"$_p\"\n"
+    "}\n"
+)
+
+
+def adoption_args(log_dir: str, key: JobKey, *, this_try: bool = False) -> str:
+    """The arguments of ``_adopt`` (:data:`ADOPTION_FUNCTION`) for one task instance; with
+    ``this_try``, its jobs recorded for this try are its own even once a trigger watched them."""
+    record = remote_shell.home_relative(jobs_record(log_dir, key))
+    claimed = remote_shell.home_relative(f"{log_dir.rstrip('/')}/{key.task_digest}-")
+    return f"{record} {claimed}" + (f" {int(key.try_number)}" if this_try else "")
 
 
 _SUBMITTED_ID = re.compile(r"\d+(_\d+)?")

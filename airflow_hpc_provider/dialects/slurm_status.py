@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell
@@ -87,7 +87,8 @@ MULTI_JOB_REASON = "job array or heterogeneous job"
 # JobArrayID is the name: 1234_7 for an array element, 1234+0 for a het job's component.
 # RestartCnt counts the times Slurm started the job again (requeue, preemption).
 SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,TimeUsed:|,JobArrayID:|,RestartCnt:|"
-SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Elapsed,NodeList,MaxRSS"
+# JobID last: an array element's name (1234_7, its steps 1234_7.batch), where JobIDRaw is its raw id.
+SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Elapsed,NodeList,MaxRSS,JobID"
 
 # --- polling --------------------------------------------------------------------------------------
 
@@ -111,14 +112,31 @@ _ACTIVE = "|".join(
 )
 
 
+# An awk function: the elements a squeue JobArrayID of pending array elements names,
+# ``1234_[2-4,7%2]`` -> 1234_2 1234_3 1234_4 1234_7 in ``out[1..n]``, n returned (0 for any other name).
+# Pending elements share their array's line; every element it holds is as alive as the line says.
+RANGE_AWK = (
+    "function elements(name, out,   b, r, p, e, m, j, i, n) { "
+    'n = 0; if (name !~ /^[0-9]+_\\[/) return 0; b = name; sub(/_.*/, "", b); r = name; '
+    'sub(/^[0-9]+_\\[/, "", r); sub(/[]%].*/, "", r); m = split(r, p, ","); '
+    'for (j = 1; j <= m; j++) { if (split(p[j], e, "-") == 2) { for (i = e[1] + 0; i <= e[2] + 0; i++) '
+    'out[++n] = b "_" i } else out[++n] = b "_" p[j] } return n } '
+)
+
+
 def poll_script(token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str:
-    """squeue for every id; sacct only for the ids squeue no longer shows as active; then the logs."""
+    """squeue for every id; sacct only for the ids squeue no longer shows as active; then the logs.
+
+    An id may name an array element (``1234_7``): squeue and sacct are asked for it by that name
+    and their answers are read back under it (see :func:`parse_poll`)."""
     ids = ",".join(job_ids)
     body = remote_shell.section(token, "squeue", f"squeue -h -t all -j {quote(ids)} -O '{SQUEUE_FIELDS}'")
     body += (
         f"_done=$(printf '%s\\n' \"$_r\" | awk -F'|' -v ids={quote(ids)} "
-        '\'BEGIN { n = split(ids, a, ","); for (i = 1; i <= n; i++) w[a[i]] = 1 } '
-        f"$2 ~ /^({_ACTIVE})$/ {{ delete w[$1] }} "
+        f"'{RANGE_AWK}"
+        'BEGIN { n = split(ids, a, ","); for (i = 1; i <= n; i++) w[a[i]] = 1 } '
+        f"$2 ~ /^({_ACTIVE})$/ {{ delete w[$1]; delete w[$7]; m = elements($7, el); "
+        "for (j = 1; j <= m; j++) delete w[el[j]] } "
         'END { s = ""; for (k in w) s = s (s == "" ? "" : ",") k; print s }\')\n'
         'if [ -n "$_done" ]; then\n'
         + remote_shell.section(token, "sacct", f'sacct -n -P -j "$_done" -o {SACCT_FIELDS}')
@@ -171,6 +189,7 @@ def parse_poll(
             if accounting_available:
                 errors.append(f"sacct exited {rc}: {text.strip()!r}")
     queue = {status.job_id: status for status in lines.values()}
+    queue.update(_elements(lines.items(), job_ids))
     observations = {
         job_id: SlurmObservation(queue=queue.get(job_id), accounting=accounting.get(job_id)) for job_id in job_ids
     }
@@ -183,6 +202,41 @@ def parse_poll(
         if count is not None:
             restarts[status.job_id] = count
     return SlurmPoll(observations, accounting_available, tuple(errors), lines, restarts)
+
+
+def _elements(lines: Iterable[tuple[str, JobStatus]], job_ids: Sequence[str]) -> dict[str, JobStatus]:
+    """The watched array elements squeue answered for, by their names (``1234_7``): an element has
+    a line of its own once it started (named ``1234_7``, its JobID a raw id of its own), and shares
+    its array's line while it pends (named by the range, ``1234_[2-4]``)."""
+    wanted = {job_id for job_id in job_ids if "_" in job_id}
+    if not wanted:
+        return {}
+    found: dict[str, JobStatus] = {}
+    for line, status in lines:
+        fields = line.split("|")
+        name = fields[6].strip() if len(fields) > 6 else ""
+        for element in element_names(name):
+            if element in wanted:
+                found[element] = replace(status, job_id=element)
+    return found
+
+
+_RANGE_NAME = re.compile(r"^(\d+)_\[([0-9,\-]+)(?:%\d+)?\]$")
+
+
+def element_names(name: str) -> list[str]:
+    """The elements a squeue JobArrayID names: ``1234_7`` one, ``1234_[2-4,7%2]`` four, else none."""
+    if re.fullmatch(r"\d+_\d+", name):
+        return [name]
+    match = _RANGE_NAME.match(name)
+    if not match:
+        return []
+    names: list[str] = []
+    for part in match.group(2).split(","):
+        first, _, last = part.partition("-")
+        if first.isdigit() and (not last or last.isdigit()):
+            names.extend(f"{match.group(1)}_{index}" for index in range(int(first), int(last or first) + 1))
+    return names
 
 
 def restart_count(squeue_line: str) -> int | None:
@@ -275,6 +329,10 @@ def parse_sacct(text: str) -> dict[str, JobStatus]:
         if len(fields) < 7 or not fields[0].strip():
             continue
         raw_id, native, exit_code, reason, elapsed, nodes, max_rss = (f.strip() for f in fields[:7])
+        # An array element is known by its name (1234_7), which the watcher asked for.
+        name = fields[7].strip() if len(fields) > 7 else ""
+        if re.fullmatch(r"\d+_\d+(\.\S+)?", name):
+            raw_id = name
         job_id, _, step = raw_id.partition(".")
         if step:
             rss = parse_rss_kb(max_rss)

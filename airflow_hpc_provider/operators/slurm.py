@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import Context
 from airflow.triggers.base import TriggerEvent
@@ -17,6 +17,7 @@ from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook, submit_
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
 from airflow_hpc_provider.operators.base import StopCause
+from airflow_hpc_provider.operators.slurm_arrays import check_array_arguments, element_trigger, why_not_an_array
 from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
 from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
 
@@ -66,6 +67,15 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     :param resubmit_on_timeout: after the signal and the command's end, requeue the job (same job id,
         output appended to the same task log under a run marker) up to this many times; needs
         ``signal_before_timeout`` and a ``time_limit``. The task ends with the last run's result.
+    :param array: how a mapped task (``.expand()``) is submitted. ``None`` (default): the mapped
+        task instances that defer together go to the cluster as one job array per group of
+        compatible ones (same connection, script, resources and env; only the command differs),
+        each instance still its own job ``<array>_<index>`` with its own log, state, retry and
+        cancel; ``False``: one job per instance; ``True``: as ``None``, but fail the task when it
+        cannot be an element (see docs/arrays.rst).
+    :param array_throttle: at most this many elements of one array run at once (``%N``).
+    :param array_window: seconds the triggerer waits for more siblings before submitting; default
+        ``[hpc] array_window`` (2). The window closes early once every mapped instance is waiting.
     """
 
     scheduler = "Slurm"
@@ -75,6 +85,9 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     multi_job_options = directives.SLURM_ARRAY
     env_rules = directives.SHELL_ENV_RULES + directives.SLURM_ENV_RULES
     ui_color = "#e8f0fe"
+    # Mapped task instances may run as elements of one array (False where each job is prepared
+    # on the worker, as a Python function's is).
+    supports_arrays: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -103,6 +116,9 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         signal_before_timeout: str | None = None,
         on_signal: Sequence[str] = (),
         resubmit_on_timeout: int = 0,
+        array: bool | None = None,
+        array_throttle: int | None = None,
+        array_window: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -133,6 +149,10 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         self.signal_before_timeout = signal_before_timeout
         self.on_signal = on_signal
         self.resubmit_on_timeout = resubmit_on_timeout
+        check_array_arguments(self.task_id, array, array_throttle, array_window)
+        self.array = array
+        self.array_throttle = array_throttle
+        self.array_window = array_window
         if "{{" not in f"{signal_before_timeout}{on_signal}":  # a Jinja value is checked once rendered
             self.near_limit(rendered=False)
 
@@ -204,6 +224,25 @@ class SlurmSubmitOperator(SshBatchJobOperator):
             cursor_path=slurm.cursor_path(cluster.log_dir, key, outcome.job_id),
             ended=outcome.ended,
         )
+
+    def defer_as_array_element(
+        self, context: Context, cluster: ClusterSettings, spec: JobSpec, batch_script: str, key: JobKey
+    ) -> None:
+        """A mapped task instance defers at once: the triggerer submits it with its siblings as one
+        array (docs/arrays.rst); this worker touches no cluster."""
+        why_not = why_not_an_array(self, context, cluster)
+        if why_not is not None:
+            if context["ti"].map_index not in (None, -1):
+                self.log.info("Submitting a job of its own, not an array element: %s", why_not)
+            return
+        trigger = element_trigger(self, context, cluster, spec, batch_script, key)
+        self.log.info(
+            "Deferring to the triggerer, which submits this task instance with the mapped siblings waiting "
+            "with it as one Slurm array on %s; this instance's command:\n%s",
+            cluster.conn_id,
+            spec.command if self.script is None else "(the script, the same for every element)",
+        )
+        self.defer(trigger=trigger, method_name="execute_complete")
 
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
         payload = event.payload if isinstance(event, TriggerEvent) else event

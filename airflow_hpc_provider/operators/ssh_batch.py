@@ -87,9 +87,10 @@ class ClusterSettings:
 
 # Why a job array is refused, in every message that refuses one.
 _WHY_NO_ARRAYS = (
-    "This operator watches one job: it would follow one element and could call the task a success "
-    "on that element's word while others failed, so job arrays are refused until they are supported "
-    "as such. Map the task over the indices instead (.expand()), one job per element."
+    "A task follows one job: it would follow one element and could call the task a success on that "
+    "element's word while others failed, so an array asked for in the script or options is refused. "
+    "Map the task instead (.expand()): on Slurm its instances go to the cluster as one array, each "
+    "instance following its own element (docs/arrays.rst); elsewhere one job per instance."
 )
 
 
@@ -212,6 +213,12 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
     def trigger_arguments(self, cluster: ClusterSettings) -> dict[str, Any]:
         """What the scheduler's trigger takes besides the job's coordinates (see subclasses)."""
         return {}
+
+    def defer_as_array_element(
+        self, context: Context, cluster: ClusterSettings, spec: JobSpec, batch_script: str, key: JobKey
+    ) -> None:
+        """Defer a mapped task instance to be submitted with its siblings as one job array, where
+        the scheduler's operator does that (see ``SlurmSubmitOperator``); else return."""
 
     def resume_from(self, payload: Mapping[str, Any]) -> None:
         """Take back what ``execute`` learned (a fresh operator instance runs ``execute_complete``)."""
@@ -363,6 +370,7 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
         spec = replace(spec, working_dir=working_dir)
         batch_script = self.render(spec, cluster)
         key = self.job_key(context)
+        self.defer_as_array_element(context, cluster, spec, batch_script, key)
         job = self._submit_once(spec, batch_script, key, cluster)
         while job.job_id is None:
             self.log.info(
@@ -439,6 +447,8 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
         outcome = WatchOutcome.from_dict(payload)
         self._job_id = outcome.job_id
         self._cursor_path = payload.get("cursor_path") or self._cursor_path
+        if payload.get("array_element"):  # its id was only known in the triggerer
+            self.push_xcom(context, f"{self.scheduler.lower()}_job_id", outcome.job_id)
         return self.finish(outcome, payload, where=str(payload.get("conn_id", self.conn_id)))
 
     @property

@@ -20,7 +20,7 @@ return value or the remote exception with its traceback, then delete what was re
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import Context
 
@@ -57,6 +57,9 @@ class ClusterPythonJob(RemotePythonCall, SshBatchJobOperator):
         than this, pickled, stays on the cluster and XCom holds a reference to it.
     :param check_python: ask the job's Python for its version before submitting (one SSH command).
     """
+
+    # Each call's payload is written on the worker before its job is submitted.
+    supports_arrays: ClassVar[bool] = False
 
     def __init__(self, *, check_python: bool = True, **kwargs: Any) -> None:
         self.check_python = bool(check_python)

@@ -261,9 +261,10 @@ class AirflowStack:
         tis: list[dict[str, Any]] = self.get(path, limit=1000)["task_instances"]
         return tis
 
-    def task_instance(self, dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        mapped = "" if map_index < 0 else f"/{map_index}"
         ti: dict[str, Any] = self.get(
-            f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
+            f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}{mapped}"
         )
         return ti
 
@@ -289,8 +290,9 @@ class AirflowStack:
         )
         return result
 
-    def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str) -> Any:
-        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
+    def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str, map_index: int = -1) -> Any:
+        mapped = "" if map_index < 0 else f"/{map_index}"
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}{mapped}"
         return self.request("PATCH", path, {"new_state": state})
 
     def clear_task(self, dag_id: str, run_id: str, task_id: str) -> Any:
@@ -303,11 +305,11 @@ class AirflowStack:
     def set_paused(self, dag_id: str, paused: bool) -> Any:
         return self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": paused})
 
-    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int) -> list[str]:
+    def task_log(self, dag_id: str, run_id: str, task_id: str, try_number: int, map_index: int = -1) -> list[str]:
         """The task log's messages, as the UI reads them (all sources merged by the api-server)."""
         path = (
             f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
-            f"/logs/{try_number}?full_content=true"
+            f"/logs/{try_number}?full_content=true" + ("" if map_index < 0 else f"&map_index={map_index}")
         )
         body = self.request("GET", path)
         lines: list[str] = []

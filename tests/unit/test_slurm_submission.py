@@ -108,7 +108,7 @@ def test_a_retry_asks_about_the_recorded_jobs_only_and_adopts_the_newest_live_on
     outcome = slurm.parse_submit_output(result.stdout)
 
     assert (outcome.job_id, outcome.adopted, outcome.ended, outcome.state) == ("4001", True, False, "RUNNING")
-    assert login.calls("squeue") == ["-h -t all -j 4001,4000 -O JobID:|,State:|"]
+    assert login.calls("squeue") == ["-h -t all -j 4001,4000 -O JobID:|,State:|,JobArrayID:|"]
     assert login.calls("sbatch") == []
 
 

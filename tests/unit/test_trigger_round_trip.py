@@ -60,6 +60,22 @@ SAMPLES: dict[str, Any] = {
     "unreachable_timeout": 120.0,
     "archive_path": "/archive/job.log",
     "archive_s3_uri": "s3://bucket/prefix/job.log",
+    "element": {
+        "head": "#!/bin/bash\n#SBATCH --mem=64M\n",
+        "job_name": "a_dag.a_task",
+        "log_dir": "/scratch/$USER/airflow hpc",
+        "shared_env": [["SITE", "hpc-a"]],
+        "env": [["GREETING", 'it\'s "quoted"']],
+        "working_dir": None,
+        "throttle": 4,
+        "window_s": 2.5,
+        "task_digest": "0123456789abcdef0123",
+        "try_number": 2,
+        "command": "echo 'one element'",
+        "map_index": 17,
+        "siblings": "a_dag\x1frun\x1fa_task",
+        "expected": 20,
+    },
 }
 
 TRIGGERS: list[type[BaseTrigger]] = defined_classes(BaseTrigger)

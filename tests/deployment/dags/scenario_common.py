@@ -25,6 +25,13 @@ BATCH_RESTART_TASKS = 10
 BATCH_QUIET_TASKS = 4
 VOLUME_TASKS = 10
 VOLUME_LINES = 3000
+# dep_arrays.py: mapped tasks as Slurm arrays (the test cluster's MaxArraySize is 6).
+ARRAY_TASKS = 20
+ARRAY_LINES = 300
+ARRAY_FAILING_INDEX = 7
+ARRAY_STOPPED_INDEX = 3
+ARRAY_RESTART_TASKS = 12
+ARRAY_RESTART_LINES = 40
 SCENARIO_DAG_IDS = (
     "dep_worker_slots",
     "dep_mark_failed",
@@ -38,6 +45,8 @@ SCENARIO_DAG_IDS = (
     "dep_volume",
     "dep_adopt_success",
     "dep_adopt_failure",
+    "dep_arrays",
+    "dep_arrays_restart",
 )
 
 

@@ -1,0 +1,217 @@
+"""Mapped task instances as one Slurm job array, as pure functions: the array's batch script, the
+one round trip that adopts or submits its elements, and reading what that round trip printed.
+
+Each element is one Airflow task instance (one ``map_index``) with a key of its own. The elements
+of one array share everything but their command (:class:`ArrayElement`): the shared batch script
+(``head``: shebang, ``#SBATCH`` lines, setup) runs the element's command behind a ``case`` on
+``SLURM_ARRAY_TASK_ID``, each through ``eval`` so a command that does not parse fails its own
+element only. Values of the tasks' ``env`` travel as a single job's do (sbatch's environment, fed
+on stdin), never on disk or on a command line: a value every element shares under its own name, a
+value of one element under a carrier name (``_AHE_<index>_<NAME>``) that only its branch reads
+into ``NAME``, before every carrier is unset, so an element sees its own values only.
+
+Slurm caps the array *index* (below ``MaxArraySize``), so a chunk's elements are numbered from 0
+whatever their map indexes; the element's job id is ``<array>_<index>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.dialects.remote_shell import quote
+from airflow_hpc_provider.dialects.slurm import ADOPTION_FUNCTION, adoption_args, jobs_record
+from airflow_hpc_provider.dialects.slurm_status import map_state
+from airflow_hpc_provider.jobs import JobKey
+
+# Slurm's own default, used when the cluster's configuration cannot be read (said in the task log).
+DEFAULT_MAX_ARRAY_SIZE = 1001
+
+# Asks the cluster for its MaxArraySize: one line, the number.
+MAX_ARRAY_SIZE_SCRIPT = "scontrol show config | awk '$1 == \"MaxArraySize\" { print $3 }'\n"
+
+
+@dataclass(frozen=True)
+class ArrayElement:
+    """One task instance in an array: its index there, its key, and what it runs."""
+
+    index: int
+    key: JobKey
+    command: str
+    map_index: int
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ElementOutcome:
+    """What the round trip did for one element: submitted it, or adopted an earlier try's job."""
+
+    index: int
+    job_id: str
+    adopted: bool
+    state: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.adopted and self.state is not None and map_state(self.state.split(" ")[0]).is_terminal
+
+
+def parse_max_array_size(text: str) -> int | None:
+    """The number :data:`MAX_ARRAY_SIZE_SCRIPT` printed, or None when it printed none."""
+    words = text.split()
+    return int(words[0]) if words and words[0].isdigit() and int(words[0]) > 0 else None
+
+
+def element_log_path(log_dir: str, job_id: str) -> str:
+    """Where element ``<array>_<index>`` writes its output (``--output`` with ``%A_%a``)."""
+    return f"{log_dir.rstrip('/')}/array-{job_id}.log"
+
+
+def array_script(head: str, elements: Sequence[ArrayElement]) -> str:
+    """The array's one batch script: ``head``, then each element's command behind its index.
+
+    ``head`` is the batch script of one element rendered without a command; for a whole script
+    by the user (no commands), it is the script itself, which every element runs.
+    """
+    if not any(element.command for element in elements):
+        return head
+    shared, _ = split_env(elements)
+    own = [(element, [name for name in element.env if name not in shared]) for element in elements]
+    carriers = [carrier(element.index, name) for element, names in own for name in names]
+    takes = "".join(
+        f"{element.index}) export "
+        + " ".join(f'{name}="${{{carrier(element.index, name)}-}}"' for name in names)
+        + " ;;\n"
+        for element, names in own
+        if names
+    )
+    # Each element reads its own values, then no element keeps another's.
+    own_env = f'case "${{SLURM_ARRAY_TASK_ID-}}" in\n{takes}esac\nunset {" ".join(carriers)}\n' if carriers else ""
+    branches = "".join(f"{element.index}) eval {quote(element.command)} ;;\n" for element in elements)
+    return (
+        head
+        + own_env
+        + 'case "${SLURM_ARRAY_TASK_ID-}" in\n'
+        + branches
+        + '*) echo "airflow-hpc: no element ${SLURM_ARRAY_TASK_ID-} in this array\'s script" >&2; exit 1 ;;\n'
+        + "esac\n"
+    )
+
+
+def carrier(index: int, name: str) -> str:
+    """The name one element's own value of ``name`` travels under."""
+    return f"_AHE_{index}_{name}"
+
+
+def split_env(elements: Sequence[ArrayElement]) -> tuple[dict[str, str], dict[str, str]]:
+    """The values every element has alike (sent once, under their own names), and each element's
+    own values (sent under :func:`carrier` names)."""
+    shared: dict[str, str] = {}
+    for name in sorted({name for element in elements for name in element.env}):
+        values = {element.env.get(name) for element in elements}
+        value = next(iter(values))
+        if len(values) == 1 and value is not None:
+            shared[name] = value
+    own = {
+        carrier(element.index, name): value
+        for element in elements
+        for name, value in element.env.items()
+        if name not in shared
+    }
+    return shared, own
+
+
+def submit_script(
+    batch_script: str,
+    elements: Sequence[ArrayElement],
+    *,
+    job_name: str,
+    group: str,
+    log_dir: str,
+    env: Mapping[str, str],
+    working_dir: str | None = None,
+    throttle: int | None = None,
+) -> str:
+    """One round trip for a chunk: adopt each element's earlier job, submit the rest as one array.
+
+    Like a single job's submission (:func:`~airflow_hpc_provider.dialects.slurm.submit_script`):
+    under a lock, each element's record of jobs is read and its newest unwatched job the
+    scheduler knows is adopted (``_adopt``, the same function); the new array's element ids are
+    appended to every element's record before any is printed, so a triggerer killed at any point
+    leaves them findable and its successor adopts them instead of submitting again (an element is
+    recorded with its try: a trigger of that try adopts it even after it was watched, a later try
+    never adopts one a trigger watched). Hang-ups are
+    ignored: a dropped connection does not stop the script between ``sbatch`` and the records.
+    """
+    shared, own = split_env(elements)
+    log_dir_arg = remote_shell.home_relative(log_dir)
+    lock = remote_shell.home_relative(f"{log_dir.rstrip('/')}/arrays.lock")
+    output = remote_shell.home_relative(f"{log_dir.rstrip('/')}/array-%A_%a.log")
+    spread = f"%{int(throttle)}" if throttle else ""
+    sbatch = [
+        "sbatch",
+        "--parsable",
+        f"--job-name={quote(job_name)}",
+        f"--comment={quote(f'{JobKey.PREFIX}:{group}:array')}",
+        f"--output={output}",
+        "--open-mode=append",
+        f'--array="$_todo"{spread}',
+    ]
+    if working_dir:
+        sbatch.append(f"--chdir={quote(working_dir)}")
+    adopt = "".join(
+        f"_pick=$(_adopt {adoption_args(log_dir, element.key, this_try=True)}) || exit 1\n"
+        f'if [ -n "$_pick" ]; then printf \'ADOPTED {element.index} %s\\n\' "$_pick"; '
+        f'else _todo="$_todo${{_todo:+,}}{element.index}"; fi\n'
+        for element in elements
+    )
+    record = "".join(
+        f'  case ",$_todo," in *,{element.index},*) '
+        f"printf '%s_{element.index} {int(element.key.try_number)}\\n' \"$_id\" >> "
+        f'{remote_shell.home_relative(jobs_record(log_dir, element.key))} || echo "could not record job ${{_id}}_'
+        f'{element.index}" >&2;; esac\n'
+        for element in elements
+    )
+    report = "".join(
+        f"  case \",$_todo,\" in *,{element.index},*) printf 'SUBMITTED {element.index} %s_{element.index}\\n' "
+        '"$_id";; esac\n'
+        for element in elements
+    )
+    return (
+        "trap '' HUP PIPE\n"
+        f"[ -d {log_dir_arg} ] || mkdir -p -- {log_dir_arg} || exit 1\n"
+        f"exec 9>>{lock}\n"
+        "flock -w 120 9 || { echo 'could not take the array submission lock' >&2; exit 1; }\n"
+        + ADOPTION_FUNCTION
+        + "_todo=\n"
+        + adopt
+        + 'if [ -n "$_todo" ]; then\n'
+        + remote_shell.export_lines({**env, **shared, **own})
+        + "  _id=$("
+        + remote_shell.heredoc(batch_script, feed=" ".join(sbatch))
+        + ") || exit $?\n"
+        "  _id=${_id%%;*}\n" + record + report + "fi\n"
+    )
+
+
+_ELEMENT_ID = re.compile(r"\d+_\d+")
+
+
+def parse_submit_output(stdout: str, indexes: Sequence[int]) -> dict[int, ElementOutcome]:
+    """What :func:`submit_script` printed, per element index; every element must have an answer."""
+    outcomes: dict[int, ElementOutcome] = {}
+    for line in stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        if word not in ("ADOPTED", "SUBMITTED"):
+            continue
+        index, _, rest = rest.partition(" ")
+        job_id, _, state = rest.partition(" ")
+        if not index.isdigit() or not (_ELEMENT_ID.fullmatch(job_id) or job_id.isdigit()):
+            raise ValueError(f"an unreadable line in the array submission's output: {line!r}")
+        outcomes[int(index)] = ElementOutcome(int(index), job_id, word == "ADOPTED", state.strip() or None)
+    missing = [index for index in indexes if index not in outcomes]
+    if missing:
+        raise ValueError(f"no job id for array index(es) {missing} in the submission's output: {stdout!r}")
+    return outcomes

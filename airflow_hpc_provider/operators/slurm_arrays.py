@@ -1,0 +1,121 @@
+"""How a mapped ``SlurmSubmitOperator`` task instance becomes one element of a Slurm job array.
+
+Mapped task instances that defer together are submitted by the triggerer as one ``sbatch --array``
+per group (:mod:`~airflow_hpc_provider.watching.slurm_arrays`); each keeps its own task instance,
+log, state, exit code, retry and cancel. This module decides whether a task instance goes that way
+(:func:`why_not_an_array`) and builds its trigger; the worker touches no cluster to do so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from airflow_hpc_provider.config import default_array_window_s, default_poll_interval_s
+from airflow_hpc_provider.errors import JobSpecError
+from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.triggers.slurm_array import SlurmArrayElementTrigger
+from airflow_hpc_provider.watching.slurm_arrays import ArrayGroup, ElementRequest, env_items, request_to_dict
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
+    from airflow_hpc_provider.operators.ssh_batch import ClusterSettings
+
+
+def check_array_arguments(task_id: str, array: bool | None, throttle: int | None, window_s: float | None) -> None:
+    """At parse time: the array arguments are what they say."""
+    if array not in (None, True, False):
+        raise JobSpecError(f"{task_id}: array={array!r} must be True, False or None (arrays for mapped tasks)")
+    if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int) or throttle < 1):
+        raise JobSpecError(f"{task_id}: array_throttle={throttle!r} must be a whole number of at least 1")
+    if window_s is not None and (isinstance(window_s, bool) or not isinstance(window_s, int | float) or window_s <= 0):
+        raise JobSpecError(f"{task_id}: array_window={window_s!r} must be seconds, more than zero")
+
+
+def why_not_an_array(operator: SlurmSubmitOperator, context: Context, cluster: ClusterSettings) -> str | None:
+    """None when this task instance runs as an array element; else why not, in the log's words.
+
+    ``array=None`` (the default) makes every mapped task instance an element where it can be one;
+    ``array=False`` never; ``array=True`` fails the task when it cannot be one.
+    """
+    if operator.array is False:
+        return "array=False"
+    ti = context["ti"]
+    if ti.map_index is None or ti.map_index < 0:
+        return "the task is not mapped"
+    reasons = [
+        (not operator.deferrable, "the task does not defer (array elements are submitted by the triggerer)"),
+        (operator.signal_before_timeout is not None, "signal_before_timeout is set (its requeue is per job)"),
+        (
+            cluster.max_concurrent_jobs is not None,
+            f"the connection caps jobs at max_concurrent_jobs={cluster.max_concurrent_jobs} (use array_throttle)",
+        ),
+        (not operator.supports_arrays, f"{type(operator).__name__} prepares each job on the worker"),
+    ]
+    for applies, reason in reasons:
+        if applies:
+            if operator.array is True:
+                raise JobSpecError(f"{operator.task_id}: array=True, but {reason}")
+            return reason
+    return None
+
+
+def element_trigger(
+    operator: SlurmSubmitOperator,
+    context: Context,
+    cluster: ClusterSettings,
+    spec: JobSpec,
+    batch_script: str,
+    key: JobKey,
+) -> SlurmArrayElementTrigger:
+    """The trigger that submits this task instance with its siblings, then watches its element."""
+    ti = context["ti"]
+    # The elements share the script rendered without a command; each element's command and env
+    # come behind its array index. A whole script by the user is the same for every element.
+    # Rendered without the env names too: they differ between elements, and each element's are
+    # set by its own branch (the env note is a comment only).
+    head = (
+        batch_script
+        if operator.script is not None
+        else operator.render(replace(spec, command="", env_names=()), cluster)
+    )
+    group = ArrayGroup(
+        conn_id=cluster.conn_id,
+        head=head,
+        job_name=spec.job_name,
+        log_dir=cluster.log_dir,
+        shared_env=env_items(operator.job_env()) if operator.script is not None else (),
+        working_dir=spec.working_dir,
+        throttle=operator.array_throttle,
+        window_s=operator.array_window or default_array_window_s(),
+    )
+    request = ElementRequest(
+        group=group,
+        key=key,
+        command="" if operator.script is not None else spec.command,
+        map_index=-1 if ti.map_index is None else int(ti.map_index),
+        env=env_items(operator.job_env()) if operator.script is None else (),
+        siblings="\x1f".join((ti.dag_id, ti.run_id, ti.task_id)),
+        expected=mapped_count(context),
+    )
+    interval = operator.poll_interval or cluster.poll_interval_s or default_poll_interval_s()
+    timeout = operator.execution_timeout
+    return SlurmArrayElementTrigger(
+        conn_id=cluster.conn_id,
+        element=request_to_dict(request),
+        poll_interval=interval,
+        deadline=time.time() + timeout.total_seconds() if timeout else None,
+    )
+
+
+def mapped_count(context: Context) -> int:
+    """How many instances the mapped task has in this run (-1 when Airflow cannot say): the
+    triggerer's collection window closes early once all of them are waiting."""
+    ti: Any = context["ti"]
+    try:
+        return int(ti.get_ti_count(dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id]))
+    except Exception:  # an old API server, a test harness without one: the window alone decides
+        return -1
