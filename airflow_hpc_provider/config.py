@@ -17,40 +17,34 @@ from airflow_hpc_provider.errors import ConnectionConfigError
 SECTION = "hpc"
 BUILTIN_POLL_INTERVAL_S = 10.0
 BUILTIN_LOG_DIR = ".airflow-hpc/logs"
+BUILTIN_ARRAY_WINDOW_S = 10.0
 # Airflow's global switch. Airflow writes its own default (false) into every airflow.cfg it
 # creates, so only an environment variable tells that a deployment chose it on purpose.
-BUILTIN_ARRAY_WINDOW_S = 2.0
 AIRFLOW_DEFERRABLE_ENV = "AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE"
 
 
 def default_poll_interval_s() -> float:
     """``[hpc] default_poll_interval``: seconds between status polls when neither task nor connection says."""
-    text = conf.get(SECTION, "default_poll_interval", fallback=None)
-    if text is None or not str(text).strip():
-        return BUILTIN_POLL_INTERVAL_S
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = 0.0
-    if seconds <= 0:
-        raise ConnectionConfigError(
-            f"[{SECTION}] default_poll_interval={text!r} in the Airflow configuration: give seconds > 0"
-        )
-    return seconds
+    return _seconds("default_poll_interval", BUILTIN_POLL_INTERVAL_S)
 
 
 def default_array_window_s() -> float:
-    """``[hpc] array_window``: seconds the triggerer waits for more mapped siblings before it
-    submits the elements waiting as one Slurm array (default 2; it ends early once all are there)."""
-    text = conf.get(SECTION, "array_window", fallback=None)
+    """``[hpc] array_window``: the longest a mapped task instance waits in the triggerer for its
+    siblings before it is submitted in a Slurm array (it ends early once all of them are there)."""
+    return _seconds("array_window", BUILTIN_ARRAY_WINDOW_S)
+
+
+def _seconds(option: str, builtin: float) -> float:
+    """A positive number of seconds from ``[hpc]``; anything else is refused, naming the option."""
+    text = conf.get(SECTION, option, fallback=None)
     if text is None or not str(text).strip():
-        return BUILTIN_ARRAY_WINDOW_S
+        return builtin
     try:
         seconds = float(text)
     except ValueError:
         seconds = 0.0
     if seconds <= 0:
-        raise ConnectionConfigError(f"[{SECTION}] array_window={text!r} in the Airflow configuration: give seconds > 0")
+        raise ConnectionConfigError(f"[{SECTION}] {option}={text!r} in the Airflow configuration: give seconds > 0")
     return seconds
 
 

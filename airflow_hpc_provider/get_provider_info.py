@@ -149,6 +149,13 @@ CONFIG: dict[str, Any] = {
                 "True",
                 "False",
             ),
+            "array_window": _option(
+                "The longest an instance of a mapped Slurm task waits in the triggerer for its siblings before "
+                "it is submitted as an element of a job array; it ends early once every instance is waiting.",
+                "float",
+                "10",
+                "30",
+            ),
         },
     }
 }

@@ -36,7 +36,7 @@ with DAG(
         time_limit=timedelta(minutes=10),
         command=(
             'echo "processing $SAMPLE as array element $SLURM_ARRAY_JOB_ID"_"$SLURM_ARRAY_TASK_ID on $(hostname)"\n'
-            'for step in 1 2 3; do echo "$SAMPLE: step $step of 3"; sleep 1; done\n'
+            'for step in 1 2 3; do echo "$SAMPLE: step $step of 3"; sleep 0.2; done\n'
             'echo "$SAMPLE: done"'
         ),
         array_throttle=25,

@@ -116,9 +116,3 @@ async def stop_tenants(transport: SshTransport, tenant_ids: Sequence[str], *, cl
             "tenant stop (srun + tmux)", transport.target.where, result.exit_status, result.error_text or result.text
         )
     return result.text
-
-
-async def read_log_tail(transport: SshTransport, path: str, lines: int) -> str:
-    """The last lines of a tenant's log, for the error message when it fails."""
-    result = await transport.run(f"tail -n {int(lines)} -- {quote(path)} 2>/dev/null\n")
-    return result.text

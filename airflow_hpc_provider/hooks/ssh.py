@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
-from airflow_hpc_provider.dialects.remote_shell import whole_or_nothing
+from airflow_hpc_provider.dialects.remote_shell import quote, whole_or_nothing
 from airflow_hpc_provider.errors import (
     ClusterAuthError,
     ClusterUnreachableError,
@@ -427,3 +427,10 @@ class SshTransport:
 
     async def close(self) -> None:
         await self._drop()
+
+
+async def read_log_tail(transport: SshTransport, path: str, lines: int) -> str:
+    """The last ``lines`` lines of a job's output file, for the error when it failed (empty when
+    the file cannot be read)."""
+    result = await transport.run(f"tail -n {int(lines)} -- {quote(path)} 2>/dev/null\n")
+    return result.text

@@ -17,7 +17,8 @@ from airflow_hpc_provider.hooks.pbs import PbsClusterDefaults, PbsHook, detect_f
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
 from airflow_hpc_provider.operators.base import StopCause, rendered_text, unless_templated
-from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
+from airflow_hpc_provider.operators.ssh_batch import SshBatchJobOperator
+from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings, Submitted
 from airflow_hpc_provider.resources import check_name
 from airflow_hpc_provider.triggers.pbs import PbsJobTrigger
 

@@ -18,7 +18,8 @@ from airflow_hpc_provider.hooks.sge import SgeClusterDefaults, SgeHook, submit_j
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.operators.base import rendered_text, unless_templated
-from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
+from airflow_hpc_provider.operators.ssh_batch import SshBatchJobOperator
+from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings, Submitted
 from airflow_hpc_provider.resources import check_name
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 

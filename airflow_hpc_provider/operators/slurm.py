@@ -18,7 +18,8 @@ from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
 from airflow_hpc_provider.operators.base import StopCause
 from airflow_hpc_provider.operators.slurm_arrays import check_array_arguments, element_trigger, why_not_an_array
-from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator, Submitted
+from airflow_hpc_provider.operators.ssh_batch import SshBatchJobOperator
+from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings, Submitted
 from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
 
 
@@ -74,8 +75,9 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         cancel; ``False``: one job per instance; ``True``: as ``None``, but fail the task when it
         cannot be an element (see docs/arrays.rst).
     :param array_throttle: at most this many elements of one array run at once (``%N``).
-    :param array_window: seconds the triggerer waits for more siblings before submitting; default
-        ``[hpc] array_window`` (2). The window closes early once every mapped instance is waiting.
+    :param array_window: the longest an instance waits in the triggerer for its mapped siblings
+        before it is submitted; default ``[hpc] array_window`` (10 s). It ends early once every
+        instance is waiting, and a full chunk of ``MaxArraySize`` goes at once.
     """
 
     scheduler = "Slurm"

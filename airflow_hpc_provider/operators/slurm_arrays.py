@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
-    from airflow_hpc_provider.operators.ssh_batch import ClusterSettings
+    from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings
 
 
 def check_array_arguments(task_id: str, array: bool | None, throttle: int | None, window_s: float | None) -> None:

@@ -30,10 +30,9 @@ from airflow_hpc_provider.git_pin import GitSource
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
     launch_tenant,
-    read_log_tail,
     stop_tenants,
 )
-from airflow_hpc_provider.hooks.ssh import SshTarget
+from airflow_hpc_provider.hooks.ssh import SshTarget, read_log_tail
 from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.base import StopCause

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -27,11 +27,10 @@ from airflow_hpc_provider.dialects.directives import (
     multi_job_requests,
 )
 from airflow_hpc_provider.dialects.directives import check_env_names as check_env
-from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.env_rules import JobEnvironment
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.git_pin import GitSource
-from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.hooks.ssh import SshTransport, read_log_tail
 from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import (
     JobKey,
@@ -42,6 +41,7 @@ from airflow_hpc_provider.jobs import (
 from airflow_hpc_provider.operators.base import StopCause, rendered_number, rendered_text, unless_templated
 from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator
 from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
+from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings, Submitted
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 from airflow_hpc_provider.watching.cluster import cancel_jobs
@@ -51,38 +51,6 @@ from airflow_hpc_provider.watching.ssh_watch import watch_job
 BUSY_RETRY_DELAY = timedelta(seconds=60)
 # Templated too: literal values are checked at parse time, templates right after rendering.
 RESOURCE_FIELDS = ("partition", "account", "cpus", "memory", "time_limit", "gpus", "gres", "nodes")
-
-
-@dataclass(frozen=True)
-class Submitted:
-    """A submission's result. ``job_id`` None: nothing submitted, ``busy_jobs`` of ours already run.
-
-    ``ended``: the adopted job had already finished (its worker died before watching it).
-    """
-
-    job_id: str | None
-    adopted: bool
-    state: str | None
-    log_path: str = ""
-    cursor_path: str = ""
-    busy_jobs: int | None = None
-    ended: bool = False
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """What the operator needs from the connection: where it is and what it defaults to."""
-
-    conn_id: str
-    target: SshTarget
-    partition: str | None
-    account: str | None
-    log_dir: str
-    poll_interval_s: float | None
-    login_shell: bool
-    max_concurrent_jobs: int | None = None
-    # The connection's extra as read once for this task (its env rules live there).
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 # Why a job array is refused, in every message that refuses one.
@@ -461,13 +429,9 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
     def _tail(self, log_path: str) -> str:
         if not log_path or self.log_tail_lines <= 0:
             return ""
-
-        async def fetch(transport: SshTransport) -> str:
-            result = await transport.run(f"tail -n {int(self.log_tail_lines)} -- {quote(log_path)} 2>/dev/null\n")
-            return result.text
-
+        count = self.log_tail_lines
         try:
-            return on_cluster(self.cluster().target, fetch)
+            return on_cluster(self.cluster().target, lambda transport: read_log_tail(transport, log_path, count))
         except Exception as error:  # the failure itself matters more than its last lines
             self.log.warning("could not read the job's last lines: %s", error)
             return ""

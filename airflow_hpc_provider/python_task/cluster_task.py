@@ -29,7 +29,8 @@ from airflow_hpc_provider.hooks.ssh import SshTransport
 from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.base import HpcOperator
-from airflow_hpc_provider.operators.ssh_batch import ClusterSettings, SshBatchJobOperator
+from airflow_hpc_provider.operators.ssh_batch import SshBatchJobOperator
+from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings
 from airflow_hpc_provider.python_task import cluster_files, cluster_io
 from airflow_hpc_provider.python_task.cleanup import CleanupPolicy, locations_to_delete
 from airflow_hpc_provider.python_task.codec import CLUSTER_INLINE_LIMIT_BYTES, encode_body

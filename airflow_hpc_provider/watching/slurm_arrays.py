@@ -2,10 +2,11 @@
 
 Each mapped task instance defers to its own trigger without touching the cluster; the trigger asks
 this process's :class:`ArrayCollector` for its group (same connection, batch script, env, log
-directory: everything but the command) to submit it. The collector waits a short window for its
-siblings, then submits every element waiting as one array per chunk of at most ``MaxArraySize``
-(read from the cluster once), in one SSH round trip per chunk over the process's shared connection
-to the cluster (the poller's). Each trigger then watches its own element, ``<array>_<index>``.
+directory: everything but the command and its env values) to submit it. The collector waits for
+the siblings Airflow says are coming (at most the group's window, ``array_window``), submitting
+whole chunks of ``MaxArraySize`` (read from the cluster once) as soon as they fill, each in one SSH
+round trip over the process's shared connection to the cluster (the poller's). Each trigger then
+watches its own element, ``<array>_<index>``.
 
 Restarts lose and duplicate nothing: every element's id is written to its task instance's record
 on the cluster before any id is printed, so a trigger that runs again (a restarted triggerer, a
@@ -21,7 +22,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +35,9 @@ from airflow_hpc_provider.watching.cluster import PollerSettings, cancel_jobs, s
 
 log = logging.getLogger(__name__)
 
-# However siblings keep arriving, the first waiting element is submitted within this long.
-MAX_COLLECTION_S = 30.0
+# Where Airflow cannot say how many instances a mapped task has, this long without a new one
+# closes the collection window.
+QUIET_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ class ArrayGroup:
     shared_env: tuple[tuple[str, str], ...] = ()
     working_dir: str | None = None
     throttle: int | None = None
-    window_s: float = 2.0
+    # The longest an element waits for its siblings (``array_window``).
+    window_s: float = 10.0
 
     @property
     def digest(self) -> str:
@@ -99,7 +102,7 @@ class ElementSubmitted:
 
 
 @dataclass(eq=False)
-class _Waiting:
+class Waiting:
     request: ElementRequest
     answer: asyncio.Future[ElementSubmitted]
     since: float = field(default_factory=time.monotonic)
@@ -113,8 +116,8 @@ class ArrayCollector:
     def __init__(self, target: SshTarget, group: ArrayGroup) -> None:
         self.target = target
         self.group = group
-        self._waiting: list[_Waiting] = []
-        self._in_flight: list[_Waiting] = []
+        self._waiting: list[Waiting] = []
+        self._in_flight: list[Waiting] = []
         self._arrived = asyncio.Event()
         self._last_arrival = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -123,7 +126,7 @@ class ArrayCollector:
         self.submissions = 0  # instrument only (benches, tests); no decision reads it
 
     async def submit(self, request: ElementRequest) -> ElementSubmitted:
-        waiting = _Waiting(request, asyncio.get_running_loop().create_future())
+        waiting = Waiting(request, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
         self._last_arrival = time.monotonic()
         self._arrived.set()
@@ -153,44 +156,28 @@ class ArrayCollector:
     # -- collecting --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        size = await max_array_size(self.target)
         while self._waiting:
-            await self._collect()
-            if not self._waiting:
-                return
-            size = await max_array_size(self.target)
-            batch, self._waiting = self._waiting, []
+            take = await self._collect(size)
+            batch, self._waiting = self._waiting[:take], self._waiting[take:]
             chunks = [batch[start : start + size] for start in range(0, len(batch), size)]
             for number, chunk in enumerate(chunks, start=1):
                 await self._submit_chunk(chunk, number, len(chunks))
 
-    async def _collect(self) -> None:
-        """Wait until the window closes: a quiet ``window_s`` since the last arrival, every sibling
-        of the waiting mapped tasks here, or :data:`MAX_COLLECTION_S` since the first arrival."""
+    async def _collect(self, size: int) -> int:
+        """Wait for siblings; return how many of the waiting to submit now (see :func:`due`)."""
         while self._waiting:
-            now = time.monotonic()
-            if self._all_siblings_here() or now - self._waiting[0].since >= MAX_COLLECTION_S:
-                return
-            quiet_until = self._last_arrival + self.group.window_s
-            if now >= quiet_until:
-                return
+            take, wait_s = due(self._waiting, self._submitted, self._last_arrival, size, self.group.window_s)
+            if take:
+                return take
             self._arrived.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), timeout=quiet_until - now)
-
-    def _all_siblings_here(self) -> bool:
-        here: dict[str, set[int]] = {}
-        expected: dict[str, int] = {}
-        for waiting in self._waiting:
-            here.setdefault(waiting.request.siblings, set()).add(waiting.request.map_index)
-            expected[waiting.request.siblings] = waiting.request.expected
-        return all(
-            len(indexes | self._submitted.get(siblings, set())) >= expected[siblings]
-            for siblings, indexes in here.items()
-        )
+                await asyncio.wait_for(self._arrived.wait(), timeout=wait_s)
+        return 0
 
     # -- submitting --------------------------------------------------------------------------------
 
-    async def _submit_chunk(self, chunk: list[_Waiting], number: int, chunks: int) -> None:
+    async def _submit_chunk(self, chunk: list[Waiting], number: int, chunks: int) -> None:
         group = self.group
         elements = [
             slurm_array.ArrayElement(
@@ -259,6 +246,51 @@ class ArrayCollector:
             )
         if stopped:
             await _cancel(self.target, stopped)
+
+
+def due(
+    waiting: Sequence[Waiting],
+    submitted: Mapping[str, set[int]],
+    last_arrival: float,
+    size: int,
+    window_s: float,
+    now: float | None = None,
+) -> tuple[int, float]:
+    """How many of the ``waiting`` elements go now, or else how long to wait for more.
+
+    All of them once every sibling Airflow said is coming is waiting or was ``submitted`` (map
+    indexes per mapped task), or once the first has waited ``window_s``; whole chunks of ``size``
+    as soon as they are full (the rest waits for its siblings). Where Airflow could not say how many
+    siblings come, :data:`QUIET_S` without an arrival closes the window too. Siblings reach the
+    triggerer as worker slots free up, seconds apart with few slots, so a quiet gap alone would
+    split them into many small arrays.
+    """
+    now = time.monotonic() if now is None else now
+    count = len(waiting)
+    waited = now - waiting[0].since
+    if all_siblings_here(waiting, submitted) or waited >= window_s:
+        return count, 0.0
+    if count >= size:
+        return count - count % size, 0.0
+    left = window_s - waited
+    if any(element.request.expected < 0 for element in waiting):
+        quiet_left = last_arrival + QUIET_S - now
+        if quiet_left <= 0:
+            return count, 0.0
+        left = min(left, quiet_left)
+    return 0, left
+
+
+def all_siblings_here(waiting: Sequence[Waiting], submitted: Mapping[str, set[int]]) -> bool:
+    """Whether every instance of each waiting element's mapped task is waiting or was submitted."""
+    here: dict[str, set[int]] = {}
+    expected: dict[str, int] = {}
+    for element in waiting:
+        here.setdefault(element.request.siblings, set()).add(element.request.map_index)
+        expected[element.request.siblings] = element.request.expected
+    return all(
+        len(indexes | submitted.get(siblings, set())) >= expected[siblings] >= 0 for siblings, indexes in here.items()
+    )
 
 
 def _log_path(log_dir: str, key: JobKey, outcome: slurm_array.ElementOutcome) -> str:

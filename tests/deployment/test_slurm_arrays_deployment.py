@@ -53,19 +53,19 @@ def element_of(log: list[str], map_index: int) -> str | None:
     return None
 
 
-def pushed_job_id(stack: AirflowStack, dag_id: str, run_id: str, map_index: int) -> str:
+def pushed_job_id(stack: AirflowStack, dag_id: str, run_id: str, map_index: int, task_id: str = "mapped") -> str:
     entry = stack.get(
-        f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/mapped"
+        f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/{task_id}"
         "/xcomEntries/slurm_job_id",
         map_index=map_index,
     )
     return str(entry["value"]).strip('"')
 
 
-def log_of(stack: AirflowStack, dag_id: str, run_id: str, map_index: int, try_number: int = 1) -> list[str]:
-    """The instance's task log; empty while Airflow has not made the instance yet."""
+def log_of(stack: AirflowStack, dag_id: str, run_id: str, map_index: int, task_id: str = "mapped") -> list[str]:
+    """The instance's first try's task log; empty while Airflow has not made the instance yet."""
     try:
-        return stack.task_log(dag_id, run_id, "mapped", try_number, map_index=map_index)
+        return stack.task_log(dag_id, run_id, task_id, 1, map_index=map_index)
     except StackError:
         return []
 
@@ -167,3 +167,25 @@ def test_a_triggerer_killed_while_mapped_elements_stream_loses_and_duplicates_no
             assert (missing, repeated) == ([], []), f"map_index {index}"
     finally:
         cancel_jobs_named(job_prefix(run_id))
+
+
+def test_the_arrays_example_maps_over_fifty_inputs_in_a_few_submissions_each_sample_in_its_own_log(
+    one_triggerer: AirflowStack,
+) -> None:
+    stack = one_triggerer
+    dag_id = "slurm_array_map"
+    before = sdiag_submissions()
+    run_id = stack.trigger(dag_id)
+    run = stack.wait_for_run_end(dag_id, run_id, 900)
+
+    submissions = sdiag_submissions() - before
+    tis = stack.task_instances(dag_id, run_id)
+    print(f"\n{dag_id}: {len(tis)} mapped instances, {submissions} sbatch calls (sdiag), MaxArraySize {MAX_ARRAY_SIZE}")
+    assert run["state"] == "success" and len(tis) == 50
+    assert submissions <= math.ceil(50 / MAX_ARRAY_SIZE) + 2
+    for index in range(50):
+        log = log_of(stack, dag_id, run_id, index, task_id="process")
+        sample = f"sample_{index:02d}"
+        ours = [line for line in log if line.startswith("sample_")]
+        assert ours == [f"{sample}: step {step} of 3" for step in (1, 2, 3)] + [f"{sample}: done"], index
+        assert element_of(log, index) == pushed_job_id(stack, dag_id, run_id, index, task_id="process")

@@ -5,8 +5,8 @@ against stand-in squeue/sacct/sbatch that record their calls.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
@@ -15,6 +15,8 @@ import pytest
 from airflow_hpc_provider.dialects import slurm_array, slurm_status
 from airflow_hpc_provider.dialects.slurm_array import ArrayElement
 from airflow_hpc_provider.jobs import JobKey, JobState
+from airflow_hpc_provider.watching.slurm_arrays import QUIET_S, ArrayGroup, ElementRequest, Waiting, due
+from tests.unit.stand_in_login import StandInLogin
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "slurm"
 LOG_DIR = "logs"
@@ -141,40 +143,10 @@ def test_a_whole_script_by_the_user_is_every_elements_script() -> None:
 
 # --- the submit script, against stand-ins -----------------------------------------------------------
 
-STAND_IN = """#!/bin/sh
-name=$(basename "$0")
-printf '%s\\n' "$*" >> "$RECORD/$name.args"
-if [ "$name" = sbatch ]; then
-  cat > "$RECORD/script"
-fi
-[ -f "$ANSWERS/$name" ] && cat -- "$ANSWERS/$name"
-[ -f "$ANSWERS/$name.rc" ] && exit "$(cat -- "$ANSWERS/$name.rc")"
-[ "$name" = sbatch ] && echo 5000
-exit 0
-"""
 
-
-class Login:
-    def __init__(self, tmp_path: Path) -> None:
-        self.bin, self.record, self.answers, self.home = (tmp_path / d for d in ("bin", "record", "answers", "home"))
-        for directory in (self.bin, self.record, self.answers, self.home / LOG_DIR):
-            directory.mkdir(parents=True)
-        for name in ("squeue", "sacct", "sbatch"):
-            (self.bin / name).write_text(STAND_IN)
-            (self.bin / name).chmod(stat.S_IRWXU)
-
+class Login(StandInLogin):
     def record_of(self, key: JobKey) -> Path:
-        return self.home / LOG_DIR / f"{key.task_digest}.jobs"
-
-    def claim(self, key: JobKey, job_id: str) -> None:
-        (self.home / LOG_DIR / f"{key.task_digest}-{job_id}.cursor.watched").write_text("")
-
-    def answer(self, program: str, text: str) -> None:
-        (self.answers / program).write_text(text)
-
-    def calls(self, program: str) -> list[str]:
-        path = self.record / f"{program}.args"
-        return path.read_text().splitlines() if path.exists() else []
+        return self.log_dir / f"{key.task_digest}.jobs"
 
     def submit(self, elements: list[ArrayElement], *, throttle: int | None = None) -> str:
         script = slurm_array.submit_script(
@@ -186,11 +158,7 @@ class Login:
             env={"TOKEN": "it's a secret"},
             throttle=throttle,
         )
-        env = {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(self.home), "RECORD": str(self.record)}
-        env["ANSWERS"] = str(self.answers)
-        result = subprocess.run(
-            ["/bin/sh", "-s"], input=script, capture_output=True, text=True, env=env, cwd=self.home, timeout=30
-        )
+        result = self.run(script)
         assert result.returncode == 0, result.stderr
         return result.stdout
 
@@ -199,7 +167,7 @@ class Login:
 def login(tmp_path: Path) -> Login:
     if shutil.which("flock") is None:
         pytest.skip("the submit script locks with flock")
-    return Login(tmp_path)
+    return Login(tmp_path, LOG_DIR)
 
 
 def keys(count: int, try_number: int = 1) -> list[JobKey]:
@@ -224,7 +192,7 @@ def test_a_chunk_is_one_sbatch_without_secrets_on_its_command_line_each_element_
 def test_an_element_of_this_try_is_adopted_even_once_watched_and_only_the_rest_is_submitted(login: Login) -> None:
     first, second = keys(2)
     login.record_of(first).write_text("4000_0 1\n")
-    login.claim(first, "4000_0")  # its trigger watched it, then the triggerer restarted
+    login.claim(first.task_digest, "4000_0")  # its trigger watched it, then the triggerer restarted
     login.answer("squeue", "4001|RUNNING|4000_0|\n")
 
     outcomes = slurm_array.parse_submit_output(
@@ -239,7 +207,7 @@ def test_an_element_of_this_try_is_adopted_even_once_watched_and_only_the_rest_i
 def test_an_element_a_trigger_watched_for_an_earlier_try_is_never_adopted_by_a_retry(login: Login) -> None:
     (retry,) = keys(1, try_number=2)
     login.record_of(retry).write_text("4000_0 1\n")
-    login.claim(retry, "4000_0")
+    login.claim(retry.task_digest, "4000_0")
     login.answer("squeue", "4001|FAILED|4000_0|\n")
 
     outcomes = slurm_array.parse_submit_output(login.submit([ArrayElement(0, retry, "echo again", 0)]), [0])
@@ -262,3 +230,49 @@ def test_a_pending_element_squeue_shows_only_in_its_arrays_range_is_adopted(logi
 def test_an_answer_without_every_elements_id_is_an_error_not_a_guess() -> None:
     with pytest.raises(ValueError, match=r"index\(es\) \[1\]"):
         slurm_array.parse_submit_output("SUBMITTED 0 5000_0\n", [0, 1])
+
+
+# --- the collection window (a fake clock: ``now`` is given) ------------------------------------------
+
+GROUP = ArrayGroup(conn_id="c", head="#!/bin/bash\n", job_name="j", log_dir=LOG_DIR, window_s=10.0)
+LOOP = asyncio.new_event_loop()
+
+
+def waiting(map_index: int, since: float, *, expected: int = 20, siblings: str = "d/r/t") -> Waiting:
+    request = ElementRequest(
+        group=GROUP,
+        key=JobKey.for_task_instance("d", "t", "r", map_index, 1),
+        command="true",
+        map_index=map_index,
+        env=(),
+        siblings=siblings,
+        expected=expected,
+    )
+    return Waiting(request, LOOP.create_future(), since=since)
+
+
+def test_the_window_closes_at_once_when_every_sibling_is_here() -> None:
+    gathered = [waiting(index, since=100.0, expected=3) for index in range(3)]
+    assert due(gathered, {}, last_arrival=100.0, size=6, window_s=10.0, now=100.1) == (3, 0.0)
+
+
+def test_full_chunks_go_as_they_fill_and_the_rest_waits_for_its_siblings() -> None:
+    gathered = [waiting(index, since=100.0 + index) for index in range(8)]
+    assert due(gathered, {}, last_arrival=107.0, size=6, window_s=10.0, now=107.0) == (6, 0.0)
+
+
+def test_siblings_seconds_apart_are_waited_for_up_to_the_window_not_split_by_a_quiet_gap() -> None:
+    gathered = [waiting(0, since=100.0), waiting(1, since=101.0)]
+    assert due(gathered, {}, last_arrival=101.0, size=6, window_s=10.0, now=105.0) == (0, 5.0)
+    assert due(gathered, {}, last_arrival=101.0, size=6, window_s=10.0, now=110.0) == (2, 0.0)
+
+
+def test_without_a_sibling_count_a_quiet_gap_closes_the_window() -> None:
+    gathered = [waiting(0, since=100.0, expected=-1), waiting(1, since=100.5, expected=-1)]
+    assert due(gathered, {}, last_arrival=100.5, size=6, window_s=10.0, now=101.0) == (0, QUIET_S - 0.5)
+    assert due(gathered, {}, last_arrival=100.5, size=6, window_s=10.0, now=100.5 + QUIET_S) == (2, 0.0)
+
+
+def test_a_retry_alone_goes_at_once_when_its_siblings_were_submitted_before() -> None:
+    gathered = [waiting(7, since=100.0)]
+    assert due(gathered, {"d/r/t": set(range(20))}, last_arrival=100.0, size=6, window_s=10.0, now=100.0) == (1, 0.0)

@@ -8,7 +8,6 @@ submit blind when the scheduler cannot answer.
 from __future__ import annotations
 
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
@@ -16,47 +15,17 @@ import pytest
 
 from airflow_hpc_provider.dialects import slurm, slurm_status
 from airflow_hpc_provider.jobs import JobKey, JobSpec
+from tests.unit.stand_in_login import StandInLogin
 
 pytestmark = pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
 
 KEY = JobKey(task_digest="0123456789abcdef0123", try_number=3)
 LOG_DIR = "logs"
 
-# Each stand-in appends its arguments to $RECORD/<name>.args and answers from $ANSWERS/<name>
-# (stdout) and $ANSWERS/<name>.rc (exit status); sbatch prints the next id.
-STAND_IN = """#!/bin/sh
-name=$(basename "$0")
-printf '%s\\n' "$*" >> "$RECORD/$name.args"
-[ "$name" = sbatch ] && cat > "$RECORD/script"
-[ -f "$ANSWERS/$name" ] && cat -- "$ANSWERS/$name"
-[ -f "$ANSWERS/$name.rc" ] && exit "$(cat -- "$ANSWERS/$name.rc")"
-[ "$name" = sbatch ] && echo 5000
-exit 0
-"""
 
-
-class Login:
-    def __init__(self, tmp_path: Path) -> None:
-        self.bin, self.record, self.answers, self.home = (tmp_path / d for d in ("bin", "record", "answers", "home"))
-        for directory in (self.bin, self.record, self.answers, self.home / LOG_DIR):
-            directory.mkdir(parents=True)
-        for name in ("squeue", "sacct", "sbatch"):
-            (self.bin / name).write_text(STAND_IN)
-            (self.bin / name).chmod(stat.S_IRWXU)
-
+class Login(StandInLogin):
     def recorded_jobs(self, *ids: str) -> None:
-        (self.home / LOG_DIR / f"{KEY.task_digest}.jobs").write_text("".join(f"{i}\n" for i in ids))
-
-    def claim(self, job_id: str) -> None:
-        (self.home / LOG_DIR / f"{KEY.task_digest}-{job_id}.cursor.watched").write_text("")
-
-    def answer(self, program: str, text: str, rc: int = 0) -> None:
-        (self.answers / program).write_text(text)
-        (self.answers / f"{program}.rc").write_text(str(rc))
-
-    def calls(self, program: str) -> list[str]:
-        path = self.record / f"{program}.args"
-        return path.read_text().splitlines() if path.exists() else []
+        (self.log_dir / f"{KEY.task_digest}.jobs").write_text("".join(f"{i}\n" for i in ids))
 
     def submit(self, max_concurrent_jobs: int | None = None) -> subprocess.CompletedProcess[str]:
         spec = JobSpec(command="echo hi", job_name="job")
@@ -68,16 +37,12 @@ class Login:
             env={},
             max_concurrent_jobs=max_concurrent_jobs,
         )
-        env = {"PATH": f"{self.bin}:/usr/bin:/bin", "HOME": str(self.home), "RECORD": str(self.record)}
-        env["ANSWERS"] = str(self.answers)
-        return subprocess.run(
-            ["/bin/sh", "-s"], input=script, capture_output=True, text=True, env=env, cwd=self.home, timeout=30
-        )
+        return self.run(script)
 
 
 @pytest.fixture
 def login(tmp_path: Path) -> Login:
-    return Login(tmp_path)
+    return Login(tmp_path, LOG_DIR)
 
 
 def test_a_first_submission_asks_no_scheduler_about_other_jobs_and_records_the_new_one(login: Login) -> None:
@@ -134,7 +99,7 @@ def test_an_ended_job_squeue_forgot_is_found_in_accounting(login: Login) -> None
 
 def test_a_job_a_trigger_watched_is_never_adopted_and_a_new_one_is_submitted(login: Login) -> None:
     login.recorded_jobs("4001")
-    login.claim("4001")
+    login.claim(KEY.task_digest, "4001")
     login.answer("squeue", "4001|RUNNING|\n")
 
     outcome = slurm.parse_submit_output(login.submit().stdout)

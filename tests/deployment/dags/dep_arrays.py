@@ -40,7 +40,6 @@ with scenario_dag("dep_arrays"):
         slurm_conn_id=SLURM_CONN_ID,
         job_name=JOB_NAME,
         poll_interval=2,
-        array_window=5,
         retries=1,
         retry_delay=timedelta(seconds=1),
     ).expand(command=[element(index) for index in range(ARRAY_TASKS)])
@@ -51,5 +50,4 @@ with scenario_dag("dep_arrays_restart"):
         slurm_conn_id=SLURM_CONN_ID,
         job_name=JOB_NAME,
         poll_interval=2,
-        array_window=5,
     ).expand(command=[numbered_lines(ARRAY_RESTART_LINES, f"arr{i}", 0.5) for i in range(ARRAY_RESTART_TASKS)])

@@ -47,6 +47,7 @@ SCENARIO_DAG_IDS = (
     "dep_adopt_failure",
     "dep_arrays",
     "dep_arrays_restart",
+    "slurm_array_map",
 )
 
 
