@@ -11,9 +11,9 @@ from airflow_hpc_provider.dialects import pbs_qstat, pbs_submit
 from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.errors import ConnectionConfigError
 from airflow_hpc_provider.hooks.probe import SchedulerProbe
-from airflow_hpc_provider.hooks.refusals import PBS_REFUSALS, submission_error
+from airflow_hpc_provider.hooks.refusals import PBS_REFUSALS
 from airflow_hpc_provider.hooks.ssh import CommandResult, SshClusterHook, SshTransport, _number
-from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.hooks.submission import over_ssh
 from airflow_hpc_provider.resources import check_name
 
 DEFAULT_LOG_DIR = BUILTIN_LOG_DIR
@@ -105,24 +105,5 @@ async def detect_flavour(transport: SshTransport) -> PbsFlavour:
     return pbs_qstat.parse_flavour(result.text)
 
 
-async def submit_job(
-    transport: SshTransport,
-    spec: JobSpec,
-    batch_script: str,
-    flavour: PbsFlavour,
-    *,
-    key: JobKey,
-    log_dir: str,
-    env: Mapping[str, str],
-) -> pbs_submit.PbsSubmitOutcome:
-    """Adopt the live job of this task instance, or submit a new one: one SSH round trip."""
-    result = await transport.run(
-        pbs_submit.submit_script(spec, batch_script, flavour, key=key, log_dir=log_dir, env=env)
-    )
-    where = transport.target.where
-    if result.exit_status != 0:
-        raise submission_error("qsub", where, result.exit_status, result.error_text or result.text, PBS_REFUSALS)
-    try:
-        return pbs_submit.parse_submit_output(result.text)
-    except ValueError as error:
-        raise submission_error("qsub", where, result.exit_status, str(error), PBS_REFUSALS) from None
+# submit_job(transport, spec, batch_script, flavour, *, key, log_dir, env) -> PbsSubmitOutcome
+submit_job = over_ssh(pbs_submit.submit_script, pbs_submit.parse_submit_output, "qsub", PBS_REFUSALS)

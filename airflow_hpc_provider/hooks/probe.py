@@ -4,13 +4,18 @@ It connects with the connection's own settings (host key checked), runs one shor
 login node that checks the scheduler's commands and lists what the user may use, and answers in
 words: a wrong key, a host key mismatch, an unreachable host and a missing scheduler command each
 get their own message, since each has its own fix.
+
+This module holds the script, its verdicts and the words; the hook
+(:meth:`~airflow_hpc_provider.hooks.ssh.SshClusterHook.test_connection`) connects and runs it. So
+the import goes one way, hook to probe: the probe needs nothing of the transport but
+:class:`~airflow_hpc_provider.hooks.command_result.CommandResult`, which sits below both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -21,7 +26,7 @@ from airflow_hpc_provider.errors import (
     ConnectionConfigError,
     HostKeyMismatchError,
 )
-from airflow_hpc_provider.hooks.ssh import CommandResult, SshClusterHook, SshTarget, SshTransport
+from airflow_hpc_provider.hooks.command_result import CommandResult
 
 T = TypeVar("T")
 
@@ -90,15 +95,7 @@ class SchedulerProbe:
         return None
 
 
-async def _run_once(target: SshTarget, script: str, timeout_s: float) -> CommandResult:
-    transport = SshTransport(target)
-    try:
-        return await transport.run(script, timeout_s=timeout_s)
-    finally:
-        await transport.close()
-
-
-def _run_to_completion(work: Coroutine[Any, Any, T]) -> T:
+def run_to_completion(work: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine from synchronous code, also when this thread already runs an event loop."""
     try:
         asyncio.get_running_loop()
@@ -121,23 +118,21 @@ def _run_to_completion(work: Coroutine[Any, Any, T]) -> T:
     return results[0]
 
 
-def check_cluster_connection(hook: SshClusterHook) -> tuple[bool, str]:
+def check_cluster_connection(conn_id: str, probe_login_node: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
     """``(ok, message)`` as Airflow's connection test expects; never raises for a cluster problem.
 
-    The message names the login node as ``user@host:port`` only: the UI and the REST API test a
-    connection under a random, temporary id, which would mean nothing to the person reading it.
+    ``probe_login_node`` (the hook's) connects, runs the probe and judges its answer; what stops it
+    is said here in words. The message names the login node as ``user@host:port`` only: the UI and
+    the REST API test a connection under a random, temporary id, which would mean nothing to the
+    person reading it.
     """
-    ok, message = _check(hook)
-    return ok, message.replace(f" (connection {hook.conn_id})", "")
+    ok, message = _check(probe_login_node)
+    return ok, message.replace(f" (connection {conn_id})", "")
 
 
-def _check(hook: SshClusterHook) -> tuple[bool, str]:
+def _check(probe_login_node: Callable[[], tuple[bool, str]]) -> tuple[bool, str]:
     try:
-        conn = hook.get_conn()
-        target = SshTarget.from_connection(conn)
-        probe = hook.scheduler_probe(conn.extra_dejson)
-        result = _run_to_completion(_run_once(target, probe.script(), PROBE_TIMEOUT_S))
-        return probe.verdict(result, target.where, target.shell_command) or probe.judge(result, target.where)
+        return probe_login_node()
     except HostKeyMismatchError as error:
         return False, (
             f"Host key check failed: {error}. The login node did not prove it is the host this connection "

@@ -13,12 +13,10 @@ from typing import Any
 
 from airflow_hpc_provider.config import default_log_dir
 from airflow_hpc_provider.dialects import sge
-from airflow_hpc_provider.dialects.slurm import SubmitOutcome
 from airflow_hpc_provider.errors import ConnectionConfigError
 from airflow_hpc_provider.hooks.probe import SchedulerProbe
-from airflow_hpc_provider.hooks.refusals import submission_error
-from airflow_hpc_provider.hooks.ssh import CommandResult, SshClusterHook, SshTransport, _number
-from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.hooks.ssh import CommandResult, SshClusterHook, _number
+from airflow_hpc_provider.hooks.submission import over_ssh
 from airflow_hpc_provider.resources import check_name
 
 # Grid Engine's qsub: "Unable to run job: job rejected: the requested project "x" does not exist".
@@ -110,15 +108,5 @@ class SgeProbe(SchedulerProbe):
         return True, summary
 
 
-async def submit_job(
-    transport: SshTransport, spec: JobSpec, batch_script: str, *, key: JobKey, log_dir: str, env: Mapping[str, str]
-) -> SubmitOutcome:
-    """Adopt the live job of this task instance, or submit a new one: one SSH round trip."""
-    result = await transport.run(sge.submit_script(spec, batch_script, key=key, log_dir=log_dir, env=env))
-    output = result.error_text or result.text
-    if result.exit_status == 0:
-        try:
-            return sge.parse_submit_output(result.text)
-        except ValueError as error:  # no job id: say what came back instead
-            output = str(error)
-    raise submission_error("qsub", transport.target.where, result.exit_status, output, SGE_REFUSALS)
+# submit_job(transport, spec, batch_script, *, key, log_dir, env) -> SubmitOutcome
+submit_job = over_ssh(sge.submit_script, sge.parse_submit_output, "qsub", SGE_REFUSALS)

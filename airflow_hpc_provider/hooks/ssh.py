@@ -31,10 +31,14 @@ from airflow_hpc_provider.errors import (
     ConnectionConfigError,
     HostKeyMismatchError,
 )
+from airflow_hpc_provider.hooks.command_result import CommandResult
 from airflow_hpc_provider.hooks.pasted_key import repair_pasted_key
-
-if TYPE_CHECKING:
-    from airflow_hpc_provider.hooks.probe import SchedulerProbe
+from airflow_hpc_provider.hooks.probe import (
+    PROBE_TIMEOUT_S,
+    SchedulerProbe,
+    check_cluster_connection,
+    run_to_completion,
+)
 
 
 class _OnFirstUse:
@@ -277,24 +281,15 @@ class SshClusterHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         """Connect, check the scheduler's commands, and say in words what is wrong if anything is."""
-        from airflow_hpc_provider.hooks.probe import check_cluster_connection  # it needs SshTransport below
+        return check_cluster_connection(self.conn_id, self._probe_login_node)
 
-        return check_cluster_connection(self)
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    exit_status: int | None  # None: the remote side closed without one (killed, link dropped)
-    stdout: bytes
-    stderr: bytes
-
-    @property
-    def text(self) -> str:
-        return self.stdout.decode(errors="replace")
-
-    @property
-    def error_text(self) -> str:
-        return self.stderr.decode(errors="replace")
+    def _probe_login_node(self) -> tuple[bool, str]:
+        """Run the probe's script on the login node over a transport of its own, and judge the answer."""
+        conn = self.get_conn()
+        target = SshTarget.from_connection(conn)
+        probe = self.scheduler_probe(conn.extra_dejson)
+        result = run_to_completion(_run_once(target, probe.script(), PROBE_TIMEOUT_S))
+        return probe.verdict(result, target.where, target.shell_command) or probe.judge(result, target.where)
 
 
 class SshTransport:
@@ -429,8 +424,20 @@ class SshTransport:
         await self._drop()
 
 
+async def _run_once(target: SshTarget, script: str, timeout_s: float) -> CommandResult:
+    transport = SshTransport(target)
+    try:
+        return await transport.run(script, timeout_s=timeout_s)
+    finally:
+        await transport.close()
+
+
 async def read_log_tail(transport: SshTransport, path: str, lines: int) -> str:
     """The last ``lines`` lines of a job's output file, for the error when it failed (empty when
     the file cannot be read)."""
     result = await transport.run(f"tail -n {int(lines)} -- {quote(path)} 2>/dev/null\n")
     return result.text
+
+
+# CommandResult moved to command_result.py: still importable from here.
+__all__ = ["CommandResult", "JumpHost", "SshClusterHook", "SshTarget", "SshTransport", "read_log_tail"]

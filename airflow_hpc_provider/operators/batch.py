@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import re
-import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar
 
@@ -17,12 +14,20 @@ from airflow.triggers.base import TriggerEvent
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.config import default_poll_interval_s
 from airflow_hpc_provider.dialects import batch
-from airflow_hpc_provider.dialects.batch import ContainerRequest, GitCheckout
+from airflow_hpc_provider.dialects.batch import ContainerRequest
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.hooks.batch import BatchHook, ResolvedDefinition
 from airflow_hpc_provider.jobs import JobKey, JobStatus, signal_of_shell_status
 from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink
 from airflow_hpc_provider.operators.base import StopCause
+from airflow_hpc_provider.operators.batch_request import (
+    ContainerCommand,
+    DefinitionChoice,
+    ScriptStore,
+    git_checkout,
+    resolve_definition,
+    script_or_bootstrap,
+)
 from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator, with_prelude
 from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
@@ -35,18 +40,6 @@ MODES = ("locked", "revisions", "auto")
 PLATFORMS = ("EC2", "FARGATE")
 TIMEOUT_REASON = "Stopped from Airflow: the task passed its execution_timeout"
 KILL_REASON = "Stopped from Airflow: the worker running the task was told to stop"
-_SHA = re.compile(r"^[0-9a-f]{40}$")
-# Images warned about in locked mode, per process: "warn once", not once per task.
-_warned_images: set[tuple[str, str]] = set()
-
-
-@dataclass(frozen=True)
-class ContainerCommand:
-    """The container's command, the environment it adds to the task's ``env``, and what the log shows."""
-
-    command: tuple[str, ...]
-    env: Mapping[str, str]
-    for_log: str
 
 
 class BatchRevisionOperator(LayeredEnvOperator):
@@ -219,66 +212,23 @@ class BatchRevisionOperator(LayeredEnvOperator):
     # -- building the request ----------------------------------------------------------------------
 
     def _definition(self, hook: BatchHook) -> ResolvedDefinition:
-        if self.job_definition_mode == "auto":
-            assert self.image is not None  # checked in __init__
-            hook.check_roles({"job_role_arn": self.job_role_arn, "execution_role_arn": self.execution_role_arn})
-            name, body = batch.auto_body(
-                self.image,
-                job_role_arn=self.job_role_arn,
-                execution_role_arn=self.execution_role_arn,
-                log_group=self.log_group,
-                platform=self.platform,
-            )
-            return hook.ensure_definition(name, body)
-        assert self.job_definition is not None
-        if self.job_definition_mode == "revisions":
-            assert self.image is not None
-            return hook.revision_for_image(self.job_definition, self.image)
-        resolved = hook.locked(self.job_definition)
-        if self.image and resolved.image and self.image != resolved.image:
-            message = (
-                f"job_definition_mode='locked': {resolved.name}:{resolved.revision} runs {resolved.image}, "
-                f"not {self.image}; AWS Batch cannot override an image at submission, so the registered "
-                "image runs. Use job_definition_mode='revisions' to run the task's image"
-            )
-            if self.strict_image:
-                raise JobSpecError(message)
-            if (resolved.arn, self.image) not in _warned_images:
-                _warned_images.add((resolved.arn, self.image))
-                self.log.warning("%s", message)
-        return resolved
-
-    def _git(self) -> GitCheckout | None:
-        if self.git is None:
-            return None
-        repo, ref = self.git["repo"], self.git.get("ref", "HEAD")
-        path = self.git.get("path", "/tmp/airflow-hpc-src")
-        if _SHA.match(ref):
-            return GitCheckout(repo=repo, sha=ref, path=path)
-        # Resolved here, when the task starts, so every attempt and child runs the same commit.
-        result = subprocess.run(["git", "ls-remote", "--", repo, ref], capture_output=True, text=True, timeout=60)
-        shas = [line.split("\t", 1)[0] for line in result.stdout.splitlines() if "\t" in line]
-        if result.returncode != 0 or not shas:
-            raise JobSpecError(f"git: cannot resolve {ref!r} in {repo}: {result.stderr.strip() or 'no such ref'}")
-        return GitCheckout(repo=repo, sha=shas[0], path=path)
+        choice = DefinitionChoice(
+            mode=self.job_definition_mode,
+            job_definition=self.job_definition,
+            image=self.image,
+            strict_image=self.strict_image,
+            job_role_arn=self.job_role_arn,
+            execution_role_arn=self.execution_role_arn,
+            log_group=self.log_group,
+            platform=self.platform,
+        )
+        return resolve_definition(hook, choice, self.log)
 
     def _command_script(self, hook: BatchHook, key: JobKey, env: Mapping[str, str]) -> str:
         command = with_prelude(self.command or "", self._env_prelude)
-        script = batch.render_script(command, tuple(env), self._git())
-        if len(script.encode()) <= self.offload_threshold_bytes:
-            return script
-        if not self.script_bucket:
-            raise JobSpecError(
-                f"the script is {len(script.encode())} bytes, more than SubmitJob takes "
-                f"(offload_threshold_bytes={self.offload_threshold_bytes}); give script_bucket= so it goes to S3"
-            )
-        stored = hook.store_script(
-            self.script_bucket, f"{self.script_prefix}/{key.task_digest}/try{key.try_number}.sh", script
-        )
-        self.log.info(
-            "Script (%d bytes) stored at %s (encryption: %s)", len(script), stored.uri, stored.encryption or "none"
-        )
-        return batch.render_bootstrap(stored.uri, stored.sha256)
+        script = batch.render_script(command, tuple(env), git_checkout(self.git))
+        store = ScriptStore(self.script_bucket, self.script_prefix, self.offload_threshold_bytes)
+        return script_or_bootstrap(hook, key, script, store, self.log)
 
     def container_command(self, hook: BatchHook, key: JobKey, env: Mapping[str, str]) -> ContainerCommand:
         """What the container runs, after the adoption check and before SubmitJob: the command's
@@ -496,3 +446,7 @@ class BatchRevisionOperator(LayeredEnvOperator):
         """Worker-side kill (non-deferrable path, or the worker's own timeout): terminate our job."""
         if self._submitted is not None:
             self.stop_from_a_fresh_thread(self._submitted, StopCause.KILLED)
+
+
+# ContainerCommand moved to batch_request.py: still importable from here.
+__all__ = ["KILL_REASON", "TIMEOUT_REASON", "BatchRevisionOperator", "ContainerCommand"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +32,32 @@ from airflow_hpc_provider.resources import (
     build_resources,
     check_single_line,
 )
+
+
+@dataclass(frozen=True)
+class ReservationSite:
+    """Where an allocation-side task works, read from its connection when it runs (the allocation
+    and its tenants read it alike): the reservation name, checked once rendered; the connection
+    (its extra carries env rules); the login node; the cluster defaults; the login shell to use."""
+
+    reservation: str
+    conn: Any
+    target: SshTarget
+    defaults: ClusterDefaults
+    login_shell: bool
+
+
+def reservation_site(slurm_conn_id: str, reservation: str, login_shell: bool | None) -> ReservationSite:
+    checked = slurm_allocation.check_reservation(reservation)
+    hook = SlurmHook(slurm_conn_id)
+    conn = hook.get_conn()
+    return ReservationSite(
+        reservation=checked,
+        conn=conn,
+        target=SshTarget.from_connection(conn),
+        defaults=ClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson),
+        login_shell=login_shell if login_shell is not None else hook.login_shell_default(conn),
+    )
 
 
 class SlurmAllocationOperator(HpcOperator):
@@ -123,22 +150,11 @@ class SlurmAllocationOperator(HpcOperator):
         self.poll_interval = poll_interval
 
     def execute(self, context: Context) -> str:
-        reservation = slurm_allocation.check_reservation(self.reservation)
-        hook = SlurmHook(self.slurm_conn_id)
-        conn = hook.get_conn()
-        target = SshTarget.from_connection(conn)
-        defaults = ClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson)
+        site = reservation_site(self.slurm_conn_id, self.reservation, self.login_shell)
+        reservation, target, defaults = site.reservation, site.target, site.defaults
+        # The connection's partition and account where the task names none (both checked as they were read).
         res = self.job_resources
-        resources = build_resources(
-            partition=res.partition or defaults.partition,
-            account=res.account or defaults.account,
-            nodes=res.nodes,
-            cpus=res.cpus,
-            memory=res.memory_mb,
-            time_limit=res.time_limit,
-            gres=res.gres,
-        )
-        login_shell = self.login_shell if self.login_shell is not None else hook.login_shell_default(conn)
+        resources = replace(res, partition=res.partition or defaults.partition, account=res.account or defaults.account)
         spec = AllocationSpec(
             reservation=reservation,
             job=JobSpec(
@@ -146,7 +162,7 @@ class SlurmAllocationOperator(HpcOperator):
                 job_name=reservation,
                 resources=resources,
                 setup=tuple(check_single_line(line, "setup") for line in self.setup),
-                login_shell=login_shell,
+                login_shell=site.login_shell,
                 extra_directives=self.extra_options,
             ),
             persistent_lead_s=None if self.persistent_lead is None else int(self.persistent_lead.total_seconds()),

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_hpc_provider.config import default_array_window_s, default_poll_interval_s
 from airflow_hpc_provider.errors import JobSpecError
@@ -21,8 +22,29 @@ from airflow_hpc_provider.watching.slurm_arrays import ArrayGroup, ElementReques
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
     from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings
+
+
+class ArrayCapable(Protocol):
+    """What this module reads of a ``SlurmSubmitOperator`` (named so the operator's module alone
+    imports this one)."""
+
+    task_id: str
+    array: bool | None
+    array_throttle: int | None
+    array_window: float | None
+    deferrable: bool
+    signal_before_timeout: str | None
+    script: str | None
+    poll_interval: float | None
+    execution_timeout: timedelta | None
+
+    @property
+    def supports_arrays(self) -> bool: ...
+
+    def render(self, spec: JobSpec, cluster: ClusterSettings) -> str: ...
+
+    def job_env(self) -> dict[str, str]: ...
 
 
 def check_array_arguments(task_id: str, array: bool | None, throttle: int | None, window_s: float | None) -> None:
@@ -35,7 +57,7 @@ def check_array_arguments(task_id: str, array: bool | None, throttle: int | None
         raise JobSpecError(f"{task_id}: array_window={window_s!r} must be seconds, more than zero")
 
 
-def why_not_an_array(operator: SlurmSubmitOperator, context: Context, cluster: ClusterSettings) -> str | None:
+def why_not_an_array(operator: ArrayCapable, context: Context, cluster: ClusterSettings) -> str | None:
     """None when this task instance runs as an array element; else why not, in the log's words.
 
     ``array=None`` (the default) makes every mapped task instance an element where it can be one;
@@ -64,7 +86,7 @@ def why_not_an_array(operator: SlurmSubmitOperator, context: Context, cluster: C
 
 
 def element_trigger(
-    operator: SlurmSubmitOperator,
+    operator: ArrayCapable,
     context: Context,
     cluster: ClusterSettings,
     spec: JobSpec,

@@ -27,18 +27,22 @@ from airflow_hpc_provider.dialects.slurm_tenant import LaunchWord, TenantSpec
 from airflow_hpc_provider.dialects.slurm_tenant_poll import SlurmTenantDialect
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.git_pin import GitSource
-from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook
+from airflow_hpc_provider.hooks.slurm import SlurmHook
 from airflow_hpc_provider.hooks.slurm_tenant import (
     launch_tenant,
     stop_tenants,
 )
-from airflow_hpc_provider.hooks.ssh import SshTarget, read_log_tail
+from airflow_hpc_provider.hooks.ssh import read_log_tail
 from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.base import StopCause
 from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator
 from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
-from airflow_hpc_provider.operators.slurm_allocation import SlurmAllocationOperator, SlurmReleaseOperator
+from airflow_hpc_provider.operators.slurm_allocation import (
+    SlurmAllocationOperator,
+    SlurmReleaseOperator,
+    reservation_site,
+)
 from airflow_hpc_provider.resources import (
     check_env_names,
     check_positive,
@@ -170,13 +174,9 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
         )
 
     def execute(self, context: Context) -> str:
-        reservation = slurm_allocation.check_reservation(self.reservation)
-        hook = SlurmHook(self.slurm_conn_id)
-        conn = hook.get_conn()
-        target = SshTarget.from_connection(conn)
-        defaults = ClusterDefaults.from_extra(conn.conn_id, conn.extra_dejson)
-        login_shell = self.login_shell if self.login_shell is not None else hook.login_shell_default(conn)
-        spec = self._spec(login_shell)
+        site = reservation_site(self.slurm_conn_id, self.reservation, self.login_shell)
+        reservation, conn, target, defaults = site.reservation, site.conn, site.target, site.defaults
+        spec = self._spec(site.login_shell)
         # git= pins the commit and makes its checkout on the cluster (docs/git_pinned.rst).
         spec = replace(spec, working_dir=pinned_working_dir(self, context, target, defaults.log_dir, spec.working_dir))
         # Rule variables travel as the task's env does (the tenant's private env file).

@@ -82,11 +82,32 @@ def _where(access: AwsAccess) -> str:
     return f"account {access.account}, {access.region}"
 
 
-def _connection_extra(access: AwsAccess, part_extra: dict[str, Any]) -> dict[str, Any]:
-    extra: dict[str, Any] = {"region_name": access.region, **part_extra}
-    if access.endpoint_url:  # the set-up's own connection points elsewhere (LocalStack, a proxy, moto)
-        extra["endpoint_url"] = access.endpoint_url
-    return extra
+def _summary(
+    setup: BatchSetup | Ec2Setup,
+    part: str,
+    conn_id: str,
+    operator: str,
+    operator_arguments: dict[str, Any],
+    attach_policies: list[str],
+    notes: list[str],
+) -> Summary:
+    """A part's summary: what only the part knows, beside what every part says alike (where the
+    set-up is; the task connection's extra with the region and the endpoint the set-up used)."""
+    extra: dict[str, Any] = {"region_name": setup.access.region, **setup.connection_extra()}
+    if setup.access.endpoint_url:  # the set-up's own connection points elsewhere (LocalStack, a proxy, moto)
+        extra["endpoint_url"] = setup.access.endpoint_url
+    return Summary(
+        setup=setup.names.name,
+        part=part,
+        account=setup.names.account,
+        region=setup.names.region,
+        conn_id=conn_id,
+        connection_extra=extra,
+        operator=operator,
+        operator_arguments=operator_arguments,
+        attach_policies=attach_policies,
+        notes=notes,
+    )
 
 
 # --- Batch --------------------------------------------------------------------------------------
@@ -104,18 +125,9 @@ def _batch_summary(setup: BatchSetup, options: BatchOptions, conn_id: str) -> Su
     notes.append(
         "scripts larger than offload_threshold_bytes go to the bucket; the image then needs the AWS CLI to fetch them"
     )
-    return Summary(
-        setup=setup.names.name,
-        part="batch",
-        account=setup.names.account,
-        region=setup.names.region,
-        conn_id=conn_id,
-        connection_extra=_connection_extra(setup.access, setup.connection_extra()),
-        operator="BatchRevisionOperator",
-        operator_arguments=setup.operator_arguments(options, conn_id),
-        attach_policies=setup.policies_to_attach(options.mode),
-        notes=notes,
-    )
+    arguments = setup.operator_arguments(options, conn_id)
+    policies = setup.policies_to_attach(options.mode)
+    return _summary(setup, "batch", conn_id, "BatchRevisionOperator", arguments, policies, notes)
 
 
 @_command
@@ -177,18 +189,8 @@ def _ec2_options(args: argparse.Namespace, **stack_choices: str) -> Ec2Options:
 
 
 def _ec2_summary(setup: Ec2Setup, conn_id: str) -> Summary:
-    return Summary(
-        setup=setup.names.name,
-        part="ec2",
-        account=setup.names.account,
-        region=setup.names.region,
-        conn_id=conn_id,
-        connection_extra=_connection_extra(setup.access, setup.connection_extra()),
-        operator="Ec2EphemeralOperator",
-        operator_arguments=setup.operator_arguments(conn_id),
-        attach_policies=setup.policies_to_attach(),
-        notes=setup.notes(),
-    )
+    arguments, policies = setup.operator_arguments(conn_id), setup.policies_to_attach()
+    return _summary(setup, "ec2", conn_id, "Ec2EphemeralOperator", arguments, policies, setup.notes())
 
 
 @_command

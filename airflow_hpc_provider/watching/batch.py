@@ -22,6 +22,7 @@ Rules:
   try never adopts a job a trigger watched.
 
 boto3 is blocking, so every call runs in a worker thread; the event loop only sorts answers.
+What is kept per job is in :mod:`.batch_tracks`; the CloudWatch reading in :mod:`.batch_lines`.
 """
 
 from __future__ import annotations
@@ -31,34 +32,34 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.dialects.batch import LogStream
-from airflow_hpc_provider.errors import LogGroupMissing, LogStreamMissing, Throttled
+from airflow_hpc_provider.errors import Throttled
 from airflow_hpc_provider.hooks.batch import AUTH_CODES, THROTTLING_CODES, BatchHook, error_code, error_text
 from airflow_hpc_provider.jobs import JobState, JobStatus
+from airflow_hpc_provider.watching.batch_lines import CloudWatchLines
 from airflow_hpc_provider.watching.batch_logs import LogPosition
-from airflow_hpc_provider.watching.batch_streams import LogStreamPlanner, WantedStream
+from airflow_hpc_provider.watching.batch_streams import LogStreamPlanner
+from airflow_hpc_provider.watching.batch_tracks import BatchTrack, BatchWatchEvent, LogProgress
 from airflow_hpc_provider.watching.events import (
     JobEnded,
     Notice,
-    OutputLines,
     WatchEvent,
     until_the_end,
 )
 from airflow_hpc_provider.watching.loop import Failure, LoopSettings, PollLoop
 from airflow_hpc_provider.watching.pacing import MIN_POLL_SPACING_S
-from airflow_hpc_provider.watching.rules import AbsenceRules, Standing, settle
+from airflow_hpc_provider.watching.rules import AbsenceRules, settle
 from airflow_hpc_provider.watching.sharing import SharedPollers
 
 log = logging.getLogger(__name__)
 
 CLAIM_CONCURRENCY = 10
-LOOP_TURN_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,6 @@ class BatchTarget:
 
     def hook(self) -> BatchHook:
         return BatchHook(aws_conn_id=self.aws_conn_id, region_name=self.region_name)
-
-
-@dataclass(frozen=True)
-class LogProgress:
-    """The lines sent before this event reach up to ``position``: save it once they are logged."""
-
-    position: dict[str, Any]
-
-
-BatchWatchEvent = WatchEvent | LogProgress
 
 
 @dataclass(frozen=True)
@@ -100,30 +91,6 @@ class BatchPollerSettings:
     claims_per_poll: int = 100
 
 
-@dataclass
-class _Track:
-    job_id: str
-    include_children: bool
-    position: LogPosition
-    queues: list[asyncio.Queue[BatchWatchEvent]] = field(default_factory=list)
-    children: list[str] = field(default_factory=list)
-    standing: Standing = field(init=False)  # what the absence rules remember (rules.py)
-    claim: str | None = None  # the claim tag's value, when a watcher owns the job
-    claimed: bool = False
-    claim_failures: int = 0
-
-    def __post_init__(self) -> None:
-        self.standing = Standing(self.job_id)
-
-    @property
-    def last(self) -> JobStatus | None:
-        return self.standing.last
-
-    def send(self, event: BatchWatchEvent) -> None:
-        for queue in self.queues:
-            queue.put_nowait(event)
-
-
 def absence_rules(settings: BatchPollerSettings) -> AbsenceRules:
     """The rules (rules.py) for Batch jobs: DescribeJobs is the only source of truth."""
     return AbsenceRules(source="AWS Batch", missing_grace_s=settings.missing_grace_s)
@@ -137,18 +104,25 @@ class BatchPoller:
         self.settings = settings
         self.rules = absence_rules(settings)
         self._hook = hook
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[str, BatchTrack] = {}
         self._loop = PollLoop(self, LoopSettings(interval_s=settings.interval_s, max_backoff_s=settings.max_backoff_s))
         self._task: asyncio.Task[None] | None = None
         self.polls = 0
         self.describe_calls = 0
-        self.log_calls = 0
         self.claim_calls = 0
-        self._streams = LogStreamPlanner(
+        planner = LogStreamPlanner(
             extra_calls_per_poll=settings.extra_log_calls_per_poll,
             first_probe_s=settings.interval_s,
             max_probe_s=max(settings.max_missing_probe_s, settings.interval_s),
         )
+        self._lines = CloudWatchLines(
+            planner, self._call, max_log_pages=settings.max_log_pages, lines_per_slice=settings.lines_per_slice
+        )
+
+    @property
+    def log_calls(self) -> int:
+        """FilterLogEvents calls made (bench counter only, like ``describe_calls``)."""
+        return self._lines.log_calls
 
     # -- watching ----------------------------------------------------------------------------------
 
@@ -164,7 +138,7 @@ class BatchPoller:
         queue: asyncio.Queue[BatchWatchEvent] = asyncio.Queue()
         track = self._tracks.get(job_id)
         if track is None:
-            track = self._tracks[job_id] = _Track(job_id, include_children, position or LogPosition())
+            track = self._tracks[job_id] = BatchTrack(job_id, include_children, position or LogPosition())
         track.include_children = track.include_children or include_children
         track.claim = track.claim or claim
         track.queues.append(queue)
@@ -268,8 +242,8 @@ class BatchPoller:
         self.polls += 1
         self._loop.answered()  # before any job ends, so every watcher that was warned hears it
         now = time.monotonic()
-        ended: list[tuple[_Track, JobStatus]] = []
-        reads: list[tuple[_Track, LogStream]] = []
+        ended: list[tuple[BatchTrack, JobStatus]] = []
+        reads: list[tuple[BatchTrack, LogStream]] = []
         for job_id, track in tracks.items():
             description = found.get(job_id)
             final = self._settle(track, description, now)
@@ -293,11 +267,11 @@ class BatchPoller:
             if final is not None:
                 ended.append((track, final))
         await self._claim([(track, found[job_id]) for job_id, track in tracks.items() if job_id in found])
-        await self._read_logs(reads, ended_ids={track.job_id for track, _ in ended})
+        await self._lines.read(reads, ended_ids={track.job_id for track, _ in ended})
         for track, status in ended:
             track.send(JobEnded(status))
 
-    async def _claim(self, described: list[tuple[_Track, Mapping[str, Any]]]) -> None:
+    async def _claim(self, described: list[tuple[BatchTrack, Mapping[str, Any]]]) -> None:
         """Tag the owned jobs not tagged yet, ended ones first (before their end is reported).
 
         At most ``claims_per_poll`` TagResource calls per poll, ``CLAIM_CONCURRENCY`` at a time: a
@@ -306,7 +280,7 @@ class BatchPoller:
         counting against a job; any other refusal counts, and after ``claim_attempts`` the job is
         left unclaimed (said in its log; the try that reads its end claims it from the worker).
         """
-        pending: list[tuple[_Track, str, bool]] = []
+        pending: list[tuple[BatchTrack, str, bool]] = []
         for track, description in described:
             if track.claim is None or track.claimed or track.claim_failures >= self.settings.claim_attempts:
                 continue
@@ -347,105 +321,12 @@ class BatchPoller:
             if throttled:
                 return
 
-    def _settle(self, track: _Track, description: Mapping[str, Any] | None, now: float) -> JobStatus | None:
+    def _settle(self, track: BatchTrack, description: Mapping[str, Any] | None, now: float) -> JobStatus | None:
         """Apply the absence rules (rules.py); return the final status once there is one."""
         verdict = settle(track.standing, batch.observe(description), now, self.rules)
         for event in verdict.events:
             track.send(event)
         return verdict.final
-
-    # -- CloudWatch --------------------------------------------------------------------------------
-
-    async def _read_logs(self, reads: list[tuple[_Track, LogStream]], *, ended_ids: set[str]) -> None:
-        if not reads:
-            return
-        # Who reads which stream (a child's stream may also be watched on its own), and in which
-        # order a track lists its streams (attempts, then children): that orders equal timestamps.
-        owners: dict[tuple[str, str], list[tuple[_Track, LogStream, int]]] = {}
-        ranks: dict[str, int] = {}
-        for track, stream in reads:
-            rank = ranks[track.job_id] = ranks.get(track.job_id, -1) + 1
-            owners.setdefault((stream.group, stream.name), []).append((track, stream, rank))
-        wanted = [
-            WantedStream(
-                group,
-                name,
-                min(t.position.of(f"{group}|{name}").timestamp for t, _, _ in readers),
-                # The final lines are read in the poll that sees the end, whatever the stream's schedule.
-                last_chance=any(t.job_id in ended_ids for t, _, _ in readers),
-            )
-            for (group, name), readers in owners.items()
-        ]
-        report = await self._streams.read(wanted, self._filter)
-        found: dict[str, tuple[_Track, list[tuple[int, int, int, LogStream, dict[str, Any]]]]] = {}
-        turn = _Turn()
-        for order, (group, event) in enumerate(report.events):
-            for track, stream, rank in owners.get((group, str(event.get("logStreamName"))), ()):
-                entry = found.setdefault(track.job_id, (track, []))
-                entry[1].append((int(event.get("timestamp", 0)), rank, order, stream, event))
-            if order % 256 == 255:
-                await turn.take()
-        for track, events in found.values():
-            events.sort(key=lambda item: item[:3])
-            await self._deliver(track, [(stream, event) for _, _, _, stream, event in events], turn)
-
-    async def _deliver(self, track: _Track, events: list[tuple[LogStream, dict[str, Any]]], turn: _Turn) -> None:
-        """The new lines, in slices each followed by the position that covers it."""
-        lines: list[str] = []
-        for stream, event in events:
-            position = track.position.of(f"{stream.group}|{stream.name}")
-            if not position.accept(int(event["timestamp"]), str(event["eventId"])):
-                continue
-            text = str(event.get("message", "")).rstrip("\n")
-            lines.extend(stream.label + line for line in text.split("\n"))
-            if len(lines) >= self.settings.lines_per_slice:
-                track.send(OutputLines(tuple(lines)))
-                track.send(LogProgress(track.position.to_dict()))
-                lines = []
-                await turn.take()
-        if lines:
-            track.send(OutputLines(tuple(lines)))
-            track.send(LogProgress(track.position.to_dict()))
-        await turn.take()
-
-    async def _filter(self, group: str, names: list[str], start: int) -> list[dict[str, Any]]:
-        """New events of up to 100 streams from ``start`` on, oldest first (the planner's reader)."""
-        try:
-            return await self._filter_pages(group, names, start)
-        except ClientError as error:
-            if error_code(error) != "ResourceNotFoundException":
-                raise
-            if "log group" in error_text(error).lower():
-                raise LogGroupMissing(error_text(error)) from error
-            raise LogStreamMissing(error_text(error)) from error
-
-    async def _filter_pages(self, group: str, names: list[str], start: int) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        token: str | None = None
-        for _ in range(self.settings.max_log_pages):
-            request: dict[str, Any] = {"logGroupName": group, "logStreamNames": names, "startTime": start}
-            if token:
-                request["nextToken"] = token
-            self.log_calls += 1
-            answer = await self._call("logs", "filter_log_events", **request)
-            events += answer.get("events", [])
-            token = answer.get("nextToken")
-            if not token:
-                break
-        return events
-
-
-class _Turn:
-    """Gives the event loop back to other tasks once ``LOOP_TURN_S`` went by: a triggerer taking over
-    thousands of waiting lines must not hold every other trigger while it sorts them."""
-
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-
-    async def take(self) -> None:
-        if time.monotonic() - self.started > LOOP_TURN_S:
-            await asyncio.sleep(0)
-            self.started = time.monotonic()
 
 
 # --- sharing within a process ---------------------------------------------------------------------
@@ -460,3 +341,15 @@ async def shared_batch_poller(target: BatchTarget, settings: BatchPollerSettings
     key = (target.aws_conn_id, target.region_name)
     async with _shared.use(key, lambda: BatchPoller(target, settings), settings) as poller:
         yield poller
+
+
+# LogProgress and BatchWatchEvent moved to batch_tracks.py: still importable from here.
+__all__ = [
+    "BatchPoller",
+    "BatchPollerSettings",
+    "BatchTarget",
+    "BatchWatchEvent",
+    "LogProgress",
+    "absence_rules",
+    "shared_batch_poller",
+]

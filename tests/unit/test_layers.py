@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
 
+import airflow_hpc_provider
 import airflow_hpc_provider.dialects
 
 DIALECTS = sorted(
@@ -46,3 +49,60 @@ def test_every_dialect_imports_without_asyncssh_boto3_or_botocore_and_pulls_in_n
     assert set(DIALECTS) <= loaded
     above = sorted(name for name in loaded - BELOW_DIALECTS if not name.startswith("airflow_hpc_provider.dialects"))
     assert above == [], f"a dialect imports a layer above it (hook, engine, trigger or operator): {above}"
+
+
+def _imports_of_our_modules() -> dict[str, set[str]]:
+    """Every module of the package and the modules of ours it imports anywhere in its text: at the
+    top, inside functions (a deferred import still runs) and under ``TYPE_CHECKING``."""
+    root = Path(airflow_hpc_provider.__file__).parent
+    paths = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # `from package import module` names a module; `from module import name` the module.
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    found.add(submodule if submodule in paths else node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {module for module in found if module in paths and module != name}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that reach each other through their imports (strongly connected)."""
+    order: dict[str, int] = {}
+    lowest: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        order[module] = lowest[module] = len(order)
+        stack.append(module)
+        for imported in sorted(graph[module]):
+            if imported not in order:
+                visit(imported)
+                lowest[module] = min(lowest[module], lowest[imported])
+            elif imported in stack:
+                lowest[module] = min(lowest[module], order[imported])
+        if lowest[module] == order[module]:
+            group = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in order:
+            visit(module)
+    return circles
+
+
+def test_no_module_of_the_package_imports_itself_back_through_others() -> None:
+    graph = _imports_of_our_modules()
+    assert len(graph) > 100 and "airflow_hpc_provider.hooks.ssh" in graph["airflow_hpc_provider.hooks.slurm"]
+    assert _circles(graph) == [], "modules that import each other: move what they share below them"
