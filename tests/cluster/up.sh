@@ -123,6 +123,8 @@ SchedulerParameters=batch_sched_delay=0,sched_min_interval=200000,bf_interval=5
 ReturnToService=2
 SlurmdParameters=config_overrides
 MinJobAge=86400
+# Ended jobs stay listed for a day (MinJobAge): room for a day of benches and test runs on one machine.
+MaxJobCount=200000
 # Small on purpose: mapped tasks become job arrays cut into chunks of at most 6 (docs/arrays.rst).
 MaxArraySize=${HPC_MAX_ARRAY_SIZE:-6}
 KillWait=2
