@@ -279,3 +279,25 @@ def checked_extra_directives(directives: Iterable[str], reserved: Sequence[str])
             raise JobSpecError(f"extra directive {directive!r}: {', '.join(reserved)} are set by the provider")
         checked.append(directive)
     return checked
+
+
+def default_shebang(login_shell: bool) -> str:
+    """The shebang of a batch script the provider writes: bash, as a login shell when asked."""
+    return "#!/bin/bash -l\n" if login_shell else "#!/bin/bash\n"
+
+
+def split_user_script(script: str, login_shell: bool) -> tuple[str, str, str]:
+    """A whole batch script by the user as (shebang, directive header, the rest), each ending in a
+    newline when not empty, so the provider's lines go after the shebang and after the header,
+    never glued onto a last line without one. Without a shebang, :func:`default_shebang`."""
+    lines = script.splitlines(keepends=True)
+    shebang = lines.pop(0) if lines and lines[0].startswith("#!") else default_shebang(login_shell)
+    header_end = 0
+    while header_end < len(lines) and (lines[header_end].startswith("#") or not lines[header_end].strip()):
+        header_end += 1
+    header, rest = "".join(lines[:header_end]), "".join(lines[header_end:])
+    if not shebang.endswith("\n"):
+        shebang += "\n"
+    if header and not header.endswith("\n"):
+        header += "\n"
+    return shebang, header, rest

@@ -28,7 +28,7 @@ from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.dialects.base import Observation, PollReport
-from airflow_hpc_provider.dialects.directives import checked_extra_directives
+from airflow_hpc_provider.dialects.directives import checked_extra_directives, default_shebang, split_user_script
 from airflow_hpc_provider.dialects.pbs_exits import (
     RecordedExit,
     accounting_section,
@@ -82,24 +82,14 @@ def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = No
     # -wd would go through its shell unquoted, so the script changes directory itself.
     chdir = f"cd -- {remote_shell.home_relative(spec.working_dir)} || exit 1\n" if spec.working_dir else ""
     setup = "".join(f"{line}\n" for line in spec.setup)
-    default_shebang = "#!/bin/bash -l\n" if spec.login_shell else "#!/bin/bash\n"
     if script is None:
         body = spec.command if spec.command.endswith("\n") else spec.command + "\n"
+        shebang = default_shebang(spec.login_shell)
         if not exit_dir:
-            return default_shebang + "".join(directives) + env_note + chdir + setup + body
+            return shebang + "".join(directives) + env_note + chdir + setup + body
         payload = chdir + setup + body
-        return default_shebang + "".join(directives) + env_note + exit_recorder(exit_dir) + in_background(payload)
-    lines = script.splitlines(keepends=True)
-    if lines and lines[0].startswith("#!"):
-        shebang, lines = lines[0], lines[1:]
-    else:
-        shebang = default_shebang
-    header_end = 0
-    while header_end < len(lines) and (lines[header_end].startswith("#") or not lines[header_end].strip()):
-        header_end += 1
-    header, rest = "".join(lines[:header_end]), "".join(lines[header_end:])
-    if header and not header.endswith("\n"):
-        header += "\n"
+        return shebang + "".join(directives) + env_note + exit_recorder(exit_dir) + in_background(payload)
+    shebang, header, rest = split_user_script(script, spec.login_shell)
     # Only a POSIX-family shell understands the trap; another interpreter's exit stays unknown.
     shell = re.match(r"#!\s*\S*/(?:env\s+)?(ba|da|k|z)?sh\b", shebang)
     if not (exit_dir and shell):

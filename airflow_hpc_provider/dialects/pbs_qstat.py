@@ -62,8 +62,9 @@ PBS_STATES: Mapping[str, JobState] = {
 }
 FINISHED_STATES = frozenset({"C", "F", "X"})
 
-# Negative Exit_status values are the server's own words (openpbs src/include/job.h).
-PBS_PRO_EXEC_CODES: Mapping[int, tuple[str, JobState]] = {
+# Negative Exit_status values are the server's own words. The first seven are the same in PBS Pro
+# (openpbs src/include/job.h) and Torque (Torque 6 admin guide, "Job exit status").
+_SHARED_EXEC_CODES: Mapping[int, tuple[str, JobState]] = {
     -1: ("JOB_EXEC_FAIL1: could not start the job, before staging files", JobState.FAILED),
     -2: ("JOB_EXEC_FAIL2: could not start the job, after staging files", JobState.FAILED),
     -3: ("JOB_EXEC_RETRY: start failed, to be retried", JobState.FAILED),
@@ -71,6 +72,10 @@ PBS_PRO_EXEC_CODES: Mapping[int, tuple[str, JobState]] = {
     -5: ("JOB_EXEC_INITRST: aborted while MoM initialised (checkpointed)", JobState.NODE_FAIL),
     -6: ("JOB_EXEC_INITRMG: aborted while MoM initialised (checkpointed)", JobState.NODE_FAIL),
     -7: ("JOB_EXEC_BADRESRT: restart from checkpoint failed", JobState.FAILED),
+}
+
+PBS_PRO_EXEC_CODES: Mapping[int, tuple[str, JobState]] = {
+    **_SHARED_EXEC_CODES,
     -10: ("JOB_EXEC_FAILUID: invalid user or group for the job", JobState.FAILED),
     -11: ("JOB_EXEC_RERUN: job rerun", JobState.FAILED),
     -12: ("JOB_EXEC_CHKP: checkpointed and killed", JobState.FAILED),
@@ -94,15 +99,9 @@ PBS_PRO_EXEC_CODES: Mapping[int, tuple[str, JobState]] = {
     -30: ("JOB_EXEC_JOINJOB: join job error", JobState.FAILED),
 }
 
-# Torque's table (Torque 6 admin guide, "Job exit status"): same first seven, then its own.
+# Torque's table: the shared first seven, then its own.
 TORQUE_EXEC_CODES: Mapping[int, tuple[str, JobState]] = {
-    -1: ("JOB_EXEC_FAIL1: could not start the job, before staging files", JobState.FAILED),
-    -2: ("JOB_EXEC_FAIL2: could not start the job, after staging files", JobState.FAILED),
-    -3: ("JOB_EXEC_RETRY: start failed, to be retried", JobState.FAILED),
-    -4: ("JOB_EXEC_INITABT: aborted while MoM initialised", JobState.NODE_FAIL),
-    -5: ("JOB_EXEC_INITRST: aborted while MoM initialised (checkpointed)", JobState.NODE_FAIL),
-    -6: ("JOB_EXEC_INITRMG: aborted while MoM initialised (checkpointed)", JobState.NODE_FAIL),
-    -7: ("JOB_EXEC_BADRESRT: restart from checkpoint failed", JobState.FAILED),
+    **_SHARED_EXEC_CODES,
     -8: ("JOB_EXEC_CMDFAIL: could not exec the job's command", JobState.FAILED),
     -9: ("JOB_EXEC_STDOUTFAIL: could not create the output files", JobState.FAILED),
     -10: ("JOB_EXEC_OVERLIMIT_MEM: exceeded a memory limit", JobState.OUT_OF_MEMORY),

@@ -44,7 +44,7 @@ from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell, slurm
 from airflow_hpc_provider.dialects.base import Observation, PollReport
-from airflow_hpc_provider.dialects.directives import checked_extra_directives
+from airflow_hpc_provider.dialects.directives import checked_extra_directives, default_shebang, split_user_script
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.dialects.sge_status import (
     parse_error_reasons,
@@ -87,20 +87,10 @@ def render_script(spec: JobSpec, *, script: str | None = None, parallel_environm
         else ""
     )
     setup = "".join(f"{line}\n" for line in spec.setup)
-    default_shebang = "#!/bin/bash -l\n" if spec.login_shell else "#!/bin/bash\n"
     if script is None:
         body = spec.command if spec.command.endswith("\n") else spec.command + "\n"
-        return default_shebang + "".join(directives) + env_note + setup + body
-    lines = script.splitlines(keepends=True)
-    shebang = lines.pop(0) if lines and lines[0].startswith("#!") else default_shebang
-    header_end = 0
-    while header_end < len(lines) and (lines[header_end].startswith("#") or not lines[header_end].strip()):
-        header_end += 1
-    header, rest = "".join(lines[:header_end]), "".join(lines[header_end:])
-    if not shebang.endswith("\n"):
-        shebang += "\n"
-    if header and not header.endswith("\n"):
-        header += "\n"
+        return default_shebang(spec.login_shell) + "".join(directives) + env_note + setup + body
+    shebang, header, rest = split_user_script(script, spec.login_shell)
     return shebang + "".join(directives) + header + env_note + setup + rest
 
 

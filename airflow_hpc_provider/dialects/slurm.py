@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.dialects.base import PollReport
+from airflow_hpc_provider.dialects.directives import default_shebang, split_user_script
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.dialects.slurm_resubmit import SignalBeforeTimeout
 from airflow_hpc_provider.dialects.slurm_status import RANGE_AWK, map_state, observe, parse_poll, poll_script
@@ -43,25 +44,12 @@ def render_script(spec: JobSpec, *, script: str | None = None, near_limit: Signa
     )
     setup = "".join(f"{line}\n" for line in spec.setup)
     if script is None:
-        shebang = "#!/bin/bash -l\n" if spec.login_shell else "#!/bin/bash\n"
+        shebang = default_shebang(spec.login_shell)
         body = spec.command if spec.command.endswith("\n") else spec.command + "\n"
         if near_limit:
             body = near_limit.wrap(body)
         return shebang + "".join(directives) + env_note + setup + body
-    lines = script.splitlines(keepends=True)
-    if lines and lines[0].startswith("#!"):
-        shebang, lines = lines[0], lines[1:]
-    else:
-        shebang = "#!/bin/bash -l\n" if spec.login_shell else "#!/bin/bash\n"
-    header_end = 0
-    while header_end < len(lines) and (lines[header_end].startswith("#") or not lines[header_end].strip()):
-        header_end += 1
-    header, rest = "".join(lines[:header_end]), "".join(lines[header_end:])
-    # A script of a shebang or directives only, without a final newline: never glue our lines on.
-    if not shebang.endswith("\n"):
-        shebang += "\n"
-    if header and not header.endswith("\n"):
-        header += "\n"
+    shebang, header, rest = split_user_script(script, spec.login_shell)
     if near_limit:
         rest = near_limit.wrap(rest)
     return shebang + "".join(directives) + header + env_note + setup + rest

@@ -14,9 +14,9 @@ from airflow_hpc_provider.config import BUILTIN_LOG_DIR, default_log_dir
 from airflow_hpc_provider.dialects import slurm
 from airflow_hpc_provider.errors import ConnectionConfigError
 from airflow_hpc_provider.hooks.probe import SchedulerProbe
-from airflow_hpc_provider.hooks.refusals import SLURM_REFUSALS, submission_error
-from airflow_hpc_provider.hooks.ssh import CommandResult, SshClusterHook, SshTransport, _number
-from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.hooks.refusals import SLURM_REFUSALS
+from airflow_hpc_provider.hooks.ssh import CommandResult, SshClusterHook, _number
+from airflow_hpc_provider.hooks.submission import over_ssh
 from airflow_hpc_provider.resources import check_name
 
 DEFAULT_LOG_DIR = BUILTIN_LOG_DIR
@@ -121,25 +121,6 @@ class SlurmProbe(SchedulerProbe):
         return True, summary
 
 
-async def submit_job(
-    transport: SshTransport,
-    spec: JobSpec,
-    batch_script: str,
-    *,
-    key: JobKey,
-    log_dir: str,
-    env: Mapping[str, str],
-    max_concurrent_jobs: int | None = None,
-) -> slurm.SubmitOutcome:
-    """Adopt the live job of this task instance, or submit a new one: one SSH round trip."""
-    script = slurm.submit_script(
-        spec, batch_script, key=key, log_dir=log_dir, env=env, max_concurrent_jobs=max_concurrent_jobs
-    )
-    result = await transport.run(script)
-    where = transport.target.where
-    if result.exit_status != 0:
-        raise submission_error("sbatch", where, result.exit_status, result.error_text, SLURM_REFUSALS)
-    try:
-        return slurm.parse_submit_output(result.text)
-    except ValueError as error:
-        raise submission_error("sbatch", where, result.exit_status, str(error), SLURM_REFUSALS) from None
+# submit_job(transport, spec, batch_script, *, key, log_dir, env, max_concurrent_jobs=None) -> SubmitOutcome:
+# adopt the live job of this task instance, or submit a new one, in one SSH round trip.
+submit_job = over_ssh(slurm.submit_script, slurm.parse_submit_output, "sbatch", SLURM_REFUSALS)

@@ -28,8 +28,9 @@ from typing import Any
 
 from airflow_hpc_provider.dialects import slurm, slurm_array
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
-from airflow_hpc_provider.hooks.refusals import SLURM_REFUSALS, submission_error
+from airflow_hpc_provider.hooks.refusals import SLURM_REFUSALS
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
+from airflow_hpc_provider.hooks.submission import read_submission
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.watching.cluster import PollerSettings, cancel_jobs, shared_poller
 
@@ -303,13 +304,9 @@ def _log_path(log_dir: str, key: JobKey, outcome: slurm_array.ElementOutcome) ->
 async def _run_submission(target: SshTarget, script: str, indexes: list[int]) -> dict[int, slurm_array.ElementOutcome]:
     async with _connection(target) as transport:
         result = await transport.run(script)
-    where = target.where
-    if result.exit_status != 0:
-        raise submission_error("sbatch", where, result.exit_status, result.error_text, SLURM_REFUSALS)
-    try:
-        return slurm_array.parse_submit_output(result.text, indexes)
-    except ValueError as error:
-        raise submission_error("sbatch", where, result.exit_status, str(error), SLURM_REFUSALS) from None
+    return read_submission(
+        result, lambda text: slurm_array.parse_submit_output(text, indexes), "sbatch", target.where, SLURM_REFUSALS
+    )
 
 
 async def _cancel(target: SshTarget, stopped: list[tuple[str, str]]) -> None:
