@@ -34,7 +34,7 @@ from airflow.sdk.exceptions import AirflowSkipException, AirflowTaskTimeout
 
 from airflow_hpc_provider.config import default_deferrable
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError
-from airflow_hpc_provider.jobs import JobState, JobStatus, describe_exit, format_duration
+from airflow_hpc_provider.jobs import JobKey, JobState, JobStatus, describe_exit, format_duration
 from airflow_hpc_provider.watching.events import Outcome, WatchOutcome
 
 SCRIPT_EXTENSIONS = (".sh", ".bash", ".sbatch", ".pbs")
@@ -189,6 +189,15 @@ class HpcOperator(BaseOperator):
             with contextlib.suppress(jinja2.TemplateNotFound):
                 setattr(self, "script", env.loader.get_source(env, script)[0] if env.loader else script)  # noqa: B010
         self.prepare_template()
+
+    @staticmethod
+    def job_key(context: Context) -> JobKey:
+        """The key this try's job carries, by which a retry finds (adopts) it: the task instance
+        (dag, task, run, map index) and its try."""
+        ti = context["ti"]
+        return JobKey.for_task_instance(
+            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
+        )
 
     # -- outcomes ----------------------------------------------------------------------------------
 

@@ -395,13 +395,6 @@ class BatchRevisionOperator(LayeredEnvOperator):
         self.log.info("Script:\n%s", container.for_log)
         return job_id
 
-    @staticmethod
-    def job_key(context: Context) -> JobKey:
-        ti = context["ti"]
-        return JobKey.for_task_instance(
-            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
-        )
-
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
         payload = event.payload if isinstance(event, TriggerEvent) else event
         outcome = WatchOutcome.from_dict(payload)

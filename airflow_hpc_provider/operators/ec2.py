@@ -253,9 +253,7 @@ class Ec2EphemeralOperator(LayeredEnvOperator):
         find_tools()  # before launching anything: no instance for a host that cannot reach it
         hook = self.hook()
         settings = self.settings(hook)
-        ti = context["ti"]
-        map_index = -1 if ti.map_index is None else ti.map_index
-        key = JobKey.for_task_instance(ti.dag_id, ti.task_id, ti.run_id, map_index, ti.try_number)
+        key = self.job_key(context)
         environment = self.layered_job_environment(
             conn_id=self.aws_conn_id,
             facts={"scheduler": "ec2", "partition": self.partition, "image": self.image},

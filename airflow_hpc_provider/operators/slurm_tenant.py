@@ -34,7 +34,6 @@ from airflow_hpc_provider.hooks.slurm_tenant import (
 )
 from airflow_hpc_provider.hooks.ssh import read_log_tail
 from airflow_hpc_provider.hooks.worker_link import on_cluster
-from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.base import StopCause
 from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator
 from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_working_dir
@@ -187,10 +186,7 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
             env=spec.env,
         )
         spec = dataclasses.replace(spec, env=environment.variables, setup=(*environment.prelude, *spec.setup))
-        ti = context["ti"]
-        key = JobKey.for_task_instance(
-            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
-        )
+        key = self.job_key(context)
         launched = on_cluster(target, lambda t: launch_tenant(t, reservation, spec, key=key, log_dir=defaults.log_dir))
         assert launched.allocation_id is not None and launched.try_number is not None  # STARTED/ADOPTED/DONE
         tenant = slurm_tenant.tenant_id(launched.allocation_id, key, launched.try_number)

@@ -30,6 +30,7 @@ from airflow_hpc_provider.dialects.directives import check_env_names as check_en
 from airflow_hpc_provider.env_rules import JobEnvironment
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.git_pin import GitSource
+from airflow_hpc_provider.hooks.cancel import cancel_jobs
 from airflow_hpc_provider.hooks.ssh import SshTransport, read_log_tail
 from airflow_hpc_provider.hooks.worker_link import on_cluster
 from airflow_hpc_provider.jobs import (
@@ -44,7 +45,6 @@ from airflow_hpc_provider.operators.git_pinned import GitPinnedPartial, pinned_w
 from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings, Submitted
 from airflow_hpc_provider.resources import build_resources, check_env_names, check_single_line
 from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
-from airflow_hpc_provider.watching.cluster import cancel_jobs
 from airflow_hpc_provider.watching.events import WatchOutcome
 from airflow_hpc_provider.watching.ssh_watch import watch_job
 
@@ -391,14 +391,6 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
         )
         return self.execute_complete(
             context, {**result.to_dict(), "conn_id": cluster.conn_id, "log_path": job.log_path}
-        )
-
-    @staticmethod
-    def job_key(context: Context) -> JobKey:
-        """The key this try's job carries, by which a retry finds (adopts) it."""
-        ti = context["ti"]
-        return JobKey.for_task_instance(
-            ti.dag_id, ti.task_id, ti.run_id, -1 if ti.map_index is None else ti.map_index, ti.try_number
         )
 
     def _submit_once(self, spec: JobSpec, batch_script: str, key: JobKey, cluster: ClusterSettings) -> Submitted:

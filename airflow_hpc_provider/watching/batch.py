@@ -106,7 +106,6 @@ class BatchPoller:
         self._hook = hook
         self._tracks: dict[str, BatchTrack] = {}
         self._loop = PollLoop(self, LoopSettings(interval_s=settings.interval_s, max_backoff_s=settings.max_backoff_s))
-        self._task: asyncio.Task[None] | None = None
         self.polls = 0
         self.describe_calls = 0
         self.claim_calls = 0
@@ -142,7 +141,7 @@ class BatchPoller:
         track.include_children = track.include_children or include_children
         track.claim = track.claim or claim
         track.queues.append(queue)
-        self._ensure_running()
+        self._loop.ensure_running("hpc-batch-poller")
         self._loop.wake.set()
 
         def leave() -> None:
@@ -154,15 +153,8 @@ class BatchPoller:
         async for event in until_the_end(queue, leave):
             yield event
 
-    def _ensure_running(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop.run(), name="hpc-batch-poller")
-
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
 
     async def _call(self, service: str, operation: str, **kwargs: Any) -> dict[str, Any]:
         if self._hook is None:

@@ -36,12 +36,12 @@ from airflow_hpc_provider.dialects.remote_shell import (
     LogRead,
     Record,
     parse_framed,
-    quote,
     random_token,
 )
-from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError, RemoteCommandError
+from airflow_hpc_provider.errors import ClusterAuthError, ClusterUnreachableError
+from airflow_hpc_provider.hooks.cancel import cancel_jobs
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobStatus, LogChunk, WatchedJob, claim_marker
+from airflow_hpc_provider.jobs import JobStatus, LogChunk, WatchedJob
 from airflow_hpc_provider.watching.cluster_tracks import Leaving, Subscriber, Track
 from airflow_hpc_provider.watching.events import (
     JobEnded,
@@ -83,22 +83,6 @@ class PollerSettings:
     give_up_after_s: float | None = None
 
 
-async def cancel_jobs(
-    transport: SshTransport, dialect: SchedulerDialect, job_ids: Sequence[str], *, claims: Sequence[str] = ()
-) -> None:
-    """Cancel jobs in one script; ``claims`` are their cursor paths, marked first so no later try
-    adopts a job cancelled on purpose (see :func:`~airflow_hpc_provider.jobs.claim_marker`)."""
-    marks = "".join(f": > {quote(claim_marker(path))}\n" for path in claims)
-    result = await transport.run(marks + dialect.cancel_script(job_ids))
-    if result.exit_status != 0:
-        raise RemoteCommandError(
-            f"cancel of {dialect.name} job(s) {', '.join(job_ids)}",
-            transport.target.where,
-            result.exit_status,
-            result.error_text or result.text,
-        )
-
-
 def absence_rules(dialect: SchedulerDialect, settings: PollerSettings) -> AbsenceRules:
     """The rules (rules.py) for jobs of one dialect: Slurm, PBS, Grid Engine, tenants, EC2 runners."""
     return AbsenceRules(source=dialect.name, missing_grace_s=settings.missing_grace_s, gap_grace_s=settings.gap_grace_s)
@@ -123,7 +107,6 @@ class ClusterPoller:
                 give_up_after_s=settings.give_up_after_s,
             ),
         )
-        self._task: asyncio.Task[None] | None = None
         self._last_notices: set[str] = set()
         self.polls = 0
         self.rounds = 0
@@ -138,7 +121,7 @@ class ClusterPoller:
             track = self._tracks[job.job_id] = Track(job=job)
         subscriber = Subscriber(queue, handed=track.handed, written=track.handed)
         track.subscribers.append(subscriber)
-        self._ensure_running()
+        self._loop.ensure_running("hpc-cluster-poller")
         self._loop.wake.set()  # a new job is polled at once, not an interval later
 
         def leave() -> None:
@@ -191,16 +174,9 @@ class ClusterPoller:
         """Cancel jobs over this poller's connection (see :func:`cancel_jobs`)."""
         await cancel_jobs(self.transport, self.dialect, job_ids, claims=claims)
 
-    def _ensure_running(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop.run(), name="hpc-cluster-poller")
-
     async def close(self) -> None:
         """Stop polling; commit what watchers acknowledged (even when cancelled), then disconnect."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.stop()
         final = asyncio.ensure_future(self._final_commit())
         try:
             await asyncio.shield(final)

@@ -13,6 +13,7 @@ only a source's answered poll reaches the absence rules (:mod:`.rules`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -101,6 +102,24 @@ class PollLoop:
         self._failures = 0
         self._last_status = -MIN_POLL_SPACING_S
         self._last_contact = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def ensure_running(self, name: str) -> None:
+        """Run the loop on the running event loop, unless it already runs there."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self.run(), name=name)
+
+    def kill(self) -> None:
+        """Stop the loop at once, as a killed process would: no clean-up of any kind."""
+        if self._task is not None:
+            self._task.cancel()
+
+    async def stop(self) -> None:
+        """Stop the loop and wait until it has stopped."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     def answered(self) -> None:
         """A source calls this as soon as its system answered, before acting on the answer: a

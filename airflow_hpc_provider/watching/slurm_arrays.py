@@ -28,11 +28,12 @@ from typing import Any
 
 from airflow_hpc_provider.dialects import slurm, slurm_array
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
+from airflow_hpc_provider.hooks.cancel import cancel_jobs
 from airflow_hpc_provider.hooks.refusals import SLURM_REFUSALS
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.hooks.submission import read_submission
 from airflow_hpc_provider.jobs import JobKey
-from airflow_hpc_provider.watching.cluster import PollerSettings, cancel_jobs, shared_poller
+from airflow_hpc_provider.watching.cluster import PollerSettings, shared_poller
 
 log = logging.getLogger(__name__)
 

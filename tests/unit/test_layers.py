@@ -106,3 +106,14 @@ def test_no_module_of_the_package_imports_itself_back_through_others() -> None:
     graph = _imports_of_our_modules()
     assert len(graph) > 100 and "airflow_hpc_provider.hooks.ssh" in graph["airflow_hpc_provider.hooks.slurm"]
     assert _circles(graph) == [], "modules that import each other: move what they share below them"
+
+
+# A module is one job a reader takes in at once; past this it is time to split it by job.
+MOST_LINES = 450
+
+
+def test_no_module_of_the_package_is_longer_than_a_reader_takes_in_at_once() -> None:
+    package = Path(airflow_hpc_provider.__file__).parent
+    lengths = {str(path.relative_to(package)): len(path.read_text().splitlines()) for path in package.rglob("*.py")}
+    assert len(lengths) > 100
+    assert {name: count for name, count in lengths.items() if count > MOST_LINES} == {}

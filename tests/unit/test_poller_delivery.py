@@ -198,7 +198,7 @@ async def test_a_watcher_that_resumes_after_a_kill_replays_the_unconfirmed_span_
     await until(lambda: cluster.committed("1") == len(numbered(5)))
     cluster.write("1", numbered(4, start=6))
     await next_output(events, acknowledge=False, seen=written)  # handed over, then the process dies
-    dead._task.cancel()  # type: ignore[union-attr]  # a SIGKILL: no close(), no final commit
+    dead._loop.kill()  # a SIGKILL: no close(), no final commit
 
     cluster.write("1", numbered(2, start=10))
     cluster.state("1", "COMPLETED")
