@@ -37,6 +37,9 @@ from airflow_hpc_provider.watching.cluster import PollerSettings, shared_poller
 
 log = logging.getLogger(__name__)
 
+# A collector this long without an element is forgotten (see collector_for).
+FORGET_AFTER_S = 3600.0
+
 # Where Airflow cannot say how many instances a mapped task has, this long without a new one
 # closes the collection window.
 QUIET_S = 2.0
@@ -126,9 +129,17 @@ class ArrayCollector:
         # Map indexes of each mapped task submitted here: the rest of its siblings are awaited.
         self._submitted: dict[str, set[int]] = {}
         self.submissions = 0  # instrument only (benches, tests); no decision reads it
+        self._last_active = time.monotonic()
+
+    def idle_since(self, now: float) -> float:
+        """Seconds since the collector last had an element, 0 while it has one."""
+        if self._waiting or self._in_flight or (self._task is not None and not self._task.done()):
+            self._last_active = now
+        return now - self._last_active
 
     async def submit(self, request: ElementRequest) -> ElementSubmitted:
         waiting = Waiting(request, asyncio.get_running_loop().create_future())
+        self._last_active = waiting.since
         self._waiting.append(waiting)
         self._last_arrival = time.monotonic()
         self._arrived.set()
@@ -333,7 +344,13 @@ _max_sizes: dict[tuple[int, str], int] = {}
 
 
 def collector_for(target: SshTarget, group: ArrayGroup) -> ArrayCollector:
-    """This event loop's collector for ``group`` (made on first use; tiny, so never dropped)."""
+    """This event loop's collector for ``group``, made on first use. Collectors idle for
+    :data:`FORGET_AFTER_S` are dropped (a group per DAG run when a job name holds the run id, in a
+    triggerer that runs for months); a late sibling then waits its window instead of knowing
+    the others were submitted."""
+    now = time.monotonic()
+    for stale in [key for key, collector in _collectors.items() if collector.idle_since(now) > FORGET_AFTER_S]:
+        del _collectors[stale]
     key = (id(asyncio.get_running_loop()), target.conn_id, group)
     collector = _collectors.get(key)
     if collector is None:
