@@ -158,6 +158,14 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         if "{{" not in f"{signal_before_timeout}{on_signal}":  # a Jinja value is checked once rendered
             self.near_limit(rendered=False)
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """Checks the array arguments when the DAG is parsed: a mapped task's operator is only
+        built when each map index runs, hours later."""
+        task_id = str(kwargs.get("task_id", cls.__name__))
+        check_array_arguments(task_id, kwargs.get("array"), kwargs.get("array_throttle"), kwargs.get("array_window"))
+        return super().partial(**kwargs)
+
     def near_limit(self, *, rendered: bool = True) -> SignalBeforeTimeout | None:
         """The job's behaviour near its time limit, checked (at parse time when literal)."""
         if self.signal_before_timeout is None:

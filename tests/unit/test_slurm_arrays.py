@@ -6,6 +6,7 @@ against stand-in squeue/sacct/sbatch that record their calls.
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -276,3 +277,27 @@ def test_without_a_sibling_count_a_quiet_gap_closes_the_window() -> None:
 def test_a_retry_alone_goes_at_once_when_its_siblings_were_submitted_before() -> None:
     gathered = [waiting(7, since=100.0)]
     assert due(gathered, {"d/r/t": set(range(20))}, last_arrival=100.0, size=6, window_s=10.0, now=100.0) == (1, 0.0)
+
+
+# --- the operator's array arguments, checked when the DAG is parsed ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"array_throttle": 0}, "array_throttle=0 must be a whole number of at least 1"),
+        ({"array_throttle": "4"}, "array_throttle='4' must be a whole number"),
+        ({"array_window": -1}, "array_window=-1 must be seconds, more than zero"),
+        ({"array": "yes"}, "array='yes' must be True, False or None"),
+    ],
+)
+def test_bad_array_arguments_fail_the_dag_at_parse_time_mapped_or_not(
+    arguments: dict[str, object], message: str
+) -> None:
+    from airflow_hpc_provider.errors import JobSpecError
+    from airflow_hpc_provider.operators.slurm import SlurmSubmitOperator
+
+    with pytest.raises(JobSpecError, match=re.escape(message)):
+        SlurmSubmitOperator(task_id="t", slurm_conn_id="c", command="true", **arguments)  # type: ignore[arg-type]
+    with pytest.raises(JobSpecError, match=re.escape(message)):
+        SlurmSubmitOperator.partial(task_id="t", slurm_conn_id="c", **arguments).expand(command=["true", "false"])
