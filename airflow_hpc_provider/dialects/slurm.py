@@ -159,8 +159,10 @@ def submit_script(
     ours = quote(JobKey.PREFIX + ":")
     limit = ""
     if max_concurrent_jobs is not None:
+        # -r: one line per array element (pending elements otherwise share their array's line), so
+        # the elements of mapped tasks' arrays count one each, as their jobs would have.
         limit = (
-            f"  _q=$(squeue -h -u \"$(id -un)\" -t {ALIVE_STATES} -O 'JobID:|,Comment:|') || exit 1\n"
+            f"  _q=$(squeue -h -r -u \"$(id -un)\" -t {ALIVE_STATES} -O 'JobID:|,Comment:|') || exit 1\n"
             f"  _busy=$(printf '%s\\n' \"$_q\" | awk -F'|' -v p={ours} 'index($2, p) == 1' | wc -l)\n"
             f'  if [ "$_busy" -ge {int(max_concurrent_jobs)} ]; then printf \'BUSY %s\\n\' "$_busy"; exit 0; fi\n'
         )

@@ -141,6 +141,8 @@ def test_the_cap_still_counts_every_live_job_of_the_provider(login: Login) -> No
 
     assert slurm.parse_submit_output(result.stdout).busy_jobs == 2
     assert login.calls("sbatch") == []
+    # One line per array element: a pending array's elements share one line without -r.
+    assert [call.split()[:2] for call in login.calls("squeue")] == [["-h", "-r"]]
 
 
 def test_a_restart_count_is_read_from_squeues_restartcnt_field() -> None:
