@@ -68,6 +68,8 @@ def why_not_an_array(operator: ArrayCapable, context: Context, cluster: ClusterS
     ti = context["ti"]
     if ti.map_index is None or ti.map_index < 0:
         return "the task is not mapped"
+    if operator.array is None and runs_one_at_a_time():
+        return "`airflow dags test` runs the task instances one at a time, so none would wait together"
     reasons = [
         (not operator.deferrable, "the task does not defer (array elements are submitted by the triggerer)"),
         (operator.signal_before_timeout is not None, "signal_before_timeout is set (its requeue is per job)"),
@@ -131,6 +133,16 @@ def element_trigger(
         poll_interval=interval,
         deadline=time.time() + timeout.total_seconds() if timeout else None,
     )
+
+
+def runs_one_at_a_time() -> bool:
+    """Whether this task runs under ``airflow dags test`` (``dag.test()``): its in-process
+    supervisor runs each deferred task's trigger alone, to the end, before the next task starts."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+    except ImportError:  # another Airflow layout: assume a real deployment
+        return False
+    return type(getattr(task_runner, "SUPERVISOR_COMMS", None)).__name__ == "InProcessSupervisorComms"
 
 
 def mapped_count(context: Context) -> int:
