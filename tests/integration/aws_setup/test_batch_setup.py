@@ -19,7 +19,7 @@ from airflow_hpc_provider.setup.naming import TAG_KEY
 from tests.integration.aws_setup.conftest import CONN_ID, SECRET, Ran, batch
 from tests.integration.aws_setup.inventory import differences, inventory
 from tests.integration.batch.moto_batch import ACCOUNT, REGION, MotoAws
-from tests.integration.batch.test_batch_example_dag import EXAMPLES
+from tests.integration.conftest import EXAMPLE_DAGS as EXAMPLES
 
 
 def flags(name: str, *more: str) -> tuple[str, ...]:
@@ -107,6 +107,8 @@ def test_provision_twice_changes_nothing_the_second_time_and_cleanup_brings_back
     assert "state=success" in output and "DagRun Finished" in output, output[-4000:]
     jobs = aws.client("batch").list_jobs(jobQueue=f"{name}-queue", jobStatus="SUCCEEDED")["jobSummaryList"]
     assert len(jobs) == 1 and f"AWS Batch job {jobs[0]['jobId']} ended SUCCEEDED" in output
+    assert f"Submitted AWS Batch job {jobs[0]['jobId']} (" in output
+    assert "$(not run)" not in output  # the example's env values are never logged
     # What the DAG made itself is the task's, not the set-up's, and cleanup keeps it: at most auto mode's
     # definition, named by its content (another test of the session may have registered the same one).
     dag_made = differences(provisioned, inventory(aws))
