@@ -146,10 +146,16 @@ def runs_one_at_a_time() -> bool:
 
 
 def mapped_count(context: Context) -> int:
-    """How many instances the mapped task has in this run (-1 when Airflow cannot say): the
-    triggerer's collection window closes early once all of them are waiting."""
+    """How many instances of the mapped task can wait in the triggerer together (-1 when Airflow
+    cannot say): its instance count in this run, capped by the task's ``max_active_tis_per_dag``
+    and ``max_active_tis_per_dagrun``, which count deferred instances and so keep the rest from
+    starting (a DAG's ``max_active_tasks`` counts only running and queued ones, so deferred
+    siblings do not hold the others back). The collection window closes early once that many are
+    waiting; counting instances a limit holds back would make each wave wait the whole window."""
     ti: Any = context["ti"]
     try:
-        return int(ti.get_ti_count(dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id]))
+        count = int(ti.get_ti_count(dag_id=ti.dag_id, task_ids=[ti.task_id], run_ids=[ti.run_id]))
     except Exception:  # an old API server, a test harness without one: the window alone decides
         return -1
+    limits = (getattr(ti.task, "max_active_tis_per_dag", None), getattr(ti.task, "max_active_tis_per_dagrun", None))
+    return min([count, *(limit for limit in limits if isinstance(limit, int) and limit > 0)])

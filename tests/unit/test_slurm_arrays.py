@@ -301,3 +301,32 @@ def test_bad_array_arguments_fail_the_dag_at_parse_time_mapped_or_not(
         SlurmSubmitOperator(task_id="t", slurm_conn_id="c", command="true", **arguments)  # type: ignore[arg-type]
     with pytest.raises(JobSpecError, match=re.escape(message)):
         SlurmSubmitOperator.partial(task_id="t", slurm_conn_id="c", **arguments).expand(command=["true", "false"])
+
+
+class MappedInstance:
+    """What mapped_count reads of a task instance: Airflow's count of the task's instances, the task."""
+
+    def __init__(self, count: int, **limits: int | None) -> None:
+        self.dag_id, self.task_id, self.run_id = "d", "t", "r"
+        self.count = count
+        self.task = type("Task", (), limits)()
+
+    def get_ti_count(self, **_: object) -> int:
+        return self.count
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({}, 20),
+        ({"max_active_tis_per_dag": 4}, 4),
+        ({"max_active_tis_per_dagrun": 6, "max_active_tis_per_dag": None}, 6),
+        ({"max_active_tis_per_dag": 50}, 20),
+    ],
+)
+def test_the_window_waits_only_for_as_many_siblings_as_the_task_limits_let_start(
+    limits: dict[str, int | None], expected: int
+) -> None:
+    from airflow_hpc_provider.operators.slurm_arrays import mapped_count
+
+    assert mapped_count({"ti": MappedInstance(20, **limits)}) == expected  # type: ignore[typeddict-item]
