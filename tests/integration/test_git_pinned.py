@@ -343,6 +343,10 @@ def test_the_example_dag_runs_both_map_indexes_on_one_commit_checked_out_once(
     assert result.output.count(f"is commit {sha} (pinned when an earlier try or map index") == 1
     assert result.output.count(f"/{checkouts_of(host)}/{sha} (made now)") == 1
     assert f"/{checkouts_of(host)}/{sha}/analysis" in result.output
+    # Under `airflow dags test` the mapped instances are jobs of their own, submitted at once
+    # (one trigger runs to its end before the next instance starts: an array would hold one).
+    assert result.output.count("not an array element: `airflow dags test` runs the task instances one at a time") == 2
+    assert "Submitted as Slurm array job" not in result.output
 
 
 def test_a_tenant_runs_in_its_pinned_commits_checkout_with_a_relative_working_dir_inside_it(

@@ -130,14 +130,3 @@ def test_a_retry_adopts_the_live_job_an_earlier_try_left_instead_of_submitting_a
     assert "output of the earlier try's job" in result.output
     assert "this must never run" not in result.output.split("Pausing task as DEFERRED")[-1]
     assert cluster.jobs_with_comment_prefix(f"airflow-hpc:{digest}:") == [earlier_job]
-
-
-def test_under_dags_test_mapped_instances_submit_jobs_of_their_own_at_once_saying_why(run_dag) -> None:
-    """``airflow dags test`` runs one instance, its trigger to the end, then the next: an array
-    could only ever hold one element, and the collection window would make each wait for nothing."""
-    result = run_dag("it_mapped_under_dags_test")
-    assert result.succeeded, result.output[-4000:]
-    assert result.output.count("not an array element: `airflow dags test` runs the task instances one at a time") == 2
-    assert re.findall(r"Submitted Slurm job \d+ on slurm_local", result.output) != []
-    assert "Submitted as Slurm array job" not in result.output
-    assert result.output.count("mapped element 41") == 1 and result.output.count("mapped element 42") == 1

@@ -128,8 +128,3 @@ with _dag("it_adoption"):
         command='echo "a second job: this must never run"',
         poll_interval=1,
     )
-
-with _dag("it_mapped_under_dags_test"):
-    SlurmSubmitOperator.partial(task_id="mapped", slurm_conn_id="slurm_local", poll_interval=1).expand(
-        command=['echo "mapped element $((40 + 1))"', 'echo "mapped element $((40 + 2))"']
-    )
