@@ -309,6 +309,7 @@ class StackBench:
                 stack.wait(lambda: in_state(stack, dag_id, run_id, "deferred") >= n, 300 + n, f"all {n} deferred")
                 deferred_s = time.monotonic() - began
             time.sleep(1)  # the last logins reach sshd's log
+            sampler.stop()  # then one last sample, from this thread alone
             sampler.sample()
             submissions = self.cluster.submissions() - submissions_before
             ports = login_ports(self.cluster.sshd_log, offset)
