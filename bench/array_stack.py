@@ -44,7 +44,8 @@ The figures, and where each is counted:
   the row;
 * **Airflow processes that connected**: a sampler thread reads ``/proc/net/tcp`` every 50 ms for
   established connections to the private sshd's port, finds each new socket's owning process
-  through ``/proc/<pid>/fd`` and the stack component it descends from; each login's client port
+  through ``/proc/<pid>/fd`` (a process is its PID and start time: PIDs wrap at 32,768 here during
+  a long row) and the stack component it descends from; each login's client port
   in the sshd log is matched to a sampled socket. It prints the distinct processes per component
   and how many logins it attributed (a connection that opens and closes between two samples stays
   unattributed and is shown as such, never guessed);
@@ -129,7 +130,7 @@ class StackRow:
     mode: str
     submissions: int
     logins: int
-    processes: dict[str, dict[int, int]]  # component -> pid -> logins
+    processes: dict[str, dict[tuple[int, int], int]]  # component -> (pid, start time) -> logins
     attributed: int
     known_s: float
     deferred_s: float | None
@@ -146,7 +147,9 @@ class ConnectionSampler:
 
     port: int
     components: list[Component]
-    by_client_port: dict[int, tuple[int, str]] = field(default_factory=dict)
+    # client port -> ((pid, start time in clock ticks), component): PIDs wrap (pid_max 32768 here)
+    # during a long row, so a process is its PID and its start time.
+    by_client_port: dict[int, tuple[tuple[int, int], str]] = field(default_factory=dict)
     _seen_inodes: set[str] = field(default_factory=set)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -187,7 +190,7 @@ class ConnectionSampler:
             if inode in owners:
                 self._seen_inodes.add(inode)
                 pid = owners[inode]
-                self.by_client_port[client_port] = (pid, self._component_of(pid))
+                self.by_client_port[client_port] = ((pid, started_at(pid)), self._component_of(pid))
 
     @staticmethod
     def _owners(inodes: set[str]) -> dict[str, int]:
@@ -225,6 +228,14 @@ def in_state(stack: AirflowStack, dag_id: str, run_id: str, state: str) -> int:
     path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances"
     total: int = stack.get(path, state=state, limit=1)["total_entries"]
     return total
+
+
+def started_at(pid: int) -> int:
+    """The process's start time since boot, in clock ticks (``/proc/<pid>/stat`` field 22)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+    except (OSError, IndexError, ValueError):
+        return -1
 
 
 def login_ports(log: Path, offset: int) -> list[int]:
@@ -313,7 +324,7 @@ class StackBench:
             sampler.sample()
             submissions = self.cluster.submissions() - submissions_before
             ports = login_ports(self.cluster.sshd_log, offset)
-            processes: dict[str, dict[int, int]] = {}
+            processes: dict[str, dict[tuple[int, int], int]] = {}
             attributed = 0
             for port in ports:
                 owner = sampler.by_client_port.get(port)
