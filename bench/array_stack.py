@@ -82,8 +82,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.deployment.stack
 
-from array_submission import CONN_ID, MAX_ARRAY_SIZE, SHARED_CLUSTER, PrivateCluster, versions
-from slurm_poller import DEFAULT_ENV_FILE, REMOTE_ROOT, load_env_file
+from array_submission import (
+    CONN_ID,
+    MAX_ARRAY_SIZE,
+    PrivateCluster,
+    add_cluster_arguments,
+    shared_connection,
+    versions,
+)
+from slurm_poller import REMOTE_ROOT
 
 from tests.deployment.stack import AirflowStack, Component, StackError
 
@@ -428,15 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100", help="mapped task instances per DAG run (default 100)")
     parser.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help="[core] parallelism (default 8)")
     parser.add_argument("--modes", default="on,off", help="rows per N, of on,off (default both)")
-    parser.add_argument("--shared-cluster", default=str(SHARED_CLUSTER), help="the shared test cluster's directory")
-    parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="where AIRFLOW_CONN_SLURM_LOCAL is defined")
+    add_cluster_arguments(parser)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        parser.error("run as root: the bench starts its own sshd (see the module docstring)")
-    load_env_file(args.env_file)
-    shared_conn = os.environ.get("AIRFLOW_CONN_SLURM_LOCAL")
-    if not shared_conn:
-        parser.error(f"AIRFLOW_CONN_SLURM_LOCAL is neither set nor in {args.env_file}: run tests/cluster/up.sh")
+    shared_conn = shared_connection(parser, args)
     for name in SHARED_CONNECTIONS:  # no stack started here may reach the shared cluster (SLURM_CONF: run())
         os.environ.pop(name, None)
     cluster = PrivateCluster(Path(args.shared_cluster))

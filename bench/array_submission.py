@@ -475,20 +475,32 @@ async def main_async(args: argparse.Namespace, cluster: PrivateCluster) -> list[
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--sizes", default="100,1000", help="mapped task instances per run (default 100,1000)")
-    parser.add_argument("--slots", type=int, default=16, help="worker slots of the arrays-OFF rows (default 16)")
-    parser.add_argument("--modes", default="min,on,off", help="rows per N, of min,on,off (default all three)")
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every bench on a private cluster takes: where the shared cluster's files are."""
     parser.add_argument("--shared-cluster", default=str(SHARED_CLUSTER), help="the shared test cluster's directory")
     parser.add_argument("--env-file", default=DEFAULT_ENV_FILE, help="where AIRFLOW_CONN_SLURM_LOCAL is defined")
-    args = parser.parse_args(argv)
+
+
+def shared_connection(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """The shared cluster's connection (the private one copies its user and keys), or the error
+    that says what is missing. Root only: the bench starts its own sshd."""
     if os.geteuid() != 0:
         parser.error("run as root: the bench starts its own sshd (see the module docstring)")
     load_env_file(args.env_file)
     shared_conn = os.environ.get("AIRFLOW_CONN_SLURM_LOCAL")
     if not shared_conn:
         parser.error(f"AIRFLOW_CONN_SLURM_LOCAL is neither set nor in {args.env_file}: run tests/cluster/up.sh")
+    return shared_conn
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="100,1000", help="mapped task instances per run (default 100,1000)")
+    parser.add_argument("--slots", type=int, default=16, help="worker slots of the arrays-OFF rows (default 16)")
+    parser.add_argument("--modes", default="min,on,off", help="rows per N, of min,on,off (default all three)")
+    add_cluster_arguments(parser)
+    args = parser.parse_args(argv)
+    shared_conn = shared_connection(parser, args)
     cluster = PrivateCluster(Path(args.shared_cluster))
     try:
         cluster.start()
