@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
@@ -189,6 +190,13 @@ class HpcOperator(BaseOperator):
             with contextlib.suppress(jinja2.TemplateNotFound):
                 setattr(self, "script", env.loader.get_source(env, script)[0] if env.loader else script)  # noqa: B010
         self.prepare_template()
+
+    def trigger_deadline(self) -> float | None:
+        """Epoch seconds at which the task's ``execution_timeout``, counted from now, passes: a
+        deferred task's trigger fires ``timeout`` then, since Airflow's own timeout cannot reach a
+        task that waits in the triggerer. None without a timeout."""
+        timeout = self.execution_timeout
+        return None if timeout is None else time.time() + timeout.total_seconds()
 
     @staticmethod
     def job_key(context: Context) -> JobKey:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -293,7 +292,7 @@ class BatchRevisionOperator(LayeredEnvOperator):
                 self._claim(hook, job_id)
             return job_id
         interval = self.poll_interval or default_poll_interval_s()
-        deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
+        deadline = self.trigger_deadline()
         if self.deferrable:
             ti.xcom_push(key=CURSOR_XCOM_KEY, value=SavedPosition.before_watching())
             self.defer(

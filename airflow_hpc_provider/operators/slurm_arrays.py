@@ -8,12 +8,10 @@ log, state, exit code, retry and cancel. This module decides whether a task inst
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_hpc_provider.config import default_array_window_s, default_poll_interval_s
+from airflow_hpc_provider.config import default_array_window_s
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.triggers.slurm_array import SlurmArrayElementTrigger
@@ -36,11 +34,13 @@ class ArrayCapable(Protocol):
     deferrable: bool
     signal_before_timeout: str | None
     script: str | None
-    poll_interval: float | None
-    execution_timeout: timedelta | None
 
     @property
     def supports_arrays(self) -> bool: ...
+
+    def poll_interval_s(self, cluster: ClusterSettings) -> float: ...
+
+    def trigger_deadline(self) -> float | None: ...
 
     def render(self, spec: JobSpec, cluster: ClusterSettings) -> str: ...
 
@@ -125,13 +125,11 @@ def element_trigger(
         siblings="\x1f".join((ti.dag_id, ti.run_id, ti.task_id)),
         expected=mapped_count(context),
     )
-    interval = operator.poll_interval or cluster.poll_interval_s or default_poll_interval_s()
-    timeout = operator.execution_timeout
     return SlurmArrayElementTrigger(
         conn_id=cluster.conn_id,
         element=request_to_dict(request),
-        poll_interval=interval,
-        deadline=time.time() + timeout.total_seconds() if timeout else None,
+        poll_interval=operator.poll_interval_s(cluster),
+        deadline=operator.trigger_deadline(),
     )
 
 

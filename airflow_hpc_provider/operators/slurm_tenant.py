@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -214,7 +213,7 @@ class SlurmTenantOperator(GitPinnedPartial, LayeredEnvOperator):
         self.push_xcom(context, "slurm_allocation_job_id", launched.allocation_id)
 
         interval = self.poll_interval or defaults.poll_interval_s or default_poll_interval_s()
-        deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
+        deadline = self.trigger_deadline()
         if self.deferrable:
             self.defer(
                 trigger=SlurmTenantTrigger(

@@ -188,6 +188,10 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
         """Defer a mapped task instance to be submitted with its siblings as one job array, where
         the scheduler's operator does that (see ``SlurmSubmitOperator``); else return."""
 
+    def poll_interval_s(self, cluster: ClusterSettings) -> float:
+        """Seconds between status polls: the task's, else the connection's, else ``[hpc]``'s."""
+        return self.poll_interval or cluster.poll_interval_s or default_poll_interval_s()
+
     def resume_from(self, payload: Mapping[str, Any]) -> None:
         """Take back what ``execute`` learned (a fresh operator instance runs ``execute_complete``)."""
 
@@ -380,10 +384,11 @@ class SshBatchJobOperator(GitPinnedPartial, LayeredEnvOperator):
             self.log.info("Batch script:\n%s", self.script_for_log(batch_script))
         self.push_xcom(context, f"{self.scheduler.lower()}_job_id", job_id)
 
-        interval = self.poll_interval or cluster.poll_interval_s or default_poll_interval_s()
+        interval = self.poll_interval_s(cluster)
         if self.deferrable:
-            deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
-            self.defer(trigger=self.trigger(cluster, job, interval, deadline), method_name="execute_complete")
+            self.defer(
+                trigger=self.trigger(cluster, job, interval, self.trigger_deadline()), method_name="execute_complete"
+            )
         watched = WatchedJob(job_id=job_id, log_path=job.log_path, cursor_path=job.cursor_path)
         # On the worker, Airflow's own execution_timeout applies (and calls on_kill, which cancels).
         result = asyncio.run(

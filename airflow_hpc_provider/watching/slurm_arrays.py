@@ -128,7 +128,6 @@ class ArrayCollector:
         self._task: asyncio.Task[None] | None = None
         # Map indexes of each mapped task submitted here: the rest of its siblings are awaited.
         self._submitted: dict[str, set[int]] = {}
-        self.submissions = 0  # instrument only (benches, tests); no decision reads it
         self._last_active = time.monotonic()
 
     def idle_since(self, now: float) -> float:
@@ -169,7 +168,12 @@ class ArrayCollector:
     # -- collecting --------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        size = await max_array_size(self.target)
+        try:
+            size = await max_array_size(self.target)
+        except Exception as error:  # the cluster cannot be asked: every waiting element hears why
+            self._fail(self._waiting, error)
+            self._waiting = []
+            return
         while self._waiting:
             take = await self._collect(size)
             batch, self._waiting = self._waiting[:take], self._waiting[take:]
@@ -187,6 +191,13 @@ class ArrayCollector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout=wait_s)
         return 0
+
+    @staticmethod
+    def _fail(elements: Sequence[Waiting], error: Exception) -> None:
+        """Their triggers fail with ``error`` (the task fails; a retry asks again, and adopts)."""
+        for waiting in elements:
+            if not waiting.answer.done():
+                waiting.answer.set_exception(error)
 
     # -- submitting --------------------------------------------------------------------------------
 
@@ -216,15 +227,12 @@ class ArrayCollector:
         try:
             outcomes = await _run_submission(self.target, script, [element.index for element in elements])
         except BaseException as error:
-            for waiting in chunk:
-                if not waiting.answer.done():
-                    waiting.answer.set_exception(error if isinstance(error, Exception) else RuntimeError(str(error)))
+            self._fail(chunk, error if isinstance(error, Exception) else RuntimeError(str(error)))
             if not isinstance(error, Exception):
                 raise
             return
         finally:
             self._in_flight = []
-        self.submissions += 1
         fresh = [outcome for outcome in outcomes.values() if not outcome.adopted]
         if fresh:
             log.info(
@@ -343,12 +351,12 @@ _collectors: dict[tuple[int, str, ArrayGroup], ArrayCollector] = {}
 _max_sizes: dict[tuple[int, str], int] = {}
 
 
-def collector_for(target: SshTarget, group: ArrayGroup) -> ArrayCollector:
+def collector_for(target: SshTarget, group: ArrayGroup, now: float | None = None) -> ArrayCollector:
     """This event loop's collector for ``group``, made on first use. Collectors idle for
     :data:`FORGET_AFTER_S` are dropped (a group per DAG run when a job name holds the run id, in a
     triggerer that runs for months); a late sibling then waits its window instead of knowing
     the others were submitted."""
-    now = time.monotonic()
+    now = time.monotonic() if now is None else now
     for stale in [key for key, collector in _collectors.items() if collector.idle_since(now) > FORGET_AFTER_S]:
         del _collectors[stale]
     key = (id(asyncio.get_running_loop()), target.conn_id, group)

@@ -8,15 +8,28 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from airflow_hpc_provider.dialects import slurm_array, slurm_status
 from airflow_hpc_provider.dialects.slurm_array import ArrayElement
+from airflow_hpc_provider.errors import ClusterUnreachableError
+from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import JobKey, JobState
-from airflow_hpc_provider.watching.slurm_arrays import QUIET_S, ArrayGroup, ElementRequest, Waiting, due
+from airflow_hpc_provider.watching.slurm_arrays import (
+    FORGET_AFTER_S,
+    QUIET_S,
+    ArrayGroup,
+    ElementRequest,
+    Waiting,
+    collector_for,
+    due,
+)
 from tests.unit.stand_in_login import StandInLogin
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "slurm"
@@ -166,8 +179,7 @@ class Login(StandInLogin):
 
 @pytest.fixture
 def login(tmp_path: Path) -> Login:
-    if shutil.which("flock") is None:
-        pytest.skip("the submit script locks with flock")
+    assert shutil.which("flock"), "the submit script locks with flock (util-linux), as every login node has it"
     return Login(tmp_path, LOG_DIR)
 
 
@@ -330,3 +342,30 @@ def test_the_window_waits_only_for_as_many_siblings_as_the_task_limits_let_start
     from airflow_hpc_provider.operators.slurm_arrays import mapped_count
 
     assert mapped_count({"ti": MappedInstance(20, **limits)}) == expected  # type: ignore[typeddict-item]
+
+
+# --- the collector's own life: an unreachable cluster, forgetting ------------------------------------
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_an_element_whose_cluster_cannot_be_reached_fails_its_trigger_with_why_never_waits_forever() -> None:
+    """Before: the collector asked the cluster for its MaxArraySize outside any error handling, so
+    a refused connection ended the collector's task and every waiting trigger waited forever."""
+    target = SshTarget(conn_id=f"closed-{uuid.uuid4().hex}", host="127.0.0.1", port=closed_port(), connect_timeout_s=5)
+    collector = collector_for(target, GROUP)
+    with pytest.raises(ClusterUnreachableError):
+        await asyncio.wait_for(collector.submit(waiting(3, since=0.0, expected=1).request), timeout=60)
+
+
+async def test_a_collector_idle_for_an_hour_is_forgotten() -> None:
+    target = SshTarget(conn_id=f"forget-{uuid.uuid4().hex}", host="login.invalid")
+    idle = collector_for(target, GROUP)
+    assert collector_for(target, GROUP) is idle  # one per group on this event loop
+    later = time.monotonic() + FORGET_AFTER_S + 1
+    assert collector_for(target, GROUP, now=later) is not idle
