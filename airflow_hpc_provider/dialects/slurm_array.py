@@ -69,11 +69,13 @@ def element_log_path(log_dir: str, job_id: str) -> str:
     return f"{log_dir.rstrip('/')}/array-{job_id}.log"
 
 
-def array_script(head: str, elements: Sequence[ArrayElement]) -> str:
+def array_script(head: str, elements: Sequence[ArrayElement], *, index_variable: str = "SLURM_ARRAY_TASK_ID") -> str:
     """The array's one batch script: ``head``, then each element's command behind its index.
 
     ``head`` is the batch script of one element rendered without a command; for a whole script
     by the user (no commands), it is the script itself, which every element runs.
+    ``index_variable`` holds the running element's index (Grid Engine's head sets one of its own:
+    its task ids are renumbered at each submission, see :mod:`~airflow_hpc_provider.dialects.sge_array`).
     """
     if not any(element.command for element in elements):
         return head
@@ -88,14 +90,15 @@ def array_script(head: str, elements: Sequence[ArrayElement]) -> str:
         if names
     )
     # Each element reads its own values, then no element keeps another's.
-    own_env = f'case "${{SLURM_ARRAY_TASK_ID-}}" in\n{takes}esac\nunset {" ".join(carriers)}\n' if carriers else ""
+    selector = f'case "${{{index_variable}-}}" in\n'
+    own_env = f"{selector}{takes}esac\nunset {' '.join(carriers)}\n" if carriers else ""
     branches = "".join(f"{element.index}) eval {quote(element.command)} ;;\n" for element in elements)
     return (
         head
         + own_env
-        + 'case "${SLURM_ARRAY_TASK_ID-}" in\n'
+        + selector
         + branches
-        + '*) echo "airflow-hpc: no element ${SLURM_ARRAY_TASK_ID-} in this array\'s script" >&2; exit 1 ;;\n'
+        + f'*) echo "airflow-hpc: no element ${{{index_variable}-}} in this array\'s script" >&2; exit 1 ;;\n'
         + "esac\n"
     )
 
