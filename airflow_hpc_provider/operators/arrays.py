@@ -116,28 +116,6 @@ def array_element_trigger(
         if context["ti"].map_index not in (None, -1):
             operator.log.info("Submitting a job of its own, not an array element: %s", why_not)
         return None
-    trigger = element_trigger(operator, context, cluster, spec, batch_script, key, trigger_type, **trigger_arguments)
-    operator.log.info(
-        "Deferring to the triggerer, which submits this task instance with the mapped siblings waiting "
-        "with it as one %s array on %s; this instance's command:\n%s",
-        trigger_type.scheduler,
-        cluster.conn_id,
-        spec.command if operator.script is None else "(the script, the same for every element)",
-    )
-    return trigger
-
-
-def element_trigger(
-    operator: ArrayCapable,
-    context: Context,
-    cluster: ClusterSettings,
-    spec: JobSpec,
-    batch_script: str,
-    key: JobKey,
-    trigger_type: type[ClusterArrayElementTrigger],
-    **trigger_arguments: Any,
-) -> ClusterArrayElementTrigger:
-    """The trigger that submits this task instance with its siblings, then watches its element."""
     ti = context["ti"]
     # The elements share the script rendered without a command; each element's command and env
     # come behind its array index. A whole script by the user is the same for every element.
@@ -167,13 +145,21 @@ def element_trigger(
         siblings="\x1f".join((ti.dag_id, ti.run_id, ti.task_id)),
         expected=mapped_count(context),
     )
-    return trigger_type(
+    trigger = trigger_type(
         conn_id=cluster.conn_id,
         element=request_to_dict(request),
         poll_interval=operator.poll_interval_s(cluster),
         deadline=operator.trigger_deadline(),
         **trigger_arguments,
     )
+    operator.log.info(
+        "Deferring to the triggerer, which submits this task instance with the mapped siblings waiting "
+        "with it as one %s array on %s; this instance's command:\n%s",
+        trigger_type.scheduler,
+        cluster.conn_id,
+        spec.command if operator.script is None else "(the script, the same for every element)",
+    )
+    return trigger
 
 
 def runs_one_at_a_time() -> bool:
