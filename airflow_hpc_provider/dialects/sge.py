@@ -149,10 +149,13 @@ def job_name(spec: JobSpec, key: JobKey) -> str:
     """``<name>-<task digest>-try<n>``: the name carries the key, as in the PBS dialect, because
     the name is what ``qstat -xml`` lists for every job in one call (a context variable would need
     a ``qstat -j`` per job). Letters first: Grid Engine refuses a name that starts with a digit."""
-    base = _NAME_UNSAFE.sub("_", spec.job_name)[:_NAME_BASE_MAX] or "job"
-    if not base[0].isalpha():
-        base = "j" + base[: _NAME_BASE_MAX - 1]
-    return f"{base}-{key.task_digest}-try{key.try_number}"
+    return f"{name_base(spec.job_name)}-{key.task_digest}-try{key.try_number}"
+
+
+def name_base(name: str) -> str:
+    """A job name's first part as Grid Engine takes it: a letter first, then ``[A-Za-z0-9_.-]``."""
+    base = _NAME_UNSAFE.sub("_", name)[:_NAME_BASE_MAX] or "job"
+    return base if base[0].isalpha() else "j" + base[: _NAME_BASE_MAX - 1]
 
 
 # The output file and its cursor are named as Slurm's are: the job id is in the path (-o $JOB_ID).
