@@ -61,6 +61,22 @@ def test_started_elements_have_their_own_line_and_the_pending_rest_share_one() -
     assert seen[2] is not None and seen[2].nodes == "vm"
 
 
+def test_an_array_that_cannot_start_holds_each_element_with_its_own_tasks_reason() -> None:
+    eqw = JOBS["eqw"]
+    framed = {
+        "qstat": (0, recorded("arrays_qstat_xml_eqw.xml")),
+        "errors": (0, recorded("arrays_qstat_j_eqw.txt")),
+    }
+    report = sge.SgeDialect(LOG_DIR).read_poll(framed, [f"{eqw}.1", f"{eqw}.3"])
+
+    for task in (1, 3):
+        seen = report.observations[f"{eqw}.{task}"]
+        assert seen.status is not None and (seen.status.state, seen.final) == (JobState.HELD, False)
+        assert "can't chdir to /nonexistent/dir" in (seen.status.reason or "") and "qmod -cj" in (
+            seen.status.reason or ""
+        )
+
+
 def test_qacct_keeps_one_record_per_task_and_each_ends_with_its_own_exit_code() -> None:
     records, unknown, notices = parse_qacct(recorded("arrays_qacct.txt"))
 
