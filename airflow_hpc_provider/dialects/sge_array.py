@@ -1,8 +1,8 @@
 """Mapped task instances as one Grid Engine job array (``qsub -t``), as pure functions: the array's
 batch script, the one round trip that adopts or submits its elements, and reading its answer.
 
-As on Slurm (:mod:`~airflow_hpc_provider.dialects.slurm_array`, whose :class:`ArrayElement`,
-:func:`split_env` and :func:`carrier` are reused): each element is one Airflow task instance with
+As on Slurm (:mod:`~airflow_hpc_provider.dialects.slurm_array`; the shared parts are in
+:mod:`~airflow_hpc_provider.dialects.array_elements`): each element is one Airflow task instance with
 a key of its own; the shared head runs the element's command behind a ``case``, each through
 ``eval``; per-element env values travel in qsub's environment (``-v`` names them, the values are
 exported in the submitting shell, fed on stdin) under carrier names only the element's branch reads.
@@ -27,10 +27,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.dialects.array_elements import ArrayElement, element_script, split_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.dialects.sge import TASK_LIST_AWK, jobs_record
-from airflow_hpc_provider.dialects.slurm_array import ArrayElement, split_env
-from airflow_hpc_provider.dialects.slurm_array import array_script as shared_array_script
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey
 
@@ -96,7 +95,7 @@ def array_script(head: str, elements: Sequence[ArrayElement]) -> str:
     behind its index. A whole script by the user (no commands) is every element's script as is."""
     if not any(element.command for element in elements):
         return head
-    return shared_array_script(head + SELECT_ELEMENT, elements, index_variable=INDEX_VARIABLE)
+    return element_script(head + SELECT_ELEMENT, elements, index_variable=INDEX_VARIABLE)
 
 
 # Over `qstat -xml`: prints "<id> <state>" of the first id of the comma list ``ids`` (newest first)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from airflow_hpc_provider.dialects import sge, sge_array
+from airflow_hpc_provider.dialects.array_elements import ArrayElement
 from airflow_hpc_provider.dialects.sge import SgeDialect
-from airflow_hpc_provider.dialects.slurm_array import ArrayElement
 from airflow_hpc_provider.hooks.cancel import cancel_jobs
 from airflow_hpc_provider.hooks.sge import SGE_REFUSALS
 from airflow_hpc_provider.hooks.ssh import SshTarget

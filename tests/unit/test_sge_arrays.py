@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from airflow_hpc_provider.dialects import remote_shell, sge, sge_array
+from airflow_hpc_provider.dialects.array_elements import ArrayElement, split_env
 from airflow_hpc_provider.dialects.sge_status import in_task_list, parse_qacct, parse_queue, status_from_record
-from airflow_hpc_provider.dialects.slurm_array import ArrayElement
 from airflow_hpc_provider.jobs import JobKey, JobState
 from tests.unit.stand_in_login import StandInLogin
 
@@ -189,7 +189,7 @@ def test_each_element_gets_its_own_env_values_and_none_of_its_siblings(tmp_path:
         for index, part in enumerate(["a b", "it's $(c)\nline"])
     ]
     script = sge_array.array_script("#!/bin/bash\n", elements)
-    shared, own = sge_array.split_env(elements)
+    shared, own = split_env(elements)
 
     assert "a b" not in script and "$(c)" not in script  # values travel in the environment only
     outputs = [run_task(script, task, "0,1", tmp_path, {**shared, **own}).stdout for task in (1, 2)]
