@@ -316,32 +316,38 @@ function in_tasks(t, list,   parts, n, i, span, step, c, first, last) {
 
 # Over `qstat -xml` and the asked ids (jobs, or elements <job>.<task>): prints "<ids qstat no longer
 # lists>|<job numbers of listed ids in an error state>|<job numbers of the ids not listed>".
-# A job's line names it; a task's line (<tasks>3</tasks>) or a pending line's list (1-20:1) its elements.
+# A job's line names it; a task's line (<tasks>3</tasks>) its element, looked up directly; a pending
+# line's task list (1-20:1) each asked element of its job: the work grows with the lines and the
+# asked elements, never with their product (a thousand running tasks have a thousand lines).
 _SORT_AWK = (
     TASK_LIST_AWK
     + r"""
 function value(line) { sub(/^[ \t]*<[^>]*>/, "", line); sub(/<\/.*$/, "", line); return line }
+function seen(k) { listed[k] = 1; if (st ~ /E/) err[id] = 1 }
 BEGIN {
   n = split(ids, a, ",")
   for (i = 1; i <= n; i++) {
     asked[a[i]] = 1; d = index(a[i], ".")
-    if (d) { job[a[i]] = substr(a[i], 1, d - 1); task[a[i]] = substr(a[i], d + 1) } else job[a[i]] = a[i]
+    if (d) { j = substr(a[i], 1, d - 1); job[a[i]] = j; tasks[j] = tasks[j] " " substr(a[i], d + 1) }
+    else job[a[i]] = a[i]
   }
 }
 /<JB_job_number>/ { id = value($0) }
 /<state>/ { st = value($0) }
 /<tasks>/ { tl = value($0) }
 /<\/job_list>/ {
-  for (k in asked) {
-    if (job[k] != id) continue
-    if (k in task ? (tl != "" && in_tasks(task[k], tl)) : 1) { listed[k] = 1; if (st ~ /E/) err[id] = 1 }
+  if (id in asked) seen(id)
+  if (tl ~ /^[0-9]+$/) { if ((id "." tl) in asked) seen(id "." tl) }
+  else if (tl != "" && (id in tasks)) {
+    m = split(tasks[id], t, " ")
+    for (i = 1; i <= m; i++) if (in_tasks(t[i], tl)) seen(id "." t[i])
   }
   id = ""; st = ""; tl = ""
 }
 END {
   for (k in asked) if (!(k in listed)) {
     gone = gone s k; s = " "
-    if (!(job[k] in g)) { g[job[k]] = 1; jobs = jobs t job[k]; t = " " }
+    if (!(job[k] in g)) { g[job[k]] = 1; jobs = jobs c2 job[k]; c2 = " " }
   }
   for (k in err) { bad = bad c k; c = "," }
   printf "%s|%s|%s", gone, bad, jobs

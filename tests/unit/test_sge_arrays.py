@@ -126,6 +126,28 @@ def test_a_recorded_poll_after_the_end_gives_each_element_its_own_outcome() -> N
     }
 
 
+def sorted_by_the_login_node(xml: str, ids: list[str]) -> tuple[set[str], set[str], set[str]]:
+    """What the poll script's awk decides on the login node, from a recorded ``qstat -xml``: the ids
+    qstat no longer lists, the job numbers in an error state, the job numbers to ask qacct about."""
+    program = sge._SORT_AWK
+    result = subprocess.run(
+        ["awk", "-v", f"ids={','.join(ids)}", program], input=xml, capture_output=True, text=True, check=True
+    )
+    gone, bad, jobs = result.stdout.split("|")
+    return set(gone.split()), set(bad.split(",")) - {""}, set(jobs.split())
+
+
+def test_the_login_node_tells_listed_elements_from_gone_ones_by_their_own_line_or_their_task_list() -> None:
+    mixed = recorded("arrays_qstat_xml_mixed.xml")
+    asked = [f"{ARRAY}.{task}" for task in (1, 2, 3, 4, 9)] + ["12345"]
+
+    assert sorted_by_the_login_node(mixed, asked) == ({f"{ARRAY}.9", "12345"}, set(), {ARRAY, "12345"})
+    eqw = JOBS["eqw"]
+    erring = sorted_by_the_login_node(recorded("arrays_qstat_xml_eqw.xml"), [f"{eqw}.2", f"{eqw}.4"])
+    assert erring == ({f"{eqw}.4"}, {eqw}, {eqw})
+    assert sorted_by_the_login_node(recorded("qstat_xml_empty.xml"), [f"{ARRAY}.1"]) == ({f"{ARRAY}.1"}, set(), {ARRAY})
+
+
 def test_the_poll_asks_qacct_once_per_array_whatever_the_number_of_its_ended_elements() -> None:
     script = sge.poll_script("T", [f"{ARRAY}.{task}" for task in range(1, 7)] + ["12"], [], LOG_DIR)
     assert script.count("qstat -xml") == 1 and 'for _j in $_jobs; do qacct -j "$_j"; done' in script
