@@ -141,9 +141,9 @@ END { close_record(); if (out != "") print out }
 # trigger watched (no ``CLAIMED<id>.cursor.watched``) unless the record says it was submitted for
 # try TRY -- the rule of Slurm's ``_adopt`` (:data:`~airflow_hpc_provider.dialects.slurm.ADOPTION_FUNCTION`).
 # Record lines are ``<id>`` or ``<id> <try>``, ids plain jobs or elements. ``qstat -xml`` is asked
-# at most once per script (it lists all the user's jobs); ``qacct -j`` once per candidate not listed.
+# at most once per script (it lists all the user's jobs); ``qacct -j`` once per job number not listed.
 # Fails when Grid Engine cannot be asked: submitting blind could run a job twice. Not run in a
-# subshell, so the one qstat answer serves every element of the chunk.
+# subshell, so the one qstat answer (and each job's qacct answer) serves every element of the chunk.
 ADOPTION_FUNCTION = (
     "_qok=\n"
     "_adopt() {\n"
@@ -163,11 +163,15 @@ ADOPTION_FUNCTION = (
     "  fi\n"
     f'  _pick=$(printf \'%s\\n\' "$_q" | awk -v ids="$_mine" {quote(_LISTED_AWK)})\n'
     '  [ -z "$_pick" ] || return 0\n'
+    # qacct reads the whole accounting file: asked once per job number per script (the elements
+    # of one array share it), its answers kept in a directory removed when the script ends.
+    '  [ -n "${_ad-}" ] || { _ad=$(mktemp -d) || return 1; trap \'rm -rf "$_ad"\' EXIT; }\n'
     "  for _j in $(printf '%s' \"$_mine\" | tr , ' '); do\n"
+    "    _n=${_j%%.*}\n"
     # An id accounting does not know (deleted while pending, or not ended) is an answer, not a failure.
-    '    _a=$(qacct -j "${_j%%.*}" 2>&1) || { case $_a in *"not found"*) continue ;; esac; '
-    "printf 'qacct failed: %s\\n' \"$_a\" >&2; return 1; }\n"
-    f'    _st=$(printf \'%s\\n\' "$_a" | awk -v id="$_j" {quote(_ENDED_AWK)})\n'
+    '    [ -f "$_ad/$_n" ] || qacct -j "$_n" > "$_ad/$_n" 2>&1 || grep -q "not found" "$_ad/$_n" || '
+    '{ printf \'qacct failed: %s\\n\' "$(cat "$_ad/$_n")" >&2; rm -f "$_ad/$_n"; return 1; }\n'
+    f'    _st=$(awk -v id="$_j" {quote(_ENDED_AWK)} "$_ad/$_n")\n'
     '    if [ -n "$_st" ]; then _pick="$_j $_st"; return 0; fi\n'
     "  done\n"
     "}\n"

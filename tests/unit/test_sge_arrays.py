@@ -347,7 +347,7 @@ def test_an_element_that_ended_unwatched_is_adopted_with_its_own_tasks_outcome_f
         (f"{ARRAY}.2", "COMPLETED", True),
         (f"{ARRAY}.4", "FAILED", True),
     ]
-    assert login.calls("qsub") == [] and login.calls("qacct") == [f"-j {ARRAY}", f"-j {ARRAY}"]
+    assert login.calls("qsub") == [] and login.calls("qacct") == [f"-j {ARRAY}"]  # once for the array's elements
 
 
 def test_an_element_accounting_never_knew_is_submitted_again_and_a_failing_qstat_submits_nothing(
