@@ -50,7 +50,10 @@ def grid(command: str, *, check: bool = True) -> str:
 def sge_arrays(sge_connection: str) -> str:
     """The connection, once Grid Engine is seen to cap arrays as the tests expect."""
     cap = grid("qconf -sconf | awk '$1 == \"max_aj_tasks\" { print $2 }'").strip()
-    assert cap == str(MAX_ARRAY_SIZE), f"max_aj_tasks is {cap}: tests/cluster/up.sh sets it to {MAX_ARRAY_SIZE}"
+    assert cap == str(MAX_ARRAY_SIZE), (
+        f"max_aj_tasks is {cap}: bash tests/cluster/up.sh sets it to {MAX_ARRAY_SIZE} (an up.sh of a checkout older "
+        "than Grid Engine arrays puts the default back)"
+    )
     return sge_connection
 
 
