@@ -225,8 +225,7 @@ def _modules(kind: str, with_aws: bool) -> list[dict[str, Any]]:
                 "airflow_hpc_provider.triggers.slurm_tenant",
             ],
             "PBS": ["airflow_hpc_provider.triggers.pbs"],
-            # The Grid Engine trigger is declared beside its operator (one module per scheduler).
-            "Grid Engine": ["airflow_hpc_provider.operators.sge"],
+            "Grid Engine": ["airflow_hpc_provider.triggers.sge", "airflow_hpc_provider.triggers.sge_array"],
             "AWS Batch": ["airflow_hpc_provider.triggers.batch"],
             "Amazon EC2": ["airflow_hpc_provider.triggers.ec2"],
         },

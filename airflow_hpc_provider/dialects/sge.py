@@ -49,7 +49,7 @@ from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.dialects.sge_status import (
     parse_error_reasons,
     parse_qacct,
-    parse_qstat_xml,
+    parse_queue,
     status_from_record,
 )
 from airflow_hpc_provider.dialects.slurm import SubmitOutcome
@@ -66,6 +66,8 @@ _NAME_BASE_MAX = 32
 _SAFE_LOG_DIR = re.compile(r"[A-Za-z0-9_./+~-]+")
 _SHEBANG = re.compile(r"^#!\s*(/[A-Za-z0-9_./+-]+)")
 _JOB_ID = re.compile(r"\d+")
+# A job, or an array element ``<job>.<task>`` (mapped task instances: :mod:`.sge_array`).
+_JOB_OR_ELEMENT = re.compile(r"\d+(\.\d+)?")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEFAULT_SHELL = "/bin/bash"
 
@@ -147,10 +149,13 @@ def job_name(spec: JobSpec, key: JobKey) -> str:
     """``<name>-<task digest>-try<n>``: the name carries the key, as in the PBS dialect, because
     the name is what ``qstat -xml`` lists for every job in one call (a context variable would need
     a ``qstat -j`` per job). Letters first: Grid Engine refuses a name that starts with a digit."""
-    base = _NAME_UNSAFE.sub("_", spec.job_name)[:_NAME_BASE_MAX] or "job"
-    if not base[0].isalpha():
-        base = "j" + base[: _NAME_BASE_MAX - 1]
-    return f"{base}-{key.task_digest}-try{key.try_number}"
+    return f"{name_base(spec.job_name)}-{key.task_digest}-try{key.try_number}"
+
+
+def name_base(name: str) -> str:
+    """A job name's first part as Grid Engine takes it: a letter first, then ``[A-Za-z0-9_.-]``."""
+    base = _NAME_UNSAFE.sub("_", name)[:_NAME_BASE_MAX] or "job"
+    return base if base[0].isalpha() else "j" + base[: _NAME_BASE_MAX - 1]
 
 
 # The output file and its cursor are named as Slurm's are: the job id is in the path (-o $JOB_ID).
@@ -174,7 +179,7 @@ def _checked_log_dir(log_dir: str) -> str:
 
 def _checked_id(job_id: str) -> str:
     # Ids come back from our own submissions; anything else is a bug, not something to quote past.
-    if not _JOB_ID.fullmatch(job_id):
+    if not _JOB_OR_ELEMENT.fullmatch(job_id):
         raise ValueError(f"{job_id!r} is not a Grid Engine job id")
     return job_id
 
@@ -275,13 +280,15 @@ def parse_submit_output(stdout: str) -> SubmitOutcome:
 
 
 def cancel_script(job_ids: Sequence[str], log_dir: str) -> str:
-    """Mark each job as cancelled by us, then one ``qdel`` for all. A job already gone is no error
-    (there is nothing left to cancel); any other refusal is, with qdel's words on stderr."""
+    """Mark each job as cancelled by us, then one ``qdel`` for all: an array element ``812.3`` as
+    ``812 -t 3`` (only that task; several such pairs go in one call). A job already gone is no
+    error (there is nothing left to cancel); any other refusal is, with qdel's words on stderr."""
     ids = [_checked_id(job_id) for job_id in job_ids]
+    targets = " ".join(job_id.replace(".", " -t ") for job_id in ids)
     marks = remote_shell.home_relative(cancelled_dir(_checked_log_dir(log_dir)))
     return (
         f'mkdir -p -- {marks} && for _j in {" ".join(ids)}; do : > {marks}/"$_j"; done\n'
-        f"_o=$(qdel {' '.join(ids)} 2>&1) && exit 0\n"
+        f"_o=$(qdel {targets} 2>&1) && exit 0\n"
         "printf '%s\\n' \"$_o\" | awk 'NF && !/has (registered|deleted)|does not exist/ { bad = 1 } END { exit bad }' "
         "|| { printf '%s\\n' \"$_o\" >&2; exit 1; }\n"
     )
@@ -289,38 +296,83 @@ def cancel_script(job_ids: Sequence[str], log_dir: str) -> str:
 
 # --- polling ----------------------------------------------------------------------------------
 
-# Over `qstat -xml` and the asked ids: "<ids qstat no longer lists>|<listed ids in an error state>".
-_SORT_AWK = r"""
-BEGIN { n = split(ids, a, ","); for (i = 1; i <= n; i++) asked[a[i]] = 1 }
-/<JB_job_number>/ { id = $0; gsub(/[^0-9]/, "", id); if (id in asked) listed[id] = 1 }
-/<state>/ {
-  st = $0; sub(/^[ \t]*<state>/, "", st); sub(/<\/state>.*$/, "", st)
-  if ((id in asked) && st ~ /E/) err[id] = 1
-}
-END {
-  for (k in asked) if (!(k in listed)) { gone = gone s k; s = " " }
-  for (k in err) { bad = bad c k; c = "," }
-  printf "%s|%s", gone, bad
+# Whether Grid Engine's task list (``1-20:1``, ``1,4``, ``1-5:2``) holds a task: an awk function,
+# shared by the poll and the adoption of array elements (sge_status.in_task_list reads the same).
+TASK_LIST_AWK = r"""
+function in_tasks(t, list,   parts, n, i, span, step, c, first, last) {
+  n = split(list, parts, ",")
+  for (i = 1; i <= n; i++) {
+    span = parts[i]; step = 1; c = index(span, ":")
+    if (c) { step = substr(span, c + 1) + 0; span = substr(span, 1, c - 1) }
+    c = index(span, "-")
+    if (c) { first = substr(span, 1, c - 1) + 0; last = substr(span, c + 1) + 0 }
+    else { first = span + 0; last = first }
+    if (step < 1) step = 1
+    if (t + 0 >= first && t + 0 <= last && (t - first) % step == 0) return 1
+  }
+  return 0
 }
 """
+
+# Over `qstat -xml` and the asked ids (jobs, or elements <job>.<task>): prints "<ids qstat no longer
+# lists>|<job numbers of listed ids in an error state>|<job numbers of the ids not listed>".
+# A job's line names it; a task's line (<tasks>3</tasks>) its element, looked up directly; a pending
+# line's task list (1-20:1) each asked element of its job: the work grows with the lines and the
+# asked elements, never with their product (a thousand running tasks have a thousand lines).
+_SORT_AWK = (
+    TASK_LIST_AWK
+    + r"""
+function value(line) { sub(/^[ \t]*<[^>]*>/, "", line); sub(/<\/.*$/, "", line); return line }
+function seen(k) { listed[k] = 1; if (st ~ /E/) err[id] = 1 }
+BEGIN {
+  n = split(ids, a, ",")
+  for (i = 1; i <= n; i++) {
+    asked[a[i]] = 1; d = index(a[i], ".")
+    if (d) { j = substr(a[i], 1, d - 1); job[a[i]] = j; tasks[j] = tasks[j] " " substr(a[i], d + 1) }
+    else job[a[i]] = a[i]
+  }
+}
+/<JB_job_number>/ { id = value($0) }
+/<state>/ { st = value($0) }
+/<tasks>/ { tl = value($0) }
+/<\/job_list>/ {
+  if (id in asked) seen(id)
+  if (tl ~ /^[0-9]+$/) { if ((id "." tl) in asked) seen(id "." tl) }
+  else if (tl != "" && (id in tasks)) {
+    m = split(tasks[id], t, " ")
+    for (i = 1; i <= m; i++) if (in_tasks(t[i], tl)) seen(id "." t[i])
+  }
+  id = ""; st = ""; tl = ""
+}
+END {
+  for (k in asked) if (!(k in listed)) {
+    gone = gone s k; s = " "
+    if (!(job[k] in g)) { g[job[k]] = 1; jobs = jobs c2 job[k]; c2 = " " }
+  }
+  for (k in err) { bad = bad c k; c = "," }
+  printf "%s|%s|%s", gone, bad, jobs
+}
+"""
+)
 
 
 def poll_script(token: str, job_ids: Sequence[str], reads: Sequence[LogRead], log_dir: str) -> str:
     """One ``qstat -xml`` for all of the user's jobs; for the asked ids it no longer lists, one
-    ``qacct -j`` each and whether we cancelled them; for ids in an error state, ``qstat -j`` for
-    the reason; then the log reads. Decided on the login node, in one round trip."""
+    ``qacct -j`` per job number (an array's ended elements share one) and whether we cancelled
+    them; for ids in an error state, ``qstat -j`` for the reason; then the log reads. Decided on
+    the login node, in one round trip."""
     ids = ",".join(_checked_id(job_id) for job_id in job_ids)
     marks = remote_shell.home_relative(cancelled_dir(_checked_log_dir(log_dir)))
     body = remote_shell.section(token, "qstat", 'qstat -xml -u "$(id -un)"')
     body += (
         'if [ "$_rc" = 0 ]; then\n'
         f"  _w=$(printf '%s\\n' \"$_r\" | awk -v ids={quote(ids)} {quote(_SORT_AWK)})\n"
-        "  _gone=${_w%%|*}; _bad=${_w#*|}\n"
+        "  _gone=${_w%%|*}; _w=${_w#*|}; _bad=${_w%%|*}; _jobs=${_w#*|}\n"
         '  if [ -n "$_bad" ]; then\n'
         + remote_shell.section(token, "errors", "qstat -j \"$_bad\" | grep -E '^(job_number|error reason)'")
         + "  fi\n"
         '  if [ -n "$_gone" ]; then\n'
-        + remote_shell.section(token, "qacct", 'for _j in $_gone; do qacct -j "$_j"; done')
+        + remote_shell.section(token, "qacct", 'for _j in $_jobs; do qacct -j "$_j"; done')
         + remote_shell.section(token, "cancelled", f'for _j in $_gone; do [ ! -e {marks}/"$_j" ] || echo "$_j"; done')
         + "  fi\n"
         "fi\n"
@@ -348,7 +400,7 @@ class SgeDialect:
         if rc != 0:
             return PollReport(observations={}, failure=f"qstat exited {rc}: {text.strip()!r}")
         try:
-            queue = parse_qstat_xml(text)
+            queue = parse_queue(text)
         except ValueError as error:
             return PollReport(observations={}, failure=str(error))
         reasons = parse_error_reasons(sections.get("errors", (0, ""))[1])
@@ -356,8 +408,9 @@ class SgeDialect:
         cancelled = set(sections.get("cancelled", (0, ""))[1].split())
         observations: dict[str, Observation] = {}
         for job_id in job_ids:
-            if job_id in queue:
-                status = queue[job_id]
+            listed = queue.status(job_id)
+            if listed is not None:
+                status = listed
                 if job_id in reasons:
                     reason = f"{reasons[job_id]} (qmod -cj clears the error, qdel removes the job)"
                     status = JobStatus(**{**status.__dict__, "reason": reason})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from xml.etree import ElementTree
 
@@ -41,6 +42,49 @@ _SIGNAL_BASE = 128
 
 def parse_qstat_xml(text: str) -> dict[str, JobStatus]:
     """``qstat -xml`` -> status per job id (an array job: its first task's line)."""
+    return parse_queue(text).jobs
+
+
+@dataclass(frozen=True)
+class Queue:
+    """What ``qstat -xml`` listed. ``jobs``: by job number (an array job: its first line), and by
+    element id ``<job>.<task>`` for each task with a line of its own (started ones). ``pending``:
+    per job number, its lines for tasks not started, each a task list (``1-20:1``, ``1,4``,
+    ``1-5:2``) read on demand, never expanded: another array of the user's may hold 75,000."""
+
+    jobs: dict[str, JobStatus] = field(default_factory=dict)
+    pending: dict[str, list[tuple[str, JobStatus]]] = field(default_factory=dict)
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """A plain job by its number, an array element by ``<job>.<task>`` (its own line, else the
+        pending line whose task list holds it, as that element)."""
+        if job_id in self.jobs:
+            return self.jobs[job_id]
+        number, dot, task = job_id.partition(".")
+        if not dot or not task.isdigit():
+            return None
+        for tasks, status in self.pending.get(number, ()):
+            if in_task_list(int(task), tasks):
+                return replace(status, job_id=job_id)
+        return None
+
+
+def in_task_list(task: int, tasks: str) -> bool:
+    """Whether Grid Engine's task list (``1-20:1``, ``1,4``, ``3``, ``1-5:2,9``) holds ``task``."""
+    for part in tasks.split(","):
+        span, _, step_text = part.strip().partition(":")
+        first_text, _, last_text = span.partition("-")
+        if not first_text.isdigit() or not (last_text or first_text).isdigit():
+            continue
+        first, last = int(first_text), int(last_text or first_text)
+        step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else 1
+        if first <= task <= last and (task - first) % step == 0:
+            return True
+    return False
+
+
+def parse_queue(text: str) -> Queue:
+    """``qstat -xml`` -> :class:`Queue`."""
     start, end = text.find("<?xml"), text.rfind("</job_info>")
     if start < 0 or end < 0:
         raise ValueError(f"no qstat XML document in {text[:200]!r}")
@@ -48,29 +92,30 @@ def parse_qstat_xml(text: str) -> dict[str, JobStatus]:
         root = ElementTree.fromstring(text[start : end + len("</job_info>")])
     except ElementTree.ParseError as error:
         raise ValueError(f"qstat XML is not readable: {error}") from None
-    statuses: dict[str, JobStatus] = {}
+    queue = Queue()
     for job in root.iter("job_list"):
         job_id = (job.findtext("JB_job_number") or "").strip()
-        if not job_id or job_id in statuses:
+        if not job_id:
             continue
         native = (job.findtext("state") or "").strip()
-        queue = (job.findtext("queue_name") or "").strip()
+        node = (job.findtext("queue_name") or "").strip().partition("@")[2] or None
+        tasks = (job.findtext("tasks") or "").strip()
         state = SGE_STATES.get(native, JobState.UNKNOWN)
-        statuses[job_id] = JobStatus(
-            job_id=job_id,
-            state=state,
-            native_state=native or "?",
-            reason="error state (qmod -cj clears it, qdel removes the job)" if "E" in native else None,
-            nodes=queue.partition("@")[2] or None,
-        )
-    return statuses
+        reason = "error state (qmod -cj clears it, qdel removes the job)" if "E" in native else None
+        status = JobStatus(job_id=job_id, state=state, native_state=native or "?", reason=reason, nodes=node)
+        queue.jobs.setdefault(job_id, status)
+        if tasks.isdigit():
+            queue.jobs[f"{job_id}.{tasks}"] = replace(status, job_id=f"{job_id}.{tasks}")
+        elif tasks:
+            queue.pending.setdefault(job_id, []).append((tasks, status))
+    return queue
 
 
-_ERROR_REASON = re.compile(r"^error reason\s+\d+:\s*(.*)$")
+_ERROR_REASON = re.compile(r"^error reason\s+(\d+):\s*(.*)$")
 
 
 def parse_error_reasons(text: str) -> dict[str, str]:
-    """``qstat -j`` lines kept by the poll -> the first error reason per job id."""
+    """``qstat -j`` lines kept by the poll -> the first error reason per job id and per task."""
     reasons: dict[str, str] = {}
     job_id = ""
     for line in text.splitlines():
@@ -78,8 +123,10 @@ def parse_error_reasons(text: str) -> dict[str, str]:
             job_id = line.split(":", 1)[1].strip()
             continue
         match = _ERROR_REASON.match(line)
-        if match and job_id and job_id not in reasons:
-            reasons[job_id] = match.group(1).strip()
+        if match and job_id:
+            # The number is the task's: an array element's reason is also kept as <job>.<task>.
+            reasons.setdefault(job_id, match.group(2).strip())
+            reasons.setdefault(f"{job_id}.{match.group(1)}", match.group(2).strip())
     return reasons
 
 
@@ -88,27 +135,36 @@ _NOT_FOUND = re.compile(r"^error: job id (\d+) not found")
 
 def parse_qacct(text: str) -> tuple[dict[str, dict[str, str]], set[str], list[str]]:
     """``qacct -j`` output for several ids -> (the last record per job id, ids qacct does not know,
-    other lines worth telling: a missing accounting file, say)."""
+    other lines worth telling: a missing accounting file, say). An array's tasks each have a
+    record (``taskid``): they are kept as ``<job>.<task>``; a plain job's says ``undefined``."""
     records: dict[str, dict[str, str]] = {}
     unknown: set[str] = set()
     notices: list[str] = []
     current: dict[str, str] | None = None
+
+    def keep() -> None:
+        # A later run of the same job (or task) replaces an earlier one.
+        if current and "jobnumber" in current:
+            task = current.get("taskid", "")
+            records[f"{current['jobnumber']}.{task}" if task.isdigit() else current["jobnumber"]] = current
+
     for line in text.splitlines():
         if line.startswith("====="):
+            keep()
             current = {}
             continue
         missing = _NOT_FOUND.match(line)
         if missing:
+            keep()
             unknown.add(missing.group(1))
             current = None
             continue
         key, _, value = line.partition(" ")
         if current is not None and re.fullmatch(r"[a-z_]+", key):
             current[key] = value.strip()
-            if key == "jobnumber":
-                records[current[key]] = current  # a later run of the same job replaces an earlier one
         elif line.strip():
             notices.append(f"qacct: {line.strip()}")
+    keep()
     return records, unknown, notices
 
 
@@ -119,7 +175,8 @@ def status_from_record(record: Mapping[str, str], *, cancelled: bool = False) ->
     kill by signal or a failure to start into CANCELLED; a job that ended on its own or ran into a
     limit before the qdel keeps that outcome.
     """
-    job_id = record.get("jobnumber", "?")
+    task = record.get("taskid", "")
+    job_id = record.get("jobnumber", "?") + (f".{task}" if task.isdigit() else "")
     code_text, _, words = record.get("failed", "").partition(":")
     failed = int(code_text) if code_text.strip().isdigit() else None
     exit_match = re.match(r"\s*(-?\d+)", record.get("exit_status", ""))

@@ -10,35 +10,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_hpc_provider.dialects import directives, sge
 from airflow_hpc_provider.dialects.sge import SgeDialect
 from airflow_hpc_provider.hooks.sge import SgeClusterDefaults, SgeHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec
+from airflow_hpc_provider.operators.arrays import array_element_trigger, check_array_arguments
 from airflow_hpc_provider.operators.base import rendered_text, unless_templated
 from airflow_hpc_provider.operators.ssh_batch import SshBatchJobOperator
 from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings, Submitted
 from airflow_hpc_provider.resources import check_name
-from airflow_hpc_provider.triggers.ssh_job import SshJobTrigger
 
+# SgeJobTrigger is importable from here too: triggers deferred before it moved are stored by this path.
+from airflow_hpc_provider.triggers.sge import SgeJobTrigger
+from airflow_hpc_provider.triggers.sge_array import SgeArrayElementTrigger
 
-class SgeJobTrigger(SshJobTrigger):
-    """Watches one Grid Engine job through the process's shared poller (see :class:`SshJobTrigger`).
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
-    :param log_dir: the connection's log directory, where :func:`~airflow_hpc_provider.dialects.sge.cancel_script`
-        marks the jobs this provider deleted (accounting alone cannot tell a ``qdel`` from a kill).
-    """
-
-    fields = (*SshJobTrigger.fields, "log_dir")
-
-    def __init__(self, *, log_dir: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.log_dir = log_dir
-
-    def dialect(self) -> SgeDialect:
-        return SgeDialect(self.log_dir)
+__all__ = ["SgeJobTrigger", "SgeOperator"]
 
 
 class SgeOperator(SshBatchJobOperator):
@@ -60,6 +52,17 @@ class SgeOperator(SshBatchJobOperator):
         Airflow executor queue every operator has.) Templated.
     :param parallel_environment: the site's parallel environment for more than one slot (often
         ``smp``); default: the connection's. Templated.
+    :param array: how a mapped task (``.expand()``) is submitted. ``None`` (default): the mapped
+        task instances that defer together go to the cluster as one job array (``qsub -t``) per
+        group of compatible ones (same connection, script, resources and env; only the command and
+        env values differ), each instance still its own element ``<job>.<task>`` with its own log,
+        state, exit code, retry and cancel (``qdel <job> -t <task>``); ``False``: one job per
+        instance; ``True``: as ``None``, but fail the task when it cannot be an element (see
+        docs/arrays.rst).
+    :param array_throttle: at most this many elements of one array run at once (``-tc N``).
+    :param array_window: the longest an instance waits in the triggerer for its mapped siblings
+        before it is submitted; default ``[hpc] array_window`` (10 s). It ends early once every
+        instance is waiting, and a full chunk of ``max_aj_tasks`` goes at once.
     """
 
     scheduler = "SGE"
@@ -70,6 +73,8 @@ class SgeOperator(SshBatchJobOperator):
     env_rules = directives.SHELL_ENV_RULES + directives.SGE_ENV_RULES
     directive_families = directives.SGE_FAMILIES
     ui_color = "#eef6ee"
+    # Mapped task instances may run as elements of one array (not @task.sge's: see ClusterPythonJob).
+    supports_arrays: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -77,9 +82,16 @@ class SgeOperator(SshBatchJobOperator):
         sge_conn_id: str = SgeHook.default_conn_name,
         sge_queue: str | None = None,
         parallel_environment: str | None = None,
+        array: bool | None = None,
+        array_throttle: int | None = None,
+        array_window: float | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(conn_id=sge_conn_id, **kwargs)
+        check_array_arguments(self.task_id, array, array_throttle, array_window)
+        self.array = array
+        self.array_throttle = array_throttle
+        self.array_window = array_window
         check_name(unless_templated(sge_queue), "sge_queue")
         check_name(unless_templated(parallel_environment), "parallel_environment")
         self.sge_queue = sge_queue
@@ -87,6 +99,14 @@ class SgeOperator(SshBatchJobOperator):
         self._connection_defaults: SgeClusterDefaults | None = None
         self._refuse_what_grid_engine_cannot_ask()
         self.check_what_is_submitted()
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """Checks the array arguments when the DAG is parsed: a mapped task's operator is only
+        built when each map index runs, hours later."""
+        task_id = str(kwargs.get("task_id", cls.__name__))
+        check_array_arguments(task_id, kwargs.get("array"), kwargs.get("array_throttle"), kwargs.get("array_window"))
+        return super().partial(**kwargs)
 
     def _refuse_what_grid_engine_cannot_ask(self) -> None:
         # GPUs, several nodes and reserved options fail when the DAG is parsed; slots are checked
@@ -151,3 +171,17 @@ class SgeOperator(SshBatchJobOperator):
 
     def trigger_arguments(self, cluster: ClusterSettings) -> dict[str, Any]:
         return {"log_dir": cluster.log_dir}
+
+    def defer_as_array_element(
+        self, context: Context, cluster: ClusterSettings, spec: JobSpec, batch_script: str, key: JobKey
+    ) -> None:
+        """A mapped task instance defers at once: the triggerer submits it with its siblings as one
+        array (docs/arrays.rst); this worker touches no cluster."""
+        trigger = array_element_trigger(
+            self, context, cluster, spec, batch_script, key, SgeArrayElementTrigger, **self.trigger_arguments(cluster)
+        )
+        if trigger is not None:
+            self.defer(trigger=trigger, method_name="execute_complete")
+
+    def why_no_array_element(self) -> str | None:
+        return None

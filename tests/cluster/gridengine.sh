@@ -93,8 +93,10 @@ PATH=$SGE_BIN:\$PATH; export PATH
 EOF
 
 # ---------- 7d. spool (once) and qmaster ----------
-# The global configuration: Debian's defaults with our spool, no mail, a quicker load report, and
-# accounting flushed at once (the default 15 s would leave qacct blind that long after a job ends).
+# The global configuration: Debian's defaults with our spool, no mail, a quicker load report,
+# accounting flushed at once (the default 15 s would leave qacct blind that long after a job ends),
+# and at most 6 tasks per array job (the default 75000), so mapped tasks' arrays come in chunks, as
+# Slurm's MaxArraySize=6 makes them there (the cap counts tasks: -t 7-12 is 6 and is accepted).
 # qconf -Mconf names the configuration after the file (hence etc/conf/global), and a conf_version
 # line in it is written to the spool beside qmaster's own: qmaster then refuses to start again.
 mkdir -p $SGE/etc/conf
@@ -102,6 +104,7 @@ sed -e '/^conf_version/d' -e "s@^execd_spool_dir .*@execd_spool_dir        $SGE_
     -e "s@^mailer .*@mailer                 /bin/true@" \
     -e "s@^reporting_params .*@reporting_params       accounting=true reporting=false flush_time=00:00:01 joblog=false sharelog=00:00:00 accounting_flush_time=00:00:00@" \
     -e "s@^load_report_time .*@load_report_time       00:00:10@" \
+    -e "s@^max_aj_tasks .*@max_aj_tasks           6@" \
     $SGE_DIST/usr/share/gridengine/default-configuration | put $SGE/etc/conf/global && global_changed=1 || global_changed=0
 if [ ! -s $SGE_CELL_DIR/common/configuration ]; then
   sge_env $SGE_BIN/spoolinit classic libspoolc "$SGE_CELL_DIR/common;$SGE_QMASTER_SPOOL" init

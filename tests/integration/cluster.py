@@ -35,8 +35,9 @@ def connection_extra() -> dict[str, str]:
     return extra
 
 
-def ssh(command: str, *, check: bool = True) -> str:
-    """Run a command on the login node as the test user; host key verified against known_hosts."""
+def ssh(command: str, *, check: bool = True, user: str = USER) -> str:
+    """Run a command on the login node as the test user (``user``: Grid Engine's, ``sgeuser``); host
+    key verified against known_hosts."""
     result = subprocess.run(
         [
             "ssh",
@@ -50,7 +51,7 @@ def ssh(command: str, *, check: bool = True) -> str:
             "StrictHostKeyChecking=yes",
             "-o",
             "BatchMode=yes",
-            f"{USER}@127.0.0.1",
+            f"{user}@127.0.0.1",
             command,
         ],
         capture_output=True,

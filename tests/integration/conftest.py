@@ -28,6 +28,16 @@ def slurm_connection(cluster_env: dict[str, str], monkeypatch: pytest.MonkeyPatc
     return "slurm_local"
 
 
+@pytest.fixture
+def sge_connection(cluster_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """The ``sge_local`` Airflow connection (Grid Engine's test user), visible to hooks in this process."""
+    if "AIRFLOW_CONN_SGE_LOCAL" not in cluster_env:
+        # A missing Grid Engine is a broken test cluster, not a reason to pass quietly.
+        pytest.fail("the test cluster has no Grid Engine: bring it up with tests/cluster/up.sh (HPCINFRA_SGE=1)")
+    monkeypatch.setenv("AIRFLOW_CONN_SGE_LOCAL", cluster_env["AIRFLOW_CONN_SGE_LOCAL"])
+    return "sge_local"
+
+
 @dataclass(frozen=True)
 class DagRunResult:
     returncode: int

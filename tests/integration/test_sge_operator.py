@@ -32,15 +32,6 @@ pytestmark = pytest.mark.cluster
 INJECTED = Path("/tmp/airflow-hpc-sge-injected")
 
 
-@pytest.fixture
-def sge_connection(cluster_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
-    if "AIRFLOW_CONN_SGE_LOCAL" not in cluster_env:
-        # A missing Grid Engine is a broken test cluster, not a reason to pass quietly.
-        pytest.fail("the test cluster has no Grid Engine: bring it up with tests/cluster/up.sh (HPCINFRA_SGE=1)")
-    monkeypatch.setenv("AIRFLOW_CONN_SGE_LOCAL", cluster_env["AIRFLOW_CONN_SGE_LOCAL"])
-    return "sge_local"
-
-
 _scenarios: dict[str, DagRunResult] = {}
 
 

@@ -1,8 +1,10 @@
-"""A login node of stand-ins for the Slurm submit scripts' tests: ``squeue``, ``sacct`` and ``sbatch``
-that record their calls and answer what a test tells them, under a home directory of its own.
+"""A login node of stand-ins for the submit scripts' tests: ``squeue``, ``sacct`` and ``sbatch`` (Slurm),
+``qstat``, ``qacct`` and ``qsub`` (Grid Engine), that record their calls and answer what a test tells
+them, under a home directory of its own.
 
 Each stand-in appends its arguments to ``$RECORD/<name>.args`` and answers from ``$ANSWERS/<name>``
-(stdout) and ``$ANSWERS/<name>.rc`` (exit status); sbatch keeps the script it read and prints 5000.
+(stdout) and ``$ANSWERS/<name>.rc`` (exit status); sbatch and qsub keep the script they read (and
+the environment qsub would pass), sbatch prints 5000 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 STAND_IN = """#!/bin/sh
 name=$(basename "$0")
 printf '%s\\n' "$*" >> "$RECORD/$name.args"
-[ "$name" = sbatch ] && cat > "$RECORD/script"
+case $name in sbatch|qsub) cat > "$RECORD/script"; env > "$RECORD/env" ;; esac
 [ -f "$ANSWERS/$name" ] && cat -- "$ANSWERS/$name"
 [ -f "$ANSWERS/$name.rc" ] && exit "$(cat -- "$ANSWERS/$name.rc")"
 [ "$name" = sbatch ] && echo 5000
@@ -28,7 +30,7 @@ class StandInLogin:
         self.log_dir = self.home / log_dir
         for directory in (self.bin, self.record, self.answers, self.log_dir):
             directory.mkdir(parents=True)
-        for name in ("squeue", "sacct", "sbatch"):
+        for name in ("squeue", "sacct", "sbatch", "qstat", "qacct", "qsub"):
             (self.bin / name).write_text(STAND_IN)
             (self.bin / name).chmod(stat.S_IRWXU)
 

@@ -345,7 +345,7 @@ def test_the_recorded_cancel_of_running_pending_erring_and_finished_jobs_succeed
 def test_the_poll_asks_qstat_once_and_qacct_only_for_ids_qstat_no_longer_lists():
     script = sge.poll_script("T", ["12", "13"], [], LOG_DIR)
     assert script.count("qstat -xml") == 1
-    assert 'for _j in $_gone; do qacct -j "$_j"; done' in script
+    assert 'for _j in $_jobs; do qacct -j "$_j"; done' in script  # once per job number
     assert "-v ids=12,13 " in script
     with pytest.raises(ValueError):
         sge.poll_script("T", ["12 13"], [], LOG_DIR)

@@ -13,6 +13,7 @@ from airflow.sdk import DAG
 
 SLURM_CONN_ID = "slurm_local"
 PBS_CONN_ID = "pbs_local"
+SGE_CONN_ID = "sge_local"
 JOB_NAME = "airflow-dep-{{ run_id }}-{{ task.task_id }}"
 WORKER_SLOT_TASKS = 20
 WORKER_SLOT_JOB_S = 30
