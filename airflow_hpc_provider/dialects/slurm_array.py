@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.dialects.array_elements import ArrayElement, command_lines, own_env_lines, split_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.dialects.slurm import ADOPTION_FUNCTION, adoption_args, jobs_record
 from airflow_hpc_provider.dialects.slurm_status import map_state
@@ -31,17 +32,6 @@ DEFAULT_MAX_ARRAY_SIZE = 1001
 
 # Asks the cluster for its MaxArraySize: one line, the number.
 MAX_ARRAY_SIZE_SCRIPT = "scontrol show config | awk '$1 == \"MaxArraySize\" { print $3 }'\n"
-
-
-@dataclass(frozen=True)
-class ArrayElement:
-    """One task instance in an array: its index there, its key, and what it runs."""
-
-    index: int
-    key: JobKey
-    command: str
-    map_index: int
-    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,50 +67,8 @@ def array_script(head: str, elements: Sequence[ArrayElement]) -> str:
     """
     if not any(element.command for element in elements):
         return head
-    shared, _ = split_env(elements)
-    own = [(element, [name for name in element.env if name not in shared]) for element in elements]
-    carriers = [carrier(element.index, name) for element, names in own for name in names]
-    takes = "".join(
-        f"{element.index}) export "
-        + " ".join(f'{name}="${{{carrier(element.index, name)}-}}"' for name in names)
-        + " ;;\n"
-        for element, names in own
-        if names
-    )
-    # Each element reads its own values, then no element keeps another's.
-    own_env = f'case "${{SLURM_ARRAY_TASK_ID-}}" in\n{takes}esac\nunset {" ".join(carriers)}\n' if carriers else ""
-    branches = "".join(f"{element.index}) eval {quote(element.command)} ;;\n" for element in elements)
-    return (
-        head
-        + own_env
-        + 'case "${SLURM_ARRAY_TASK_ID-}" in\n'
-        + branches
-        + '*) echo "airflow-hpc: no element ${SLURM_ARRAY_TASK_ID-} in this array\'s script" >&2; exit 1 ;;\n'
-        + "esac\n"
-    )
-
-
-def carrier(index: int, name: str) -> str:
-    """The name one element's own value of ``name`` travels under."""
-    return f"_AHE_{index}_{name}"
-
-
-def split_env(elements: Sequence[ArrayElement]) -> tuple[dict[str, str], dict[str, str]]:
-    """The values every element has alike (sent once, under their own names), and each element's
-    own values (sent under :func:`carrier` names)."""
-    shared: dict[str, str] = {}
-    for name in sorted({name for element in elements for name in element.env}):
-        values = {element.env.get(name) for element in elements}
-        value = next(iter(values))
-        if len(values) == 1 and value is not None:
-            shared[name] = value
-    own = {
-        carrier(element.index, name): value
-        for element in elements
-        for name, value in element.env.items()
-        if name not in shared
-    }
-    return shared, own
+    selector = "${SLURM_ARRAY_TASK_ID-}"
+    return head + own_env_lines(elements, selector) + command_lines(elements, selector)
 
 
 def submit_script(

@@ -1,0 +1,82 @@
+"""What every scheduler's array of mapped task instances is made of, as pure data: its elements,
+and how their env values travel (values all elements share under their names, each element's own
+under a carrier name only its branch of the array's script reads).
+
+Used by each scheduler's array dialect (:mod:`~airflow_hpc_provider.dialects.slurm_array`,
+:mod:`~airflow_hpc_provider.dialects.pbs_array`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from airflow_hpc_provider.dialects.remote_shell import quote
+from airflow_hpc_provider.jobs import JobKey
+
+
+@dataclass(frozen=True)
+class ArrayElement:
+    """One task instance in an array: its index there, its key, and what it runs."""
+
+    index: int
+    key: JobKey
+    command: str
+    map_index: int
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def carrier(index: int, name: str) -> str:
+    """The name one element's own value of ``name`` travels under."""
+    return f"_AHE_{index}_{name}"
+
+
+def split_env(elements: Sequence[ArrayElement]) -> tuple[dict[str, str], dict[str, str]]:
+    """The values every element has alike (sent once, under their own names), and each element's
+    own values (sent under :func:`carrier` names)."""
+    shared: dict[str, str] = {}
+    for name in sorted({name for element in elements for name in element.env}):
+        values = {element.env.get(name) for element in elements}
+        value = next(iter(values))
+        if len(values) == 1 and value is not None:
+            shared[name] = value
+    own = {
+        carrier(element.index, name): value
+        for element in elements
+        for name, value in element.env.items()
+        if name not in shared
+    }
+    return shared, own
+
+
+def own_names(elements: Sequence[ArrayElement]) -> list[tuple[ArrayElement, list[str]]]:
+    """Each element with the names of its own (not shared) env values."""
+    shared, _ = split_env(elements)
+    return [(element, [name for name in element.env if name not in shared]) for element in elements]
+
+
+def own_env_lines(elements: Sequence[ArrayElement], selector: str) -> str:
+    """Shell lines by which the element named by ``selector`` (a parameter expansion: its index) takes its
+    own values from their carriers, after which no carrier is left: an element sees its own only."""
+    own = own_names(elements)
+    carriers = [carrier(element.index, name) for element, names in own for name in names]
+    if not carriers:
+        return ""
+    takes = "".join(
+        f"{element.index}) export "
+        + " ".join(f'{name}="${{{carrier(element.index, name)}-}}"' for name in names)
+        + " ;;\n"
+        for element, names in own
+        if names
+    )
+    return f'case "{selector}" in\n{takes}esac\nunset {" ".join(carriers)}\n'
+
+
+def command_lines(elements: Sequence[ArrayElement], selector: str) -> str:
+    """The element named by ``selector`` runs its own command, through ``eval`` so a command that
+    does not parse fails its own element only."""
+    branches = "".join(f"{element.index}) eval {quote(element.command)} ;;\n" for element in elements)
+    return (
+        f'case "{selector}" in\n{branches}'
+        f'*) echo "airflow-hpc: no element {selector} in this array\'s script" >&2; exit 1 ;;\nesac\n'
+    )
