@@ -285,3 +285,43 @@ def test_without_a_flavour_on_the_connection_an_instance_says_it_submits_a_job_o
     assert "flavour" in str(operator.why_no_array_element())
     operator._flavour = PbsFlavour.TORQUE
     assert operator.why_no_array_element() is None
+
+
+class MappedTi:
+    """What a mapped task instance's execute reads of its task instance."""
+
+    dag_id, task_id, run_id, map_index, try_number = "d", "t", "r", 3, 1
+    task = None  # no max_active_tis_per_dag(run)
+
+    def get_ti_count(self, **_: object) -> int:
+        return 20
+
+    def xcom_push(self, **_: object) -> None:
+        raise AssertionError("an element's id is known only in the triggerer")
+
+
+def test_a_mapped_pbs_instance_defers_to_an_element_trigger_that_a_restarted_triggerer_can_rebuild(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow.exceptions import TaskDeferred
+
+    from airflow_hpc_provider.triggers.pbs_array import PbsArrayElementTrigger
+
+    connection = '{"conn_type": "pbs", "host": "login.invalid", "login": "u", "extra": {"flavour": "torque"}}'
+    monkeypatch.setenv("AIRFLOW_CONN_PBS_ARRAYS", connection)
+    operator = PbsOperator(
+        task_id="t", pbs_conn_id="pbs_arrays", command="echo one", env={"OWN": "x"}, cpus=2, array_throttle=3
+    )
+
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute({"ti": MappedTi()})  # type: ignore[typeddict-item]
+
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, PbsArrayElementTrigger)
+    _, kwargs = trigger.serialize()
+    rebuilt = PbsArrayElementTrigger(**kwargs)  # what a restarted triggerer does with the stored row
+    assert (rebuilt.flavour, rebuilt.job_id, rebuilt.element["map_index"]) == ("torque", "", 3)
+    assert rebuilt.element["command"] == "echo one" and rebuilt.element["env"] == [["OWN", "x"]]
+    assert rebuilt.element["throttle"] == 3 and rebuilt.element["expected"] == 20
+    assert pbs_array.can_hold(rebuilt.element["head"]) and "#PBS -l nodes=1:ppn=2" in rebuilt.element["head"]
+    assert "echo one" not in rebuilt.element["head"]
