@@ -62,6 +62,7 @@ def element_triggers(
     map_indexes: Sequence[int] | None = None,
     env: dict[str, str] | None = None,
     window_s: float = 2.0,
+    throttle: int | None = None,
 ) -> list[PbsArrayElementTrigger]:
     """The triggers the mapped task's instances defer to, built as PbsOperator builds them."""
     spec = JobSpec(command="", job_name="pbs-array-test")
@@ -71,6 +72,7 @@ def element_triggers(
         job_name=spec.job_name,
         log_dir=DEFAULT_LOG_DIR,
         window_s=window_s,
+        throttle=throttle,
     )
     indexes = list(map_indexes if map_indexes is not None else range(len(commands)))
     triggers = []
@@ -211,3 +213,20 @@ async def test_a_retry_of_one_failed_pbs_instance_submits_exactly_one_job(pbs_co
     assert sdiag_submissions() - before == 1
     assert payload["status"]["state"] == "COMPLETED"
     assert payload["job_id"] != payloads[2]["job_id"]
+
+
+async def test_a_pbs_array_throttle_keeps_at_most_that_many_elements_running_at_once(pbs_connection: str) -> None:
+    triggers = element_triggers(pbs_connection, ["sleep 4"] * 5, run_id=uuid.uuid4().hex, throttle=2)
+    running = [asyncio.create_task(first_event(trigger)) for trigger in triggers]
+    most = 0
+    while not all(task.done() for task in running):
+        array_ids = {trigger.job_id.split("[")[0] for trigger in triggers if trigger.job_id}
+        if array_ids:
+            states = cluster.ssh(f"squeue -h -r -t all -j {','.join(sorted(array_ids))} -o %T", check=False).split()
+            most = max(most, states.count("RUNNING"))
+        await asyncio.sleep(0.5)
+    payloads = [task.result() for task in running]
+
+    print(f"\n5 PBS elements with array_throttle=2 (qsub -t 0-4%2): at most {most} RUNNING at once")
+    assert [payload["status"]["state"] for payload in payloads] == ["COMPLETED"] * 5
+    assert most == 2
