@@ -81,7 +81,7 @@ class PbsElementOutcome:
 def parse_max_array_size(text: str) -> int | None:
     """The number :data:`MAX_ARRAY_SIZE_SCRIPT` printed, or None when it printed none."""
     words = text.split()
-    return int(words[0]) if words and words[0].isdigit() and int(words[0]) > 1 else None
+    return int(words[0]) if words and words[0].isdigit() and int(words[0]) > 0 else None
 
 
 def can_hold(head: str) -> bool:

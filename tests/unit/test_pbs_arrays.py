@@ -325,3 +325,26 @@ def test_a_mapped_pbs_instance_defers_to_an_element_trigger_that_a_restarted_tri
     assert rebuilt.element["throttle"] == 3 and rebuilt.element["expected"] == 20
     assert pbs_array.can_hold(rebuilt.element["head"]) and "#PBS -l nodes=1:ppn=2" in rebuilt.element["head"]
     assert "echo one" not in rebuilt.element["head"]
+
+
+@pytest.mark.parametrize(
+    ("program", "answer", "size"),
+    [
+        ("qmgr", "Server pbsserver\n    server_state = Active\n    max_array_size = 10000\n", 10000),
+        ("qmgr", "Server torque.example\n    max_job_array_size = 500\n", 500),
+        ("scontrol", "MaxArraySize            = 6\nMaxJobCount             = 200000\n", 6),
+    ],
+    ids=["pbs_pro", "torque", "wrappers"],
+)
+def test_the_largest_array_is_read_from_the_servers_own_limit(
+    tmp_path: Path, program: str, answer: str, size: int
+) -> None:
+    login = pbs_login(tmp_path)
+    (login.bin / program).write_text(STAND_IN)
+    (login.bin / program).chmod(0o700)
+    login.answer(program, answer)
+
+    result = login.run(pbs_array.MAX_ARRAY_SIZE_SCRIPT)
+
+    assert pbs_array.parse_max_array_size(result.stdout) == size
+    assert pbs_array.parse_max_array_size("") is None
