@@ -225,6 +225,7 @@ def submit_script(
         + ') || { _rc=$?; printf \'%s\\n\' "$_id" >&2; exit "$_rc"; }\n'
         # qsub may print warnings first (the wrapper: '-S is ignored'); the id is the last word.
         "  _id=$(printf '%s\\n' \"$_id\" | awk 'NF { w = $NF } END { print w }')\n"
+        "  case $_id in [0-9]*) ;; *) printf 'qsub printed no job id: %s\\n' \"$_id\" >&2; exit 1 ;; esac\n"
         "  _n=0; _ids=\n"
         "  for _e in $_todo; do\n"
         # 123[].server -> 123[4].server; the wrappers' bare 123 -> 123[4]; a lone job keeps its id.
@@ -253,7 +254,7 @@ def _adoption_function(flavour: PbsFlavour, log_dir: str) -> str:
 
     A record line of this try is adopted even if a trigger watched it (``CLAIMED<try>.cursor.watched``);
     one of an earlier try only if none did. A job counts while the scheduler knows it (an element
-    of the wrappers: Slurm's squeue) or once its script recorded its exit; an error of qstat other
+    of the wrappers: Slurm's squeue, then its accounting) or once its script recorded its exit; an error of qstat other
     than "unknown job" stops the submission: submitting blind could run a live job twice.
     """
     qstat = "qstat -x -f" if flavour is PbsFlavour.PBS_PRO else "qstat -f"
@@ -266,7 +267,9 @@ def _adoption_function(flavour: PbsFlavour, log_dir: str) -> str:
         '      if [ -z "${1#*\\]}" ] && command -v squeue >/dev/null 2>&1; then\n'
         "        _a=${1%%\\[*}; _i=${1#*\\[}; _i=${_i%\\]}\n"
         '        _st=$(squeue -h -r -t all -j "${_a}_${_i}" -o %t 2>/dev/null | head -n 1)\n'
-        "        case $_st in PD) _st=Q ;; R|CG|S|CF) _st=R ;; '') ;; *) _st=C ;; esac\n"
+        # Gone from squeue (MinJobAge): Slurm's accounting still knows an element that ended.
+        '        [ -n "$_st" ] || _st=$(sacct -n -X -P -j "${_a}_${_i}" -o State 2>/dev/null | head -n 1)\n'
+        "        case $_st in PD|PENDING) _st=Q ;; R|CG|S|CF|RUNNING) _st=R ;; '') ;; *) _st=C ;; esac\n"
         "      fi ;;\n"
         "  esac\n"
         '  if [ -z "$_st" ]; then\n'

@@ -348,3 +348,37 @@ def test_the_largest_array_is_read_from_the_servers_own_limit(
 
     assert pbs_array.parse_max_array_size(result.stdout) == size
     assert pbs_array.parse_max_array_size("") is None
+
+
+def test_on_the_wrappers_an_ended_element_squeue_forgot_is_adopted_by_slurms_accounting_not_run_again(
+    tmp_path: Path,
+) -> None:
+    login = pbs_login(tmp_path)
+    login.answer("squeue", "")
+    login.answer("sacct", "COMPLETED\n")
+    (member,) = elements(["echo a"])
+    (login.home / pbs.jobs_record(LOG_DIR, member.key.task_digest)).write_text("901[0] 1\n")
+    script = pbs_array.submit_script(
+        PbsFlavour.TORQUE, head(), [member], job_name="arr", group="g" * 20, log_dir=LOG_DIR, env={}
+    )
+
+    result = login.run(script)
+
+    assert result.returncode == 0, result.stderr
+    outcome = pbs_array.parse_submit_output(result.stdout, [member])[0]
+    assert (outcome.job_id, outcome.adopted, outcome.ended) == ("901[0]", True, True)
+    assert login.calls("qsub") == []
+
+
+def test_a_qsub_that_prints_no_id_fails_the_submission_and_records_nothing(tmp_path: Path) -> None:
+    login = pbs_login(tmp_path)
+    login.answer("qsub", "")
+    (member,) = elements(["echo a"])
+    script = pbs_array.submit_script(
+        PbsFlavour.TORQUE, head(), [member], job_name="arr", group="g" * 20, log_dir=LOG_DIR, env={}
+    )
+
+    result = login.run(script)
+
+    assert result.returncode == 1 and "qsub printed no job id" in result.stderr
+    assert records(login, member) == []
