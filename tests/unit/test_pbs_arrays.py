@@ -303,7 +303,7 @@ class MappedTi:
 def test_a_mapped_pbs_instance_defers_to_an_element_trigger_that_a_restarted_triggerer_can_rebuild(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from airflow.exceptions import TaskDeferred
+    from airflow.sdk.exceptions import TaskDeferred
 
     from airflow_hpc_provider.triggers.pbs_array import PbsArrayElementTrigger
 
