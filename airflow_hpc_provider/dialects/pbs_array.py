@@ -176,8 +176,6 @@ def submit_script(
     if flavour is PbsFlavour.PBS_PRO:
         if names:
             qsub += ["-v", quote(",".join(names))]
-        if throttle:
-            qsub += ["-W", f"max_run_subjobs={int(throttle)}"]
     else:
         qsub.append("-V")
     interpreter = _SHEBANG.match(head)
@@ -186,7 +184,9 @@ def submit_script(
     qsub += ["$_range", '"$_f"']
     if flavour is PbsFlavour.PBS_PRO:
         # -J needs a range of at least two indexes; a lone element is a job of its own.
-        range_line = '  if [ "$_k" -ge 2 ]; then _range="-J 0-$((_k - 1))"; else _range=; fi\n'
+        # (max_run_subjobs is an array's attribute: a lone job gets none.)
+        limit = f" -W max_run_subjobs={int(throttle)}" if throttle else ""
+        range_line = f'  if [ "$_k" -ge 2 ]; then _range="-J 0-$((_k - 1)){limit}"; else _range=; fi\n'
     else:
         spread = f"%{int(throttle)}" if throttle else ""
         range_line = f'  _range="-t 0-$((_k - 1)){spread}"\n'

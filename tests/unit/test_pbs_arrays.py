@@ -146,7 +146,7 @@ def test_the_pbs_pro_submission_is_one_qsub_j_range_every_element_recorded_with_
     (call,) = login.calls("qsub")
     assert re.fullmatch(
         r"-N arr-gggggggggggg -o \S+/logs/arrays\.out -j oe -v SHARED,_AHE_0_SECRET,_AHE_1_SECRET,_AHE_2_SECRET "
-        r"-W max_run_subjobs=2 -S /bin/bash -J 0-2 \S+/logs/array-\w+\.pbs",
+        r"-S /bin/bash -J 0-2 -W max_run_subjobs=2 \S+/logs/array-\w+\.pbs",
         call,
     ), call
     assert "secret-value" not in call
@@ -164,7 +164,14 @@ def test_a_lone_element_left_on_pbs_pro_is_a_job_of_its_own_and_the_adopted_keep
     members = elements(["echo a", "echo b"])
     (login.home / pbs.jobs_record(LOG_DIR, members[0].key.task_digest)).write_text("4242[0].pbsserver 1\n")
     script = pbs_array.submit_script(
-        PbsFlavour.PBS_PRO, head(PbsFlavour.PBS_PRO), members, job_name="arr", group="g" * 20, log_dir=LOG_DIR, env={}
+        PbsFlavour.PBS_PRO,
+        head(PbsFlavour.PBS_PRO),
+        members,
+        job_name="arr",
+        group="g" * 20,
+        log_dir=LOG_DIR,
+        env={},
+        throttle=2,
     )
 
     result = login.run(script)
@@ -174,7 +181,7 @@ def test_a_lone_element_left_on_pbs_pro_is_a_job_of_its_own_and_the_adopted_keep
     assert (outcomes[0].job_id, outcomes[0].adopted, outcomes[0].state) == ("4242[0].pbsserver", True, "R")
     assert (outcomes[1].job_id, outcomes[1].adopted) == ("4300.pbsserver", False)
     (call,) = login.calls("qsub")
-    assert "-J" not in call.split()
+    assert "-J" not in call.split() and "-W" not in call.split()
     batch = next((login.home / LOG_DIR).glob("array-*.pbs")).read_text()
     assert "_airflow_hpc_elements='1'\n" in batch
 
