@@ -1,10 +1,11 @@
 """The elements of a scheduler array of mapped task instances, as pure functions shared by the
 schedulers' array dialects (:mod:`~airflow_hpc_provider.dialects.slurm_array`,
-:mod:`~airflow_hpc_provider.dialects.sge_array`): what an element is, the array's one batch script
-(each element's command behind a ``case`` on its index, run through ``eval`` so a command that does
-not parse fails its own element only), and how per-element env values travel: a value every
-element shares under its own name, a value of one element under a carrier name
-(``_AHE_<index>_<NAME>``) that only its branch reads into ``NAME``, before every carrier is unset.
+:mod:`~airflow_hpc_provider.dialects.sge_array`, :mod:`~airflow_hpc_provider.dialects.pbs_array`):
+what an element is, the array's one batch script (each element's command behind a ``case`` on its
+index, run through ``eval`` so a command that does not parse fails its own element only), and how
+per-element env values travel: a value every element shares under its own name, a value of one
+element under a carrier name (``_AHE_<index>_<NAME>``) that only its branch reads into ``NAME``,
+before every carrier is unset.
 """
 
 from __future__ import annotations
@@ -38,28 +39,8 @@ def element_script(head: str, elements: Sequence[ArrayElement], *, index_variabl
     """
     if not any(element.command for element in elements):
         return head
-    shared, _ = split_env(elements)
-    own = [(element, [name for name in element.env if name not in shared]) for element in elements]
-    carriers = [carrier(element.index, name) for element, names in own for name in names]
-    takes = "".join(
-        f"{element.index}) export "
-        + " ".join(f'{name}="${{{carrier(element.index, name)}-}}"' for name in names)
-        + " ;;\n"
-        for element, names in own
-        if names
-    )
-    # Each element reads its own values, then no element keeps another's.
-    selector = f'case "${{{index_variable}-}}" in\n'
-    own_env = f"{selector}{takes}esac\nunset {' '.join(carriers)}\n" if carriers else ""
-    branches = "".join(f"{element.index}) eval {quote(element.command)} ;;\n" for element in elements)
-    return (
-        head
-        + own_env
-        + selector
-        + branches
-        + f'*) echo "airflow-hpc: no element ${{{index_variable}-}} in this array\'s script" >&2; exit 1 ;;\n'
-        + "esac\n"
-    )
+    selector = f"${{{index_variable}-}}"
+    return head + own_env_lines(elements, selector) + command_lines(elements, selector)
 
 
 def carrier(index: int, name: str) -> str:
@@ -83,3 +64,36 @@ def split_env(elements: Sequence[ArrayElement]) -> tuple[dict[str, str], dict[st
         if name not in shared
     }
     return shared, own
+
+
+def own_names(elements: Sequence[ArrayElement]) -> list[tuple[ArrayElement, list[str]]]:
+    """Each element with the names of its own (not shared) env values."""
+    shared, _ = split_env(elements)
+    return [(element, [name for name in element.env if name not in shared]) for element in elements]
+
+
+def own_env_lines(elements: Sequence[ArrayElement], selector: str) -> str:
+    """Shell lines by which the element named by ``selector`` (a parameter expansion: its index) takes its
+    own values from their carriers, after which no carrier is left: an element sees its own only."""
+    own = own_names(elements)
+    carriers = [carrier(element.index, name) for element, names in own for name in names]
+    if not carriers:
+        return ""
+    takes = "".join(
+        f"{element.index}) export "
+        + " ".join(f'{name}="${{{carrier(element.index, name)}-}}"' for name in names)
+        + " ;;\n"
+        for element, names in own
+        if names
+    )
+    return f'case "{selector}" in\n{takes}esac\nunset {" ".join(carriers)}\n'
+
+
+def command_lines(elements: Sequence[ArrayElement], selector: str) -> str:
+    """The element named by ``selector`` runs its own command, through ``eval`` so a command that
+    does not parse fails its own element only."""
+    branches = "".join(f"{element.index}) eval {quote(element.command)} ;;\n" for element in elements)
+    return (
+        f'case "{selector}" in\n{branches}'
+        f'*) echo "airflow-hpc: no element {selector} in this array\'s script" >&2; exit 1 ;;\nesac\n'
+    )

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 
-from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.dialects import remote_shell, slurm_status
 from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.directives import checked_extra_directives, default_shebang, split_user_script
 from airflow_hpc_provider.dialects.pbs_exits import (
@@ -42,8 +43,17 @@ from airflow_hpc_provider.dialects.pbs_exits import (
     with_recorded_exit,
     with_slurm_record,
 )
-from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour, checked_id, parse_poll, poll_script, short_id
+from airflow_hpc_provider.dialects.pbs_qstat import (
+    PbsFlavour,
+    checked_id,
+    parse_poll,
+    poll_script,
+    short_id,
+    slurm_name,
+)
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
+from airflow_hpc_provider.dialects.slurm import SlurmDialect
+from airflow_hpc_provider.dialects.slurm import cancel_script as slurm_cancel_script
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobState, JobStatus, signal_of_shell_status
 
@@ -165,10 +175,15 @@ def job_name(spec: JobSpec, key: JobKey) -> str:
     ``.`` and ``-`` (PBS rejects others, and the wrapper would hand them to a shell) and cut short.
     The full tag also travels to the job as ``$AIRFLOW_HPC_KEY``.
     """
-    base = _NAME_UNSAFE.sub("_", spec.job_name)[:_NAME_BASE_MAX] or "job"
+    return f"{name_base(spec.job_name)}-{key.task_digest}-try{key.try_number}"
+
+
+def name_base(name: str) -> str:
+    """The author's job name as PBS and the wrappers' shell take it: letters first, safe characters."""
+    base = _NAME_UNSAFE.sub("_", name)[:_NAME_BASE_MAX] or "job"
     if not base[0].isalpha():
         base = "j" + base[: _NAME_BASE_MAX - 1]
-    return f"{base}-{key.task_digest}-try{key.try_number}"
+    return base
 
 
 def log_path(log_dir: str, task_digest: str, try_number: int) -> str:
@@ -189,8 +204,16 @@ def jobs_record(log_dir: str, task_digest: str) -> str:
     return f"{log_dir.rstrip('/')}/{task_digest}.jobs"
 
 
-def cancel_script(job_ids: Sequence[str]) -> str:
-    return "qdel " + " ".join(quote(checked_id(job_id)) for job_id in job_ids) + "\n"
+def cancel_script(job_ids: Sequence[str], flavour: PbsFlavour | None = None) -> str:
+    """``qdel`` of the ids; an array element of the Slurm-backed wrappers goes to ``scancel`` by its
+    Slurm name (their qdel reads ``123[4]`` as 123 and deletes the whole array)."""
+    wrapped = {job_id: slurm_name(job_id) for job_id in job_ids} if flavour is PbsFlavour.TORQUE else {}
+    elements = [name for name in wrapped.values() if name is not None]
+    others = [job_id for job_id in job_ids if wrapped.get(job_id) is None]
+    script = "qdel " + " ".join(quote(checked_id(job_id)) for job_id in others) + "\n" if others else ""
+    if elements:
+        script += slurm_cancel_script(elements)
+    return script
 
 
 class PbsDialect:
@@ -203,11 +226,25 @@ class PbsDialect:
         self.log_dir = log_dir
         # Wrapper jobs that finished with their end unknown or signalled: the next poll asks sacct.
         self._ask_slurm: set[str] = set()
+        # The wrappers' array elements are Slurm's to tell (squeue, then sacct).
+        self._slurm = SlurmDialect()
+
+    def _wrapper_elements(self, job_ids: Sequence[str]) -> dict[str, str]:
+        """The ids of array elements of the Slurm-backed wrappers, by their Slurm names (see
+        :func:`~airflow_hpc_provider.dialects.pbs_qstat.slurm_name`)."""
+        if self.flavour is not PbsFlavour.TORQUE:
+            return {}
+        return {name: job_id for job_id in job_ids if (name := slurm_name(job_id)) is not None}
 
     def poll_script(self, token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) -> str:
         if not job_ids:
             return remote_shell.poll_script(token, "", reads)
-        script = poll_script(token, job_ids, [], self.flavour)
+        elements = self._wrapper_elements(job_ids)
+        queued = [job_id for job_id in job_ids if job_id not in elements.values()]
+        script = poll_script(token, queued, [], self.flavour) if queued else remote_shell.poll_script(token, "", [])
+        if elements:
+            # The wrappers' qstat cannot name an element: Slurm is asked by the element's name.
+            script += slurm_status.poll_body(token, list(elements))
         script += exits_section(token, job_ids, exit_dir(self.log_dir))
         asked = [job_id for job_id in job_ids if job_id in self._ask_slurm]
         if asked:
@@ -215,6 +252,28 @@ class PbsDialect:
         return script + remote_shell.log_reads(token, reads)
 
     def read_poll(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport:
+        elements = self._wrapper_elements(job_ids)
+        queued = [job_id for job_id in job_ids if job_id not in elements.values()]
+        observations: dict[str, Observation] = {}
+        notices: tuple[str, ...] = ()
+        if elements:
+            report = self._slurm.read_poll(sections, list(elements))
+            if report.failure:
+                return report
+            notices = report.notices
+            for name, seen in report.observations.items():
+                status = None if seen.status is None else replace(seen.status, job_id=elements[name])
+                observations[elements[name]] = replace(seen, status=status)
+        if not queued:
+            return PollReport(observations=observations, notices=notices)
+        queued_report = self._read_qstat(sections, queued)
+        if queued_report.failure:
+            return queued_report
+        return PollReport(
+            observations={**observations, **queued_report.observations}, notices=notices + queued_report.notices
+        )
+
+    def _read_qstat(self, sections: Mapping[str, tuple[int, str]], job_ids: Sequence[str]) -> PollReport:
         poll = parse_poll(sections, job_ids, self.flavour)
         if poll.errors and not poll.statuses:
             return PollReport(observations={}, failure="; ".join(poll.errors))
@@ -264,4 +323,4 @@ class PbsDialect:
         )
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:
-        return cancel_script(job_ids)
+        return cancel_script(job_ids, self.flavour)

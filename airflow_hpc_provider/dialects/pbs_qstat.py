@@ -129,6 +129,17 @@ def checked_id(job_id: str) -> str:
     return job_id
 
 
+_WRAPPER_ELEMENT = re.compile(r"^(\d+)\[(\d+)\]$")
+
+
+def slurm_name(job_id: str) -> str | None:
+    """``123_4`` for an array element ``123[4]`` of the Torque-compatible wrappers around Slurm (a
+    bare array id with an index), which their qstat cannot name; None for any other id (PBS Pro's
+    and Torque's carry their server's name). The caller knows the flavour is Torque."""
+    match = _WRAPPER_ELEMENT.match(job_id)
+    return f"{match.group(1)}_{match.group(2)}" if match else None
+
+
 def short_id(job_id: str) -> str:
     """``1234.server`` -> ``1234``: qsub and qstat may disagree about the server suffix."""
     return job_id.split(".", 1)[0]

@@ -129,6 +129,12 @@ def poll_script(token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) ->
 
     An id may name an array element (``1234_7``): squeue and sacct are asked for it by that name
     and their answers are read back under it (see :func:`parse_poll`)."""
+    return remote_shell.poll_script(token, poll_body(token, job_ids), reads)
+
+
+def poll_body(token: str, job_ids: Sequence[str]) -> str:
+    """The squeue and sacct sections of :func:`poll_script` (also asked by the PBS dialect for
+    the elements of the Torque-compatible wrappers around Slurm)."""
     ids = ",".join(job_ids)
     body = remote_shell.section(token, "squeue", f"squeue -h -t all -j {quote(ids)} -O '{SQUEUE_FIELDS}'")
     body += (
@@ -142,7 +148,7 @@ def poll_script(token: str, job_ids: Sequence[str], reads: Sequence[LogRead]) ->
         + remote_shell.section(token, "sacct", f'sacct -n -P -j "$_done" -o {SACCT_FIELDS}')
         + "fi\n"
     )
-    return remote_shell.poll_script(token, body, reads)
+    return body
 
 
 @dataclass(frozen=True)

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import Context
 from airflow.triggers.base import TriggerEvent
 
-from airflow_hpc_provider.dialects import directives, pbs, pbs_exits
+from airflow_hpc_provider.dialects import directives, pbs, pbs_array, pbs_exits
 from airflow_hpc_provider.dialects.pbs import PbsDialect
 from airflow_hpc_provider.dialects.pbs_qstat import PbsFlavour
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError
 from airflow_hpc_provider.hooks.pbs import PbsClusterDefaults, PbsHook, detect_flavour, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
+from airflow_hpc_provider.operators.arrays import array_element_trigger, check_array_arguments
 from airflow_hpc_provider.operators.base import StopCause, rendered_text, unless_templated
 from airflow_hpc_provider.operators.ssh_batch import SshBatchJobOperator
 from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings, Submitted
 from airflow_hpc_provider.resources import check_name
 from airflow_hpc_provider.triggers.pbs import PbsJobTrigger
+from airflow_hpc_provider.triggers.pbs_array import PbsArrayElementTrigger
 
 
 class PbsOperator(SshBatchJobOperator):
@@ -60,6 +62,17 @@ class PbsOperator(SshBatchJobOperator):
         default_deferrable`` (True).
     :param log_tail_lines: lines of the job's output quoted in the error when it fails.
     :param skip_on_exit_code: an exit code, or a list of them, that marks the task skipped.
+    :param array: how a mapped task (``.expand()``) is submitted. ``None`` (default): the mapped
+        task instances that defer together go to the cluster as one job array per group of
+        compatible ones (PBS Pro ``qsub -J``, Torque ``qsub -t``; same connection, script,
+        resources and env; only the command differs), each instance still its own job
+        ``<array>[<index>]`` with its own log, state, retry and cancel; ``False``: one job per
+        instance; ``True``: as ``None``, but fail the task when it cannot be an element (see
+        docs/arrays.rst). Needs the connection's ``flavour``.
+    :param array_throttle: at most this many elements of one array run at once (Torque ``%N``,
+        PBS Pro ``max_run_subjobs``).
+    :param array_window: the longest an instance waits in the triggerer for its mapped siblings
+        before it is submitted; default ``[hpc] array_window`` (10 s).
     """
 
     scheduler = "PBS"
@@ -69,6 +82,9 @@ class PbsOperator(SshBatchJobOperator):
     multi_job_options = directives.PBS_ARRAY
     env_rules = directives.SHELL_ENV_RULES + directives.PBS_ENV_RULES
     ui_color = "#fdf2e9"
+    # Mapped task instances may run as elements of one array (False where each job is prepared
+    # on the worker, as a Python function's is).
+    supports_arrays: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -94,6 +110,9 @@ class PbsOperator(SshBatchJobOperator):
         deferrable: bool | None = None,
         log_tail_lines: int = 20,
         skip_on_exit_code: int | Iterable[int] | None = None,
+        array: bool | None = None,
+        array_throttle: int | None = None,
+        array_window: float | None = None,
         **kwargs: Any,
     ) -> None:
         _check_one_queue(unless_templated(partition))
@@ -124,6 +143,18 @@ class PbsOperator(SshBatchJobOperator):
         self.pbs_queue = pbs_queue
         self._flavour: PbsFlavour | None = None
         self.check_what_is_submitted()
+        check_array_arguments(self.task_id, array, array_throttle, array_window)
+        self.array = array
+        self.array_throttle = array_throttle
+        self.array_window = array_window
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """Checks the array arguments when the DAG is parsed: a mapped task's operator is only
+        built when each map index runs, hours later."""
+        task_id = str(kwargs.get("task_id", cls.__name__))
+        check_array_arguments(task_id, kwargs.get("array"), kwargs.get("array_throttle"), kwargs.get("array_window"))
+        return super().partial(**kwargs)
 
     def options_in(self, option: str) -> list[directives.OptionUse]:
         return directives.pbs_options(option)
@@ -198,7 +229,7 @@ class PbsOperator(SshBatchJobOperator):
         outcome = await submit_job(
             transport, spec, batch_script, self._flavour, key=key, log_dir=cluster.log_dir, env=self.job_env()
         )
-        if "[" in outcome.job_id:
+        if "[]" in outcome.job_id:
             # PBS names an array 1234[] (Torque, PBS Pro): it became many jobs this task cannot
             # follow one by one, so it is deleted at once and the task fails saying why.
             await transport.run(pbs.cancel_script([outcome.job_id]))
@@ -214,6 +245,32 @@ class PbsOperator(SshBatchJobOperator):
             log_path=pbs.log_path(cluster.log_dir, key.task_digest, outcome.try_number),
             cursor_path=pbs.cursor_path(cluster.log_dir, key.task_digest, outcome.try_number),
             ended=outcome.ended,
+        )
+
+    def defer_as_array_element(
+        self, context: Context, cluster: ClusterSettings, spec: JobSpec, batch_script: str, key: JobKey
+    ) -> None:
+        """A mapped task instance defers at once: the triggerer submits it with its siblings as one
+        array (docs/arrays.rst); this worker touches no cluster."""
+        arguments = {"flavour": self._flavour.value if self._flavour else "", "log_dir": cluster.log_dir}
+        trigger = array_element_trigger(
+            self, context, cluster, spec, batch_script, key, PbsArrayElementTrigger, **arguments
+        )
+        if trigger is not None:
+            self.defer(trigger=trigger, method_name="execute_complete")
+
+    def why_no_array_element(self) -> str | None:
+        if self._flavour is None:
+            return "the connection does not set its PBS flavour (extra 'flavour': 'pbs_pro' or 'torque')"
+        if self.script is not None and not pbs_array.can_hold(self.render_for_array_check()):
+            return "the script is not a POSIX shell script (its element could not record its exit)"
+        return None
+
+    def render_for_array_check(self) -> str:
+        """The user's script with our lines, as an element would run it (flavour known)."""
+        assert self._flavour is not None
+        return pbs.render_script(
+            JobSpec(command="", job_name=self.task_id), self._flavour, script=self.script, exit_dir="exit"
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from airflow_hpc_provider.dialects import slurm, slurm_array
+from airflow_hpc_provider.dialects.array_elements import ArrayElement
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
 from airflow_hpc_provider.hooks.cancel import cancel_jobs
 from airflow_hpc_provider.hooks.refusals import SLURM_REFUSALS
@@ -54,7 +55,7 @@ class SlurmArraySubmitter:
         self, group: ClusterArrayGroup, requests: Sequence[ElementRequest], number: int, chunks: int
     ) -> list[ElementSubmitted]:
         elements = [
-            slurm_array.ArrayElement(index, request.key, request.command, request.map_index, dict(request.env))
+            ArrayElement(index, request.key, request.command, request.map_index, dict(request.env))
             for index, request in enumerate(requests)
         ]
         script = slurm_array.submit_script(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from airflow_hpc_provider.dialects import slurm_array, slurm_status
-from airflow_hpc_provider.dialects.slurm_array import ArrayElement
+from airflow_hpc_provider.dialects.array_elements import ArrayElement, split_env
 from airflow_hpc_provider.errors import ClusterUnreachableError
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import JobKey, JobState
@@ -137,7 +137,7 @@ def test_each_element_gets_its_own_env_values_and_none_of_its_siblings(tmp_path:
         for index, part in enumerate(["a b", "it's $(c)"])
     ]
     script = slurm_array.array_script("#!/bin/bash\n", elements)
-    shared, own = slurm_array.split_env(elements)
+    shared, own = split_env(elements)
 
     assert (shared, own) == ({"SITE": "x"}, {"_AHE_0_PART": "a b", "_AHE_1_PART": "it's $(c)"})
     assert "a b" not in script and "$(c)" not in script  # values travel in the environment only
