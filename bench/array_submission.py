@@ -301,11 +301,12 @@ class Bench:
 
     async def arrays_on(self, n: int) -> Row:
         from airflow_hpc_provider.triggers.slurm_array import SlurmArrayElementTrigger
-        from airflow_hpc_provider.watching.slurm_arrays import ArrayGroup, ElementRequest, env_items, request_to_dict
+        from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
+        from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, request_to_dict
 
         name = self.name("on", n)
         spec = JobSpec(command="", job_name=name, extra_directives=("--hold",))
-        group = ArrayGroup(conn_id=CONN_ID, head=slurm.render_script(spec), job_name=name, log_dir=self.log_dir)
+        group = ClusterArrayGroup(conn_id=CONN_ID, head=slurm.render_script(spec), job_name=name, log_dir=self.log_dir)
         run_id = f"{self.run_id}-on-{n}"
         triggers = []
         for map_index in range(n):

@@ -16,11 +16,12 @@ from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.hooks.slurm import ClusterDefaults, SlurmHook, submit_job
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus
+from airflow_hpc_provider.operators.arrays import array_element_trigger, check_array_arguments
 from airflow_hpc_provider.operators.base import StopCause
-from airflow_hpc_provider.operators.slurm_arrays import check_array_arguments, element_trigger, why_not_an_array
 from airflow_hpc_provider.operators.ssh_batch import SshBatchJobOperator
 from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings, Submitted
 from airflow_hpc_provider.triggers.slurm import SlurmJobTrigger
+from airflow_hpc_provider.triggers.slurm_array import SlurmArrayElementTrigger
 
 
 class SlurmSubmitOperator(SshBatchJobOperator):
@@ -240,19 +241,14 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     ) -> None:
         """A mapped task instance defers at once: the triggerer submits it with its siblings as one
         array (docs/arrays.rst); this worker touches no cluster."""
-        why_not = why_not_an_array(self, context, cluster)
-        if why_not is not None:
-            if context["ti"].map_index not in (None, -1):
-                self.log.info("Submitting a job of its own, not an array element: %s", why_not)
-            return
-        trigger = element_trigger(self, context, cluster, spec, batch_script, key)
-        self.log.info(
-            "Deferring to the triggerer, which submits this task instance with the mapped siblings waiting "
-            "with it as one Slurm array on %s; this instance's command:\n%s",
-            cluster.conn_id,
-            spec.command if self.script is None else "(the script, the same for every element)",
-        )
-        self.defer(trigger=trigger, method_name="execute_complete")
+        trigger = array_element_trigger(self, context, cluster, spec, batch_script, key, SlurmArrayElementTrigger)
+        if trigger is not None:
+            self.defer(trigger=trigger, method_name="execute_complete")
+
+    def why_no_array_element(self) -> str | None:
+        if self.signal_before_timeout is not None:
+            return "signal_before_timeout is set (its requeue is per job)"
+        return None
 
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
         payload = event.payload if isinstance(event, TriggerEvent) else event

@@ -24,7 +24,8 @@ from airflow_hpc_provider.dialects import slurm
 from airflow_hpc_provider.hooks.slurm import DEFAULT_LOG_DIR
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from airflow_hpc_provider.triggers.slurm_array import SlurmArrayElementTrigger
-from airflow_hpc_provider.watching.slurm_arrays import ArrayGroup, ElementRequest, env_items, request_to_dict
+from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
+from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, request_to_dict
 from tests.integration import cluster
 from tests.integration.test_slurm_trigger import LineCollector, collected
 
@@ -54,7 +55,7 @@ def element_triggers(
     throttle: int | None = None,
 ) -> list[SlurmArrayElementTrigger]:
     """The triggers the mapped task's instances defer to, built as the operator builds them."""
-    group = ArrayGroup(
+    group = ClusterArrayGroup(
         conn_id=conn_id,
         head=slurm.render_script(JobSpec(command="", job_name="array-test")),
         job_name="array-test",

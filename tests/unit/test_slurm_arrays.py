@@ -21,15 +21,16 @@ from airflow_hpc_provider.dialects.slurm_array import ArrayElement
 from airflow_hpc_provider.errors import ClusterUnreachableError
 from airflow_hpc_provider.hooks.ssh import SshTarget
 from airflow_hpc_provider.jobs import JobKey, JobState
-from airflow_hpc_provider.watching.slurm_arrays import (
+from airflow_hpc_provider.watching.arrays import (
     FORGET_AFTER_S,
     QUIET_S,
-    ArrayGroup,
     ElementRequest,
     Waiting,
     collector_for,
     due,
 )
+from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup
+from airflow_hpc_provider.watching.slurm_arrays import SlurmArraySubmitter
 from tests.unit.stand_in_login import StandInLogin
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "slurm"
@@ -247,7 +248,7 @@ def test_an_answer_without_every_elements_id_is_an_error_not_a_guess() -> None:
 
 # --- the collection window (a fake clock: ``now`` is given) ------------------------------------------
 
-GROUP = ArrayGroup(conn_id="c", head="#!/bin/bash\n", job_name="j", log_dir=LOG_DIR, window_s=10.0)
+GROUP = ClusterArrayGroup(conn_id="c", head="#!/bin/bash\n", job_name="j", log_dir=LOG_DIR, window_s=10.0)
 LOOP = asyncio.new_event_loop()
 
 
@@ -339,7 +340,7 @@ class MappedInstance:
 def test_the_window_waits_only_for_as_many_siblings_as_the_task_limits_let_start(
     limits: dict[str, int | None], expected: int
 ) -> None:
-    from airflow_hpc_provider.operators.slurm_arrays import mapped_count
+    from airflow_hpc_provider.operators.arrays import mapped_count
 
     assert mapped_count({"ti": MappedInstance(20, **limits)}) == expected  # type: ignore[typeddict-item]
 
@@ -358,14 +359,14 @@ async def test_an_element_whose_cluster_cannot_be_reached_fails_its_trigger_with
     """Before: the collector asked the cluster for its MaxArraySize outside any error handling, so
     a refused connection ended the collector's task and every waiting trigger waited forever."""
     target = SshTarget(conn_id=f"closed-{uuid.uuid4().hex}", host="127.0.0.1", port=closed_port(), connect_timeout_s=5)
-    collector = collector_for(target, GROUP)
+    collector = collector_for(SlurmArraySubmitter(target), GROUP)
     with pytest.raises(ClusterUnreachableError):
         await asyncio.wait_for(collector.submit(waiting(3, since=0.0, expected=1).request), timeout=60)
 
 
 async def test_a_collector_idle_for_an_hour_is_forgotten() -> None:
     target = SshTarget(conn_id=f"forget-{uuid.uuid4().hex}", host="login.invalid")
-    idle = collector_for(target, GROUP)
-    assert collector_for(target, GROUP) is idle  # one per group on this event loop
+    idle = collector_for(SlurmArraySubmitter(target), GROUP)
+    assert collector_for(SlurmArraySubmitter(target), GROUP) is idle  # one per group on this event loop
     later = time.monotonic() + FORGET_AFTER_S + 1
-    assert collector_for(target, GROUP, now=later) is not idle
+    assert collector_for(SlurmArraySubmitter(target), GROUP, now=later) is not idle

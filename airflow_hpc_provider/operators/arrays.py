@@ -1,8 +1,8 @@
-"""How a mapped ``SlurmSubmitOperator`` task instance becomes one element of a Slurm job array.
+"""How a mapped task instance becomes one element of a scheduler array.
 
-Mapped task instances that defer together are submitted by the triggerer as one ``sbatch --array``
-per group (:mod:`~airflow_hpc_provider.watching.slurm_arrays`); each keeps its own task instance,
-log, state, exit code, retry and cancel. This module decides whether a task instance goes that way
+Mapped task instances that defer together are submitted by the triggerer as one array per group
+(:mod:`~airflow_hpc_provider.watching.arrays`); each keeps its own task instance, log, state, exit
+code, retry and cancel. This module decides whether a task instance goes that way
 (:func:`why_not_an_array`) and builds its trigger; the worker touches no cluster to do so.
 """
 
@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from airflow_hpc_provider.config import default_array_window_s
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobSpec
-from airflow_hpc_provider.triggers.slurm_array import SlurmArrayElementTrigger
-from airflow_hpc_provider.watching.slurm_arrays import ArrayGroup, ElementRequest, env_items, request_to_dict
+from airflow_hpc_provider.triggers.array_element import ClusterArrayElementTrigger
+from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
+from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, request_to_dict
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -23,20 +24,30 @@ if TYPE_CHECKING:
     from airflow_hpc_provider.operators.ssh_cluster import ClusterSettings
 
 
+class TaskLog(Protocol):
+    def info(self, event: str, *args: Any) -> Any: ...
+
+
 class ArrayCapable(Protocol):
-    """What this module reads of a ``SlurmSubmitOperator`` (named so the operator's module alone
-    imports this one)."""
+    """What this module reads of an operator whose mapped instances may be array elements (named
+    so the operator's module alone imports this one)."""
 
     task_id: str
     array: bool | None
     array_throttle: int | None
     array_window: float | None
     deferrable: bool
-    signal_before_timeout: str | None
     script: str | None
 
     @property
+    def log(self) -> TaskLog: ...
+
+    @property
     def supports_arrays(self) -> bool: ...
+
+    def why_no_array_element(self) -> str | None:
+        """What of this operator's own settings keeps its instances from being elements."""
+        ...
 
     def poll_interval_s(self, cluster: ClusterSettings) -> float: ...
 
@@ -72,7 +83,7 @@ def why_not_an_array(operator: ArrayCapable, context: Context, cluster: ClusterS
         return "`airflow dags test` runs the task instances one at a time, so none would wait together"
     reasons = [
         (not operator.deferrable, "the task does not defer (array elements are submitted by the triggerer)"),
-        (operator.signal_before_timeout is not None, "signal_before_timeout is set (its requeue is per job)"),
+        (operator.why_no_array_element() is not None, str(operator.why_no_array_element())),
         (
             cluster.max_concurrent_jobs is not None,
             f"the connection caps jobs at max_concurrent_jobs={cluster.max_concurrent_jobs} (use array_throttle)",
@@ -87,15 +98,24 @@ def why_not_an_array(operator: ArrayCapable, context: Context, cluster: ClusterS
     return None
 
 
-def element_trigger(
+def array_element_trigger(
     operator: ArrayCapable,
     context: Context,
     cluster: ClusterSettings,
     spec: JobSpec,
     batch_script: str,
     key: JobKey,
-) -> SlurmArrayElementTrigger:
-    """The trigger that submits this task instance with its siblings, then watches its element."""
+    trigger_type: type[ClusterArrayElementTrigger],
+    **trigger_arguments: Any,
+) -> ClusterArrayElementTrigger | None:
+    """The trigger that submits this mapped task instance with its siblings, then watches its
+    element; None (the reason in the task log) where the instance submits a job of its own.
+    The worker touches no cluster either way."""
+    why_not = why_not_an_array(operator, context, cluster)
+    if why_not is not None:
+        if context["ti"].map_index not in (None, -1):
+            operator.log.info("Submitting a job of its own, not an array element: %s", why_not)
+        return None
     ti = context["ti"]
     # The elements share the script rendered without a command; each element's command and env
     # come behind its array index. A whole script by the user is the same for every element.
@@ -106,7 +126,7 @@ def element_trigger(
         if operator.script is not None
         else operator.render(replace(spec, command="", env_names=()), cluster)
     )
-    group = ArrayGroup(
+    group = ClusterArrayGroup(
         conn_id=cluster.conn_id,
         head=head,
         job_name=spec.job_name,
@@ -125,12 +145,21 @@ def element_trigger(
         siblings="\x1f".join((ti.dag_id, ti.run_id, ti.task_id)),
         expected=mapped_count(context),
     )
-    return SlurmArrayElementTrigger(
+    trigger = trigger_type(
         conn_id=cluster.conn_id,
         element=request_to_dict(request),
         poll_interval=operator.poll_interval_s(cluster),
         deadline=operator.trigger_deadline(),
+        **trigger_arguments,
     )
+    operator.log.info(
+        "Deferring to the triggerer, which submits this task instance with the mapped siblings waiting "
+        "with it as one %s array on %s; this instance's command:\n%s",
+        trigger_type.scheduler,
+        cluster.conn_id,
+        spec.command if operator.script is None else "(the script, the same for every element)",
+    )
+    return trigger
 
 
 def runs_one_at_a_time() -> bool:
