@@ -264,20 +264,26 @@ def is_array_of(description: Mapping[str, Any], group: str) -> bool:
     return ":" not in str(description.get("jobId", "")) and (description.get("tags") or {}).get(ARRAY_TAG) == group
 
 
+def recorded_by_key(descriptions: Sequence[Mapping[str, Any]], group: str) -> dict[tuple[str, int], RecordedElement]:
+    """Every child the group's arrays record, by (task digest, try); the newest array's where two
+    record the same try. Read once per submission, then looked up per element."""
+    found: dict[tuple[str, int], RecordedElement] = {}
+    for description in descriptions:
+        if not is_array_of(description, group):
+            continue
+        for identity, recorded in recorded_elements(description).items():
+            if identity not in found or recorded.created_at > found[identity].created_at:
+                found[identity] = recorded
+    return found
+
+
 def find_recorded(descriptions: Sequence[Mapping[str, Any]], group: str, key: JobKey) -> RecordedElement | None:
     """The child recorded for exactly this try of the task instance, the newest if several.
 
     Only the same try adopts: Batch cannot tag a child as watched (TagResource refuses child ARNs),
     so an element of an earlier try, whose outcome that try took, is never taken for a later one.
     """
-    matches = [
-        recorded
-        for description in descriptions
-        if is_array_of(description, group)
-        for (digest, try_number), recorded in recorded_elements(description).items()
-        if digest == key.task_digest and try_number == key.try_number
-    ]
-    return max(matches, key=lambda recorded: recorded.created_at) if matches else None
+    return recorded_by_key(descriptions, group).get((key.task_digest, key.try_number))
 
 
 def _recorded(key: JobKey) -> str:

@@ -202,6 +202,13 @@ class HeldJobs:
     def job(job_id: str) -> Job:
         return batch_backends[ACCOUNT][REGION]._jobs[job_id]
 
+    @staticmethod
+    def submitted(queue: str) -> list[Job]:
+        """The jobs moto's SubmitJob made in ``queue``, arrays once each (not their children):
+        what the server counts, whatever a client believes it sent."""
+        jobs = list(batch_backends[ACCOUNT][REGION]._jobs.values())
+        return [job for job in jobs if job.job_queue.name == queue and ":" not in job.job_id]
+
     def finish(self, job_id: str, *, success: bool, exit_code: int | None = None, reason: str | None = None) -> None:
         job = self.job(job_id)
         if job.latest_attempt is not None and exit_code is not None:
