@@ -40,7 +40,7 @@ class BatchArrayElementTrigger(BatchJobTrigger):
 
     async def follow(self) -> dict[str, Any]:
         if not self.job_id:
-            request = request_from_dict(str(self.aws_conn_id), self.element)
+            request = request_from_dict(self.aws_conn_id or "", self.element)
             self._collector = collector_for(BatchArraySubmitter(self.target), request.group)
             element = await self._collector.submit(request)
             self.job_id = element.job_id

@@ -16,6 +16,7 @@ from airflow_hpc_provider.dialects import batch_array
 from airflow_hpc_provider.dialects.batch import ContainerRequest, GitCheckout
 from airflow_hpc_provider.dialects.batch_array import ArrayShape
 from airflow_hpc_provider.dialects.slurm_array import ArrayElement, carrier
+from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.jobs import JobKey
 
 TRICKY = 'it\'s "quoted" $(touch /tmp/pwned) `id` \\ and a\nnewline'
@@ -265,3 +266,38 @@ def test_of_two_arrays_recording_the_same_try_the_newest_is_adopted() -> None:
 
     found = batch_array.find_recorded(arrays, "0123456789abcdef0123", key(1))
     assert found is not None and found.job_id == "newer:1"
+
+
+# --- the operator's arguments, checked when the DAG is parsed ---------------------------------------
+
+
+def test_batch_refuses_an_array_throttle_at_parse_time_with_what_to_use_instead() -> None:
+    from airflow_hpc_provider.operators.batch import BatchRevisionOperator
+
+    with pytest.raises(JobSpecError, match=r"array_throttle=2: AWS Batch has no per-array limit.*maxvCpus"):
+        BatchRevisionOperator(task_id="t", command="true", image="x:1", array_throttle=2)
+    with pytest.raises(JobSpecError, match="array_throttle=2: AWS Batch has no per-array limit"):
+        BatchRevisionOperator.partial(task_id="t", command="true", image="x:1", array_throttle=2)
+
+
+def test_bad_array_arguments_fail_a_mapped_batch_task_when_the_dag_is_parsed() -> None:
+    from airflow_hpc_provider.operators.batch import BatchRevisionOperator
+
+    with pytest.raises(JobSpecError, match="array='yes' must be True, False or None"):
+        BatchRevisionOperator.partial(task_id="t", command="true", image="x:1", array="yes")
+    with pytest.raises(JobSpecError, match="array_window=0 must be seconds"):
+        BatchRevisionOperator(task_id="t", command="true", image="x:1", array_window=0)
+    op = BatchRevisionOperator(task_id="t", command="true", image="x:1", array=False, array_window=4)
+    assert (op.array, op.array_throttle, op.array_window) == (False, None, 4)
+
+
+def test_what_keeps_a_batch_task_from_being_an_array_child_is_named() -> None:
+    from airflow_hpc_provider.operators.batch import BatchRevisionOperator
+
+    watching = BatchRevisionOperator(task_id="t", job_id="abc")
+    own_array = BatchRevisionOperator(task_id="t", command="true", image="x:1", array_size=3)
+    fire_and_forget = BatchRevisionOperator(task_id="t", command="true", image="x:1", wait_for_completion=False)
+
+    assert watching.why_no_array_element() == "the task watches an existing job (job_id=)"
+    assert own_array.why_no_array_element() == "the task is an array job of its own (array_size=3)"
+    assert "wait_for_completion=False" in str(fire_and_forget.why_no_array_element())

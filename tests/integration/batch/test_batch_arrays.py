@@ -21,15 +21,18 @@ from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_hpc_provider.dialects import batch, batch_array
 from airflow_hpc_provider.hooks.batch import BatchHook
 from airflow_hpc_provider.jobs import JobKey
+from airflow_hpc_provider.operators.batch import BatchRevisionOperator
 from airflow_hpc_provider.triggers.batch import CANCEL_REASON
 from airflow_hpc_provider.triggers.batch_array import BatchArrayElementTrigger
 from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
 from airflow_hpc_provider.watching.batch_arrays import BatchArrayGroup, request_to_dict
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
+from tests.integration.batch.test_batch_definitions import FakeTI
 from tests.integration.batch.test_batch_watching import Lines, collected
 
 pytestmark = pytest.mark.asyncio
@@ -224,3 +227,54 @@ async def test_a_restarted_triggerer_adopts_every_submitted_child_and_submits_no
     assert [payload["job_id"] for payload in payloads] == [trigger.job_id for trigger in triggers]
     assert [payload["status"]["state"] for payload in payloads] == ["COMPLETED"] * 8
     assert not aws.held.terminated.keys() & {trigger.job_id for trigger in triggers}
+
+
+class MappedTI(FakeTI):
+    """A mapped task instance as the operator reads it, with Airflow's count of its siblings."""
+
+    def __init__(self, task_id: str, map_index: int, count: int, run_id: str) -> None:
+        super().__init__(task_id, run_id=run_id)
+        self.map_index, self.count, self.task = map_index, count, None
+
+    def get_ti_count(self, **_: Any) -> int:
+        return self.count
+
+
+async def test_mapped_operator_instances_defer_to_element_triggers_and_complete_with_their_own_child(
+    aws: MotoAws, arrays_conn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = aws.make_queue(f"mapped-{uuid.uuid4().hex[:8]}", runs_containers=True)
+    run_id, secret = uuid.uuid4().hex, f"token-{uuid.uuid4().hex}"
+    operators = [
+        BatchRevisionOperator(
+            task_id="mapped",
+            aws_conn_id=arrays_conn,
+            job_queue=queue,
+            image="repo/arrays:1",
+            command='echo "sample $SAMPLE token-length ${#TOKEN}"',
+            env={"SAMPLE": f"s{m}", "TOKEN": secret},
+            poll_interval=1,
+            array_window=5,
+        )
+        for m in range(5)
+    ]
+    tis = [MappedTI("mapped", m, 5, run_id) for m in range(5)]
+    triggers = []
+    for op, ti in zip(operators, tis, strict=True):
+        with pytest.raises(TaskDeferred) as deferred:
+            await asyncio.to_thread(op.execute, {"ti": ti})  # type: ignore[arg-type]
+        assert isinstance(deferred.value.trigger, BatchArrayElementTrigger)
+        triggers.append(deferred.value.trigger)
+    assert HeldJobs.submitted(queue) == []  # the workers submitted nothing
+
+    logs = [collected(trigger) for trigger in triggers]
+    payloads = await asyncio.wait_for(asyncio.gather(*(first_event(t) for t in triggers)), timeout=60)
+
+    (array,) = HeldJobs.submitted(queue)
+    assert len(array._child_jobs or []) == 5
+    assert secret not in json.dumps(array.container_overrides["command"])
+    for m, (op, ti, payload, log) in enumerate(zip(operators, tis, payloads, logs, strict=True)):
+        assert f"sample s{m} token-length {len(secret)}" in log.lines
+        assert await asyncio.to_thread(op.execute_complete, {"ti": ti}, payload) == payload["job_id"]  # type: ignore[arg-type]
+        assert ti.xcoms["batch_job_id"] == payload["job_id"] == f"{array.job_id}:{m}"
+    assert secret not in caplog.text + "".join(line for log in logs for line in log.lines)
