@@ -241,7 +241,7 @@ class MappedTI(FakeTI):
 
 
 async def test_mapped_operator_instances_defer_to_element_triggers_and_complete_with_their_own_child(
-    aws: MotoAws, arrays_conn: str, caplog: pytest.LogCaptureFixture
+    aws: MotoAws, arrays_conn: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     queue = aws.make_queue(f"mapped-{uuid.uuid4().hex[:8]}", runs_containers=True)
     run_id, secret = uuid.uuid4().hex, f"token-{uuid.uuid4().hex}"
@@ -277,4 +277,28 @@ async def test_mapped_operator_instances_defer_to_element_triggers_and_complete_
         assert f"sample s{m} token-length {len(secret)}" in log.lines
         assert await asyncio.to_thread(op.execute_complete, {"ti": ti}, payload) == payload["job_id"]  # type: ignore[arg-type]
         assert ti.xcoms["batch_job_id"] == payload["job_id"] == f"{array.job_id}:{m}"
-    assert secret not in caplog.text + "".join(line for log in logs for line in log.lines)
+    out, err = capfd.readouterr()
+    assert "Deferring to the triggerer, which submits this task instance with the mapped siblings" in out + err
+    assert secret not in out + err + "".join(line for log in logs for line in log.lines)
+
+
+async def test_an_instance_too_large_for_any_array_request_is_a_job_of_its_own_and_says_why(
+    aws: MotoAws, arrays_conn: str, held_queue: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    op = BatchRevisionOperator(
+        task_id="big",
+        aws_conn_id=arrays_conn,
+        job_queue=held_queue,
+        image="repo/arrays:1",
+        command='echo "${#BIG}"',
+        env={"BIG": "x" * 9000},
+    )
+    with pytest.raises(TaskDeferred) as deferred:
+        await asyncio.to_thread(op.execute, {"ti": MappedTI("big", 3, 5, uuid.uuid4().hex)})  # type: ignore[arg-type]
+
+    trigger = deferred.value.trigger
+    assert not isinstance(trigger, BatchArrayElementTrigger)
+    (job,) = HeldJobs.submitted(held_queue)
+    assert getattr(trigger, "job_id", None) == job.job_id and "size" not in (job.array_properties or {})
+    out, err = capfd.readouterr()
+    assert "not an array element: its command and env values do not fit" in out + err
