@@ -301,3 +301,27 @@ def test_what_keeps_a_batch_task_from_being_an_array_child_is_named() -> None:
     assert watching.why_no_array_element() == "the task watches an existing job (job_id=)"
     assert own_array.why_no_array_element() == "the task is an array job of its own (array_size=3)"
     assert "wait_for_completion=False" in str(fire_and_forget.why_no_array_element())
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"), [({}, 10_000), ({"max_array_size": 6}, 6), ({"max_array_size": "50"}, 50)]
+)
+def test_an_aws_connection_may_cap_the_children_of_an_array(
+    monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any], expected: int
+) -> None:
+    from airflow_hpc_provider.hooks.batch import BatchHook
+
+    connection = {"conn_type": "aws", "extra": {"region_name": "us-east-1", **extra}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_ARRAYS", json.dumps(connection))
+    assert BatchHook("aws_arrays").max_array_size() == expected
+
+
+@pytest.mark.parametrize("bad", [1, 10_001, "many", -3])
+def test_a_cap_batch_cannot_take_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, bad: Any) -> None:
+    from airflow_hpc_provider.errors import ConnectionConfigError
+    from airflow_hpc_provider.hooks.batch import BatchHook
+
+    connection = {"conn_type": "aws", "extra": {"region_name": "us-east-1", "max_array_size": bad}}
+    monkeypatch.setenv("AIRFLOW_CONN_AWS_ARRAYS", json.dumps(connection))
+    with pytest.raises(ConnectionConfigError, match=r"max_array_size=.* must be a whole number from 2 to 10000"):
+        BatchHook("aws_arrays").max_array_size()
