@@ -325,3 +325,18 @@ def test_a_cap_batch_cannot_take_is_a_clear_error(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AIRFLOW_CONN_AWS_ARRAYS", json.dumps(connection))
     with pytest.raises(ConnectionConfigError, match=r"max_array_size=.* must be a whole number from 2 to 10000"):
         BatchHook("aws_arrays").max_array_size()
+
+
+def test_the_batch_arrays_example_maps_one_task_over_fifty_inputs_that_fit_one_array() -> None:
+    import runpy
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "example_dags" / "batch_array_map.py"
+    namespace = runpy.run_path(str(example))
+    (task,) = namespace["dag"].tasks
+    assert task.operator_class.__name__ == "BatchRevisionOperator"
+    assert task.partial_kwargs.get("array") is None  # arrays where possible: the default
+    command = task.partial_kwargs["command"]
+    items = [ArrayElement(n, key(n), command, n, {"SAMPLE": sample}) for n, sample in enumerate(namespace["SAMPLES"])]
+    assert len(items) == 50
+    assert [len(array) for array in batch_array.pack(shape(), items, batch_array.MAX_ARRAY_SIZE)] == [50]
