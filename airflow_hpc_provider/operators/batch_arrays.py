@@ -95,6 +95,7 @@ def batch_element_trigger(
         conn_id=str(operator.aws_conn_id or ""),
         region_name=operator.region_name,
         base=base,
+        run_id=str(ti.run_id),
         queue=queue,
         definition_arn=definition_arn,
         head=head,

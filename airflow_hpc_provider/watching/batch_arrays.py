@@ -1,8 +1,8 @@
 """Mapped ``BatchRevisionOperator`` task instances that defer together become AWS Batch array jobs.
 
 The engine (:mod:`.arrays`) collects the instances of one :class:`BatchArrayGroup` (same
-connection and region, queue, job definition revision, resources, script around the command:
-everything but the command and its env values) and hands each chunk to the
+connection and region, DAG run, queue, job definition revision, resources, script around the
+command: everything but the command and its env values) and hands each chunk to the
 :class:`BatchArraySubmitter`, which in one go (in a worker thread: boto3 blocks)
 
 1. adopts every element that an earlier trigger of the same try already submitted: the arrays of
@@ -54,6 +54,9 @@ class BatchArrayGroup:
     conn_id: str
     region_name: str | None
     base: str  # the job name's base (``<dag>-<task>`` or ``job_name``)
+    # The DAG run: a restart looks for its elements among the arrays of its group (ListJobs by
+    # name), which per run are a few, not every array of the task Batch still keeps (days of runs).
+    run_id: str
     queue: str
     definition_arn: str
     head: str
@@ -75,6 +78,7 @@ class BatchArrayGroup:
             self.conn_id,
             str(self.region_name),
             self.base,
+            self.run_id,
             self.queue,
             self.definition_arn,
             self.head,
@@ -215,6 +219,7 @@ def request_to_dict(request: ElementRequest) -> dict[str, Any]:
     return {
         "region_name": group.region_name,
         "base": group.base,
+        "run_id": group.run_id,
         "queue": group.queue,
         "definition_arn": group.definition_arn,
         "head": group.head,
@@ -247,6 +252,7 @@ def request_from_dict(conn_id: str, data: Mapping[str, Any]) -> ElementRequest:
         conn_id=conn_id,
         region_name=optional("region_name", str),
         base=str(data["base"]),
+        run_id=str(data["run_id"]),
         queue=str(data["queue"]),
         definition_arn=str(data["definition_arn"]),
         head=str(data["head"]),

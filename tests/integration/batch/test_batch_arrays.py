@@ -78,6 +78,7 @@ def element_triggers(
         conn_id=conn_id,
         region_name=None,
         base="arrays-mapped",
+        run_id=run_id,
         queue=queue,
         definition_arn=_definition(aws.url),
         head=batch_array.head_script(),
