@@ -15,7 +15,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from airflow_hpc_provider.dialects import batch
+from airflow_hpc_provider.dialects import batch, batch_array
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError, SubmissionError
 from airflow_hpc_provider.hooks.aws import MultiServiceAwsHook
 from airflow_hpc_provider.jobs import JobKey
@@ -129,6 +129,20 @@ class BatchHook(MultiServiceAwsHook):
 
     def where(self) -> str:
         return f"connection {self.aws_conn_id}, region {self.client().meta.region_name}"
+
+    def max_array_size(self) -> int:
+        """The most children one array of mapped task instances may have: Batch's 10,000, or
+        ``max_array_size`` in the connection's extra (smaller: to keep arrays short, or in tests)."""
+        value = self.conn_config.extra_config.get("max_array_size")
+        if value is None:
+            return batch_array.MAX_ARRAY_SIZE
+        size = int(value) if isinstance(value, int | str) and str(value).isdigit() else 0
+        if not batch_array.MIN_ARRAY_SIZE <= size <= batch_array.MAX_ARRAY_SIZE:
+            raise ConnectionConfigError(
+                f"connection {self.aws_conn_id}: max_array_size={value!r} must be a whole number from "
+                f"{batch_array.MIN_ARRAY_SIZE} to {batch_array.MAX_ARRAY_SIZE}"
+            )
+        return size
 
     # -- job definitions ---------------------------------------------------------------------------
 
@@ -304,6 +318,17 @@ class BatchHook(MultiServiceAwsHook):
             return None
         return AdoptableJob(job_id=str(chosen["jobId"]), job_name=str(chosen["jobName"]), status=str(chosen["status"]))
 
+    def arrays_named(self, queue: str, name_filter: str) -> list[dict[str, Any]]:
+        """DescribeJobs of every array job (children left out) whose name matches ``name_filter``."""
+        pages = (
+            self.client()
+            .get_paginator("list_jobs")
+            .paginate(jobQueue=queue, filters=[{"name": "JOB_NAME", "values": [name_filter]}])
+        )
+        # AWS lists an array's children only by arrayJobId; moto lists them by queue too.
+        ids = [str(summary["jobId"]) for page in pages for summary in page.get("jobSummaryList", [])]
+        return self.describe_jobs([job_id for job_id in ids if ":" not in job_id])
+
     def claim(self, job_id: str, by: str) -> None:
         """Tag the job as taken by a try (``by``: who took it): no later try adopts it."""
         described = self.describe_jobs([job_id])
@@ -318,11 +343,15 @@ class BatchHook(MultiServiceAwsHook):
         return found
 
     def terminate(self, job_id: str, reason: str) -> None:
-        """Claim the job (a retry must not adopt what we stopped), then terminate it."""
-        try:
-            self.claim(job_id, batch.CLAIM_BY_TERMINATE)
-        except (ClientError, JobSpecError) as error:  # terminating matters more than the tag
-            log.warning("could not tag AWS Batch job %s before terminating it: %s", job_id, error)
+        """Claim the job (a retry must not adopt what we stopped), then terminate it.
+
+        A child of an array (``<array>:<index>``) is terminated alone, its siblings untouched; it
+        is not claimed: Batch cannot tag a child, and only its own try ever adopts it."""
+        if ":" not in job_id:
+            try:
+                self.claim(job_id, batch.CLAIM_BY_TERMINATE)
+            except (ClientError, JobSpecError) as error:  # terminating matters more than the tag
+                log.warning("could not tag AWS Batch job %s before terminating it: %s", job_id, error)
         self.client().terminate_job(jobId=job_id, reason=reason)
 
     # -- scripts too large for SubmitJob, and Python tasks' payloads ---------------------------------

@@ -7,13 +7,18 @@ task says ``do_xcom_push=False``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from airflow.providers.amazon.aws.links.base_aws import BASE_AWS_CONSOLE_LINK, BaseAwsLink
 from airflow.providers.amazon.aws.links.batch import BatchJobDetailsLink
 
-from airflow_hpc_provider.dialects.batch import DEFAULT_LOG_GROUP
+from airflow_hpc_provider.dialects.batch import DEFAULT_LOG_GROUP, log_streams_of
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseOperator, Context
+
+    from airflow_hpc_provider.hooks.batch import BatchHook
 
 
 def _console_part(text: str) -> str:
@@ -40,3 +45,21 @@ class BatchLogLink(BaseAwsLink):
             where += "/log-events/" + _console_part(str(kwargs["log_stream"]))
         link: str = super().format_link(**{**kwargs, "where": where})
         return link
+
+
+def persist_links(context: Context, operator: BaseOperator, hook: BatchHook, job_id: str, *, job: bool) -> str | None:
+    """Give the log link the job's stream once it has one (and the job link its id, when ``job``:
+    an array child's id is known only after the triggerer submitted it). Returns what went wrong,
+    if anything: a link must never fail the task."""
+    try:
+        region = str(hook.client().meta.region_name)
+        if job:
+            BatchJobLink.persist(context, operator, region, hook.conn_partition, job_id=job_id)
+        described = hook.describe_jobs([job_id])
+        streams = log_streams_of(described[0]) if described else []
+        if streams:
+            stream = {"log_group": streams[-1].group, "log_stream": streams[-1].name}
+            BatchLogLink.persist(context, operator, region, hook.conn_partition, **stream)
+    except Exception as error:
+        return str(error)
+    return None

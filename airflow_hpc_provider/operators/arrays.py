@@ -28,16 +28,13 @@ class TaskLog(Protocol):
     def info(self, event: str, *args: Any) -> Any: ...
 
 
-class ArrayCapable(Protocol):
-    """What this module reads of an operator whose mapped instances may be array elements (named
-    so the operator's module alone imports this one)."""
+class ElementCandidate(Protocol):
+    """What :func:`why_not_an_array` reads of any operator whose mapped instances may be array
+    elements (named so the operator's module alone imports this one)."""
 
     task_id: str
     array: bool | None
-    array_throttle: int | None
-    array_window: float | None
     deferrable: bool
-    script: str | None
 
     @property
     def log(self) -> TaskLog: ...
@@ -48,6 +45,14 @@ class ArrayCapable(Protocol):
     def why_no_array_element(self) -> str | None:
         """What of this operator's own settings keeps its instances from being elements."""
         ...
+
+
+class ArrayCapable(ElementCandidate, Protocol):
+    """What :func:`array_element_trigger` reads of an operator of an SSH cluster's scheduler."""
+
+    array_throttle: int | None
+    array_window: float | None
+    script: str | None
 
     def poll_interval_s(self, cluster: ClusterSettings) -> float: ...
 
@@ -68,11 +73,14 @@ def check_array_arguments(task_id: str, array: bool | None, throttle: int | None
         raise JobSpecError(f"{task_id}: array_window={window_s!r} must be seconds, more than zero")
 
 
-def why_not_an_array(operator: ArrayCapable, context: Context, cluster: ClusterSettings) -> str | None:
+def why_not_an_array(
+    operator: ElementCandidate, context: Context, max_concurrent_jobs: int | None = None
+) -> str | None:
     """None when this task instance runs as an array element; else why not, in the log's words.
 
     ``array=None`` (the default) makes every mapped task instance an element where it can be one;
     ``array=False`` never; ``array=True`` fails the task when it cannot be one.
+    ``max_concurrent_jobs``: the connection's cap on jobs (SSH clusters), which elements cannot keep.
     """
     if operator.array is False:
         return "array=False"
@@ -85,8 +93,8 @@ def why_not_an_array(operator: ArrayCapable, context: Context, cluster: ClusterS
         (not operator.deferrable, "the task does not defer (array elements are submitted by the triggerer)"),
         (operator.why_no_array_element() is not None, str(operator.why_no_array_element())),
         (
-            cluster.max_concurrent_jobs is not None,
-            f"the connection caps jobs at max_concurrent_jobs={cluster.max_concurrent_jobs} (use array_throttle)",
+            max_concurrent_jobs is not None,
+            f"the connection caps jobs at max_concurrent_jobs={max_concurrent_jobs} (use array_throttle)",
         ),
         (not operator.supports_arrays, f"{type(operator).__name__} prepares each job on the worker"),
     ]
@@ -111,7 +119,7 @@ def array_element_trigger(
     """The trigger that submits this mapped task instance with its siblings, then watches its
     element; None (the reason in the task log) where the instance submits a job of its own.
     The worker touches no cluster either way."""
-    why_not = why_not_an_array(operator, context, cluster)
+    why_not = why_not_an_array(operator, context, cluster.max_concurrent_jobs)
     if why_not is not None:
         if context["ti"].map_index not in (None, -1):
             operator.log.info("Submitting a job of its own, not an array element: %s", why_not)

@@ -17,8 +17,9 @@ from airflow_hpc_provider.dialects.batch import ContainerRequest
 from airflow_hpc_provider.errors import ConnectionConfigError, JobSpecError
 from airflow_hpc_provider.hooks.batch import BatchHook, ResolvedDefinition
 from airflow_hpc_provider.jobs import JobKey, JobStatus, signal_of_shell_status
-from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink
+from airflow_hpc_provider.links.batch import BatchJobLink, BatchLogLink, persist_links
 from airflow_hpc_provider.operators.base import StopCause
+from airflow_hpc_provider.operators.batch_arrays import BatchArrayElements, checked_array_arguments, wants_element
 from airflow_hpc_provider.operators.batch_request import (
     ContainerCommand,
     DefinitionChoice,
@@ -27,7 +28,7 @@ from airflow_hpc_provider.operators.batch_request import (
     resolve_definition,
     script_or_bootstrap,
 )
-from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, LayeredEnvOperator, with_prelude
+from airflow_hpc_provider.operators.env_layers import ENV_RULE_FIELDS, with_prelude
 from airflow_hpc_provider.resources import check_env_names, check_name, parse_memory_mb
 from airflow_hpc_provider.triggers.batch import BatchJobTrigger
 from airflow_hpc_provider.watching.batch import BatchTarget
@@ -41,7 +42,7 @@ TIMEOUT_REASON = "Stopped from Airflow: the task passed its execution_timeout"
 KILL_REASON = "Stopped from Airflow: the worker running the task was told to stop"
 
 
-class BatchRevisionOperator(LayeredEnvOperator):
+class BatchRevisionOperator(BatchArrayElements):
     """Submit an AWS Batch job and wait for it, deferred by default.
 
     Job definition modes (``job_definition_mode``):
@@ -74,6 +75,10 @@ class BatchRevisionOperator(LayeredEnvOperator):
     :param scheduling_priority: fair-share scheduling priority override.
     :param array_size: run an array job of this many children (2-10000).
     :param array_child_logs: also stream the logs of an array job's children.
+    :param array: mapped instances as children of Batch array jobs: None (default) where possible,
+        True (fail where not), False (one job each); see docs/arrays.rst.
+    :param array_throttle: refused: Batch has no per-array limit on running children.
+    :param array_window: seconds an instance waits for its siblings (``[hpc] array_window``).
     :param job_name: the base of the job name; default ``<dag_id>-<task_id>``.
     :param git: ``{"repo": url, "ref": "main", "path": "/tmp/src"}``: clone and check out the commit
         ``ref`` points at when the task starts.
@@ -129,6 +134,9 @@ class BatchRevisionOperator(LayeredEnvOperator):
         scheduling_priority: int | None = None,
         array_size: int | None = None,
         array_child_logs: bool = False,
+        array: bool | None = None,
+        array_throttle: int | None = None,
+        array_window: float | None = None,
         job_name: str | None = None,
         git: Mapping[str, str] | None = None,
         script_bucket: str | None = None,
@@ -168,6 +176,9 @@ class BatchRevisionOperator(LayeredEnvOperator):
             raise JobSpecError(f"poll_interval={poll_interval!r} must be more than zero")
         if array_size is not None:
             batch.check_range(array_size, "array_size", 2, 10000)
+        self.array, self.array_throttle, self.array_window = checked_array_arguments(
+            self.task_id, array, array_throttle, array_window
+        )
         if git is not None and not git.get("repo"):
             raise JobSpecError("git= needs at least {'repo': <url>} (and optionally 'ref', 'path')")
         self.command = command
@@ -347,38 +358,27 @@ class BatchRevisionOperator(LayeredEnvOperator):
             )
         key = self.job_key(context)
         base = batch.job_name_base(ti.dag_id, ti.task_id, self.job_name)
+        definition: ResolvedDefinition | None = None
+        if wants_element(self, context):
+            definition = self._definition(hook)
+            self._layer_environment(queue)
+            self.defer_as_array_element(context, key, base, queue, definition.arn)
         earlier = hook.find_job_to_adopt(queue, base, key)
         if earlier is not None:
-            if earlier.ended:
-                self.log.info(
-                    "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it ended %s "
-                    "while nothing watched it; its outcome and output decide this try (nothing is resubmitted)",
-                    earlier.job_id,
-                    earlier.job_name,
-                    earlier.status,
-                )
-            else:
-                self.log.info(
-                    "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it is still %s",
-                    earlier.job_id,
-                    earlier.job_name,
-                    earlier.status,
-                )
-            return earlier.job_id
-        definition = self._definition(hook)
-        environment = self.layered_job_environment(
-            conn_id=self.aws_conn_id,
-            facts={"scheduler": "batch", "queue": queue, "image": self.image},
-            env={str(k): str(v) for k, v in self.env.items()},
-        )
-        if environment.prelude and type(self).container_command is not BatchRevisionOperator.container_command:
-            raise JobSpecError(
-                f"{type(self).__name__} runs its own container command, which does not apply env rules yet: "
-                "use env= (or BatchRevisionOperator) for now"
+            self.log.info(
+                "Adopted AWS Batch job %s (%s): an earlier try of this task submitted it and it %s",
+                earlier.job_id,
+                earlier.job_name,
+                f"ended {earlier.status} while nothing watched it; its outcome and output decide this try "
+                "(nothing is resubmitted)"
+                if earlier.ended
+                else f"is still {earlier.status}",
             )
-        self._job_variables, self._env_prelude = environment.variables, environment.prelude
-        env = environment.variables
-        container = self.container_command(hook, key, env)
+            return earlier.job_id
+        if definition is None:
+            definition = self._definition(hook)
+            self._layer_environment(queue)
+        container = self.container_command(hook, key, self._job_variables)
         request = self._request(batch.job_name_for(base, key), queue, definition, container, key)
         job_id = hook.submit(request)
         origin = "registered by this task" if definition.registered else "existing"
@@ -394,12 +394,31 @@ class BatchRevisionOperator(LayeredEnvOperator):
         self.log.info("Script:\n%s", container.for_log)
         return job_id
 
+    def _layer_environment(self, queue: str) -> None:
+        """The job's env and env rule lines (logged by name, never by value), kept for the request."""
+        environment = self.layered_job_environment(
+            conn_id=self.aws_conn_id,
+            facts={"scheduler": "batch", "queue": queue, "image": self.image},
+            env={str(k): str(v) for k, v in self.env.items()},
+        )
+        if environment.prelude and type(self).container_command is not BatchRevisionOperator.container_command:
+            raise JobSpecError(
+                f"{type(self).__name__} runs its own container command, which does not apply env rules yet: "
+                "use env= (or BatchRevisionOperator) for now"
+            )
+        self._job_variables, self._env_prelude = environment.variables, environment.prelude
+
     def execute_complete(self, context: Context, event: dict[str, Any] | TriggerEvent) -> str:
         payload = event.payload if isinstance(event, TriggerEvent) else event
         outcome = WatchOutcome.from_dict(payload)
-        self._push_log_stream(context, outcome.job_id)
+        if payload.get("array_element"):  # its id was known only once the triggerer submitted it
+            self.push_xcom(context, "batch_job_id", outcome.job_id)
+        error = persist_links(context, self, self.batch_hook(), outcome.job_id, job=bool(payload.get("array_element")))
+        if error:
+            self.log.warning("could not record the job's log stream for its link: %s", error)
         owned = bool(payload.get("owned", True))  # watch-only: not ours to stop or claim
-        if owned and outcome.kind is Outcome.ENDED and outcome.status is not None:
+        # A child of an array cannot be tagged (Batch refuses): only its own try ever adopts it.
+        if owned and outcome.kind is Outcome.ENDED and outcome.status is not None and ":" not in outcome.job_id:
             # This try takes the job's outcome: no later try may adopt it (a trigger also tagged it
             # when it began watching; on the worker, or if that failed, it happens here).
             self._claim(self.batch_hook(), outcome.job_id)
@@ -415,19 +434,6 @@ class BatchRevisionOperator(LayeredEnvOperator):
         # A container's exit code of 128 + N is Docker's word for "killed by signal N" (137:
         # SIGKILL, often the out-of-memory killer or a stop), so it is named as such.
         return signal_of_shell_status(status.exit_code)
-
-    def _push_log_stream(self, context: Context, job_id: str) -> None:
-        """Give the log link its stream once the job has one; a failure here must not fail the task."""
-        try:
-            hook = self.batch_hook()
-            described = hook.describe_jobs([job_id])
-            streams = batch.log_streams_of(described[0]) if described else []
-            region = str(hook.client().meta.region_name)
-            if streams:
-                stream = {"log_group": streams[-1].group, "log_stream": streams[-1].name}
-                BatchLogLink.persist(context, self, region, hook.conn_partition, **stream)
-        except Exception as error:
-            self.log.warning("could not record the job's log stream for its link: %s", error)
 
     def stop_job(self, job_id: str, cause: StopCause) -> str:
         reason = TIMEOUT_REASON if cause is StopCause.TIME_LIMIT else KILL_REASON

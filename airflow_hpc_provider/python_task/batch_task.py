@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.sdk import Context
 
@@ -91,6 +91,9 @@ class BatchPythonJob(RemotePythonCall, BatchRevisionOperator):
     :param result_inline_limit_bytes: a returned value larger than this, pickled, stays in S3 and
         XCom holds a reference to it.
     """
+
+    # Each job's payload is written from the worker before it is submitted: no array children.
+    supports_arrays: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -73,29 +73,7 @@ class ClusterArrayElementTrigger(SshJobTrigger):
 
     def _took(self, element: ElementSubmitted, map_index: int) -> None:
         self.job_id, self.log_path, self.cursor_path = element.job_id, element.log_path, element.cursor_path
-        chunk = f"chunk {element.chunk}/{element.chunks}"
-        where = f"(array {element.array_id}, index {element.index} of {chunk}, map_index {map_index})"
-        if not element.adopted:
-            self.log.info("Submitted as %s array job %s %s on %s", self.scheduler, element.job_id, where, self.conn_id)
-        elif element.ended:
-            self.log.warning(
-                "Adopted %s job %s on %s: an earlier try of this task submitted it and it already ended (%s) "
-                "while nothing watched it. It is not run again: its outcome decides this try, and its output "
-                "follows. If it failed, the next retry submits a new job.",
-                self.scheduler,
-                element.job_id,
-                self.conn_id,
-                element.state,
-            )
-        else:
-            self.log.info(
-                "Adopted %s job %s on %s: it was submitted for this task instance before (by a triggerer "
-                "that restarted or handed it over, or by an earlier try) and is still %s",
-                self.scheduler,
-                element.job_id,
-                self.conn_id,
-                element.state,
-            )
+        log_element_taken(self.log, self.scheduler, self.conn_id, element, map_index)
 
     async def stop(self) -> None:
         if not self.job_id:
@@ -104,3 +82,30 @@ class ClusterArrayElementTrigger(SshJobTrigger):
                 self._collector.stop(key)
             return
         await super().stop()
+
+
+def log_element_taken(log: Any, scheduler: str, where: str, element: ElementSubmitted, map_index: int) -> None:
+    """The task log's line on where the instance went: submitted as an element, or adopted."""
+    chunk = f"chunk {element.chunk}/{element.chunks}"
+    place = f"(array {element.array_id}, index {element.index} of {chunk}, map_index {map_index})"
+    if not element.adopted:
+        log.info("Submitted as %s array job %s %s on %s", scheduler, element.job_id, place, where)
+    elif element.ended:
+        log.warning(
+            "Adopted %s job %s on %s: an earlier try of this task submitted it and it already ended (%s) "
+            "while nothing watched it. It is not run again: its outcome decides this try, and its output "
+            "follows. If it failed, the next retry submits a new job.",
+            scheduler,
+            element.job_id,
+            where,
+            element.state,
+        )
+    else:
+        log.info(
+            "Adopted %s job %s on %s: it was submitted for this task instance before (by a triggerer "
+            "that restarted or handed it over, or by an earlier try) and is still %s",
+            scheduler,
+            element.job_id,
+            where,
+            element.state,
+        )

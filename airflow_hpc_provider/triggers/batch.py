@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
 from airflow_hpc_provider.dialects import batch
@@ -29,7 +29,7 @@ class BatchJobTrigger(HpcTrigger):
         the log position across triggerer restarts.
     """
 
-    fields = (
+    fields: ClassVar[tuple[str, ...]] = (
         "job_id",
         "aws_conn_id",
         "region_name",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.deployment.dags.scenario_common import BATCH_CONN_ID
+from tests.deployment.dags.scenario_common import BATCH_CONN_ID, BATCH_MAX_ARRAY_SIZE
 from tests.deployment.stack import AirflowStack, StackError
 from tests.integration.batch.conftest import moto_aws  # noqa: F401  (one moto server per session)
 from tests.integration.batch.moto_batch import REGION, MotoAws
@@ -36,7 +36,14 @@ def batch_connection(stack: AirflowStack, moto_aws: MotoAws) -> Iterator[str]:  
         "conn_type": "aws",
         "login": "testing",
         "password": "testing",
-        "extra": json.dumps({"region_name": REGION, "endpoint_url": moto_aws.url, "job_queue": queue}),
+        "extra": json.dumps(
+            {
+                "region_name": REGION,
+                "endpoint_url": moto_aws.url,
+                "job_queue": queue,
+                "max_array_size": BATCH_MAX_ARRAY_SIZE,  # mapped tasks' arrays (single jobs ignore it)
+            }
+        ),
     }
     with contextlib.suppress(StackError):  # left by an earlier session of the same stack home
         stack.request("DELETE", f"/api/v2/connections/{BATCH_CONN_ID}")

@@ -71,3 +71,10 @@ def scenario_dag(dag_id: str) -> DAG:
         max_active_tasks=64,
         tags=["deployment-test"],
     )
+
+
+# dep_batch_arrays.py: mapped Batch tasks as array jobs (the test connection caps arrays at 6).
+BATCH_ARRAY_TASKS = 12
+BATCH_ARRAY_FAILING_INDEX = 7
+BATCH_ARRAY_STOPPED_INDEX = 3
+BATCH_MAX_ARRAY_SIZE = 6

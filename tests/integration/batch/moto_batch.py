@@ -9,8 +9,19 @@ until the test finishes them, or until TerminateJob fails them as AWS does. Jobs
 environment: its output lines go to the job's CloudWatch stream and its exit code ends the job. Two more wraps make moto
 answer as AWS does where it differs: FilterLogEvents naming a stream that does not exist fails with
 ``ResourceNotFoundException`` (moto silently skips the name), and RegisterJobDefinition numbers
-revisions atomically (moto's threads can give two callers the same revision). Only moto is patched;
-the provider's code runs unchanged and reaches moto over HTTP.
+revisions atomically (moto's threads can give two callers the same revision).
+
+Array jobs (``arrayProperties.size``): moto makes the children ``<array>:<index>`` inside SubmitJob,
+each with its own log stream (``<definition>/default/<array>:<index>``), and DescribeJobs answers
+for a child id. Where moto differs from AWS, the wraps make it answer as AWS does: a child's
+container gets ``AWS_BATCH_JOB_ARRAY_INDEX`` (and its own ``AWS_BATCH_JOB_ID``); the array job
+itself runs no container and stays PENDING while its children run; TagResource refuses a child's
+ARN (AWS: "ARNs for child jobs of array ... jobs aren't supported"); a container whose overrides
+exceed 8,192 characters fails at start as ECS fails it; DescribeJobs no longer appends another
+``AWS_BATCH_JOB_ID`` to the environment the children share with their array at every call
+(moto mutates the overrides' list in place). Left as moto does it: ListJobs by queue also lists the
+children (AWS lists them only by ``arrayJobId``); the array's status does not follow its children's
+failures. Only moto is patched; the provider's code runs unchanged and reaches moto over HTTP.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ from typing import Any
 
 import boto3
 import requests
+from moto.batch.exceptions import ClientException
 from moto.batch.models import BatchBackend, Job, batch_backends
 from moto.batch_simple.models import BatchSimpleBackend
 from moto.logs.exceptions import ResourceNotFoundException
@@ -38,6 +50,8 @@ from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
+# ECS fails a container whose overrides (command and environment, as JSON) are longer.
+OVERRIDES_LIMIT = 8192
 
 
 def free_port() -> int:
@@ -62,6 +76,8 @@ class HeldJobs:
         original_terminate = Job.terminate
         original_filter = LogsBackend.filter_log_events
         original_register = BatchBackend.register_job_definition
+        original_tag = BatchBackend.tag_resource
+        original_property = Job._get_container_property
         registering = threading.Lock()
         held = self
 
@@ -70,13 +86,38 @@ class HeldJobs:
                 original_finish(backend, include_start_attempt, job)
                 return
             backend.backend._jobs[job.job_id] = job
+            if "size" in (job.array_properties or {}):
+                job.status = "PENDING"  # an array job runs no container: its children do
+                return
             job.job_started_at = datetime.datetime.now()
             job.log_stream_name = job._stream_name
             if include_start_attempt:
                 job._start_attempt()
             job.status = "RUNNING"
+            overrides = json.dumps(job.container_overrides or {}, separators=(",", ":"), ensure_ascii=False)
+            if len(overrides) > OVERRIDES_LIMIT:
+                job.job_stopped_reason = f"Container Overrides length must be at most {OVERRIDES_LIMIT}"
+                job._mark_stopped(success=False)
+                return
             if job.job_queue.name in held.running:
                 threading.Thread(target=held.run_container, args=(job,), name=f"container-{job.job_id}").start()
+
+        def tag_resource(backend: BatchBackend, resource_arn: str, tags: dict[str, str]) -> None:
+            if ":" in resource_arn.rpartition("/")[2]:
+                raise ClientException("ARNs for child jobs of array and multi-node parallel jobs aren't supported")
+            original_tag(backend, resource_arn, tags)
+
+        def container_property(job: Job, name: str, default: Any) -> Any:
+            if name != "environment" or "environment" not in job.container_overrides:
+                return original_property(job, name, default)
+            # moto appends AWS_BATCH_JOB_ID to the overrides' own list (shared with the children)
+            # at every DescribeJobs: hand it a copy.
+            overrides = job.container_overrides
+            job.container_overrides = {**overrides, "environment": list(overrides["environment"])}
+            try:
+                return original_property(job, name, default)
+            finally:
+                job.container_overrides = overrides
 
         def terminate(job: Job, reason: str) -> None:
             held.terminated[job.job_id] = reason
@@ -103,9 +144,13 @@ class HeldJobs:
         Job.terminate = terminate  # type: ignore[method-assign]
         LogsBackend.filter_log_events = filter_log_events  # type: ignore[method-assign,assignment]
         BatchBackend.register_job_definition = register_job_definition  # type: ignore[method-assign]
+        BatchBackend.tag_resource = tag_resource  # type: ignore[method-assign]
+        Job._get_container_property = container_property  # type: ignore[method-assign]
         try:
             yield
         finally:
+            BatchBackend.tag_resource = original_tag  # type: ignore[method-assign]
+            Job._get_container_property = original_property  # type: ignore[method-assign]
             BatchSimpleBackend._mark_job_as_finished = original_finish  # type: ignore[method-assign]
             Job.terminate = original_terminate  # type: ignore[method-assign]
             LogsBackend.filter_log_events = original_filter  # type: ignore[method-assign]
@@ -128,6 +173,7 @@ class HeldJobs:
             "HOME": "/tmp",
             **environment,
             "AWS_BATCH_JOB_ID": job.job_id,
+            **({"AWS_BATCH_JOB_ARRAY_INDEX": str(index)} if (index := _child_index(job)) is not None else {}),
             "AWS_ENDPOINT_URL": str(self.endpoint_url),
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -156,6 +202,13 @@ class HeldJobs:
     def job(job_id: str) -> Job:
         return batch_backends[ACCOUNT][REGION]._jobs[job_id]
 
+    @staticmethod
+    def submitted(queue: str) -> list[Job]:
+        """The jobs moto's SubmitJob made in ``queue``, arrays once each (not their children):
+        what the server counts, whatever a client believes it sent."""
+        jobs = list(batch_backends[ACCOUNT][REGION]._jobs.values())
+        return [job for job in jobs if job.job_queue.name == queue and ":" not in job.job_id]
+
     def finish(self, job_id: str, *, success: bool, exit_code: int | None = None, reason: str | None = None) -> None:
         job = self.job(job_id)
         if job.latest_attempt is not None and exit_code is not None:
@@ -163,6 +216,12 @@ class HeldJobs:
         job.exit_code = exit_code
         job.job_stopped_reason = reason
         job._mark_stopped(success=success)
+
+
+def _child_index(job: Job) -> int | None:
+    """The index of an array's child (moto gives children ``arrayProperties.index``), else None."""
+    index = (job.array_properties or {}).get("index")
+    return index if isinstance(index, int) else None
 
 
 @dataclass
