@@ -8,27 +8,22 @@ that runs again has its element adopted by the same round trip instead of submit
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from airflow_hpc_provider.dialects import sge, sge_array
 from airflow_hpc_provider.dialects.array_elements import ArrayElement
 from airflow_hpc_provider.dialects.sge import SgeDialect
-from airflow_hpc_provider.hooks.cancel import cancel_jobs
 from airflow_hpc_provider.hooks.sge import SGE_REFUSALS
 from airflow_hpc_provider.hooks.ssh import SshTarget
-from airflow_hpc_provider.hooks.submission import read_submission
 from airflow_hpc_provider.jobs import JobKey
-from airflow_hpc_provider.watching.arrays import ElementRequest, ElementSubmitted
-from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, shared_connection
-
-log = logging.getLogger(__name__)
+from airflow_hpc_provider.watching.arrays import ElementSubmitted
+from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, ClusterArraySubmitter
 
 
 @dataclass(frozen=True)
-class SgeArraySubmitter:
-    """Grid Engine job arrays on the cluster of ``target`` (an engine :class:`~.arrays.ArraySubmitter`).
+class SgeArraySubmitter(ClusterArraySubmitter):
+    """Grid Engine job arrays on the cluster of ``target``.
 
     ``log_dir``: the connection's, as its job triggers' dialect has it, so that submissions go over
     the same shared poller (and connection) as the elements' watching.
@@ -36,37 +31,21 @@ class SgeArraySubmitter:
 
     target: SshTarget
     log_dir: str
-    scheduler: str = "Grid Engine"
+    scheduler = "Grid Engine"
+    submit_command = "qsub"
+    refusals = SGE_REFUSALS
+    max_size_setting = "max_aj_tasks"
+    max_size_script = sge_array.MAX_ARRAY_SIZE_SCRIPT
+    default_max_size = sge_array.DEFAULT_MAX_ARRAY_SIZE
 
-    @property
-    def where(self) -> str:
-        return self.target.conn_id
-
-    def _dialect(self) -> SgeDialect:
+    def dialect(self) -> SgeDialect:
         return SgeDialect(self.log_dir)
 
-    async def read_max_array_size(self) -> int:
-        async with shared_connection(self.target, self._dialect()) as transport:
-            result = await transport.run(sge_array.MAX_ARRAY_SIZE_SCRIPT)
-        size = sge_array.parse_max_array_size(result.text) if result.exit_status == 0 else None
-        if size is None:
-            log.warning(
-                "could not read max_aj_tasks on %s (%s): arrays are cut at Grid Engine's default, %d",
-                self.target.where,
-                (result.error_text or result.text).strip() or f"exit {result.exit_status}",
-                sge_array.DEFAULT_MAX_ARRAY_SIZE,
-            )
-            size = sge_array.DEFAULT_MAX_ARRAY_SIZE
-        return size
+    def parse_max_size(self, text: str) -> int | None:
+        return sge_array.parse_max_array_size(text)
 
-    async def submit_chunk(
-        self, group: ClusterArrayGroup, requests: Sequence[ElementRequest], number: int, chunks: int
-    ) -> list[ElementSubmitted]:
-        elements = [
-            ArrayElement(index, request.key, request.command, request.map_index, dict(request.env))
-            for index, request in enumerate(requests)
-        ]
-        script = sge_array.submit_script(
+    def submit_script(self, group: ClusterArrayGroup, elements: Sequence[ArrayElement]) -> str:
+        return sge_array.submit_script(
             sge_array.array_script(group.head, elements),
             elements,
             job_name=array_job_name(group),
@@ -75,26 +54,19 @@ class SgeArraySubmitter:
             working_dir=group.working_dir,
             throttle=group.throttle,
         )
-        indexes = [element.index for element in elements]
-        async with shared_connection(self.target, self._dialect()) as transport:
-            result = await transport.run(script)
-        outcomes = read_submission(
-            result,
-            lambda text: sge_array.parse_submit_output(text, indexes),
-            "qsub",
-            self.target.where,
-            SGE_REFUSALS,
-        )
-        return [_submitted(group.log_dir, element.key, outcomes[element.index], number, chunks) for element in elements]
 
-    async def cancel(self, elements: Sequence[ElementSubmitted]) -> None:
-        async with shared_connection(self.target, self._dialect()) as transport:
-            await cancel_jobs(
-                transport,
-                self._dialect(),
-                [element.job_id for element in elements],
-                claims=[element.cursor_path for element in elements],
-            )
+    def parse_submit(self, text: str, elements: Sequence[ArrayElement]) -> Mapping[int, sge_array.ElementOutcome]:
+        return sge_array.parse_submit_output(text, [element.index for element in elements])
+
+    def answer(
+        self,
+        group: ClusterArrayGroup,
+        element: ArrayElement,
+        outcome: sge_array.ElementOutcome,
+        number: int,
+        chunks: int,
+    ) -> ElementSubmitted:
+        return _submitted(group.log_dir, element.key, outcome, number, chunks)
 
 
 def array_job_name(group: ClusterArrayGroup) -> str:

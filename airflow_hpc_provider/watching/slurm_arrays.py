@@ -8,57 +8,38 @@ again has its element adopted by the same round trip instead of submitted anew.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from airflow_hpc_provider.dialects import slurm, slurm_array
 from airflow_hpc_provider.dialects.array_elements import ArrayElement
 from airflow_hpc_provider.dialects.slurm import SlurmDialect
-from airflow_hpc_provider.hooks.cancel import cancel_jobs
 from airflow_hpc_provider.hooks.refusals import SLURM_REFUSALS
 from airflow_hpc_provider.hooks.ssh import SshTarget
-from airflow_hpc_provider.hooks.submission import read_submission
-from airflow_hpc_provider.jobs import JobKey
-from airflow_hpc_provider.watching.arrays import ElementRequest, ElementSubmitted
-from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, shared_connection
-
-log = logging.getLogger(__name__)
+from airflow_hpc_provider.watching.arrays import ElementSubmitted
+from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, ClusterArraySubmitter
 
 
 @dataclass(frozen=True)
-class SlurmArraySubmitter:
-    """Slurm job arrays on the cluster of ``target`` (an engine :class:`~.arrays.ArraySubmitter`)."""
+class SlurmArraySubmitter(ClusterArraySubmitter):
+    """Slurm job arrays on the cluster of ``target``."""
 
     target: SshTarget
-    scheduler: str = "Slurm"
+    scheduler = "Slurm"
+    submit_command = "sbatch"
+    refusals = SLURM_REFUSALS
+    max_size_setting = "MaxArraySize"
+    max_size_script = slurm_array.MAX_ARRAY_SIZE_SCRIPT
+    default_max_size = slurm_array.DEFAULT_MAX_ARRAY_SIZE
 
-    @property
-    def where(self) -> str:
-        return self.target.conn_id
+    def dialect(self) -> SlurmDialect:
+        return SlurmDialect()
 
-    async def read_max_array_size(self) -> int:
-        async with shared_connection(self.target, SlurmDialect()) as transport:
-            result = await transport.run(slurm_array.MAX_ARRAY_SIZE_SCRIPT)
-        size = slurm_array.parse_max_array_size(result.text) if result.exit_status == 0 else None
-        if size is None:
-            log.warning(
-                "could not read MaxArraySize on %s (%s): arrays are cut at Slurm's default, %d",
-                self.target.where,
-                (result.error_text or result.text).strip() or f"exit {result.exit_status}",
-                slurm_array.DEFAULT_MAX_ARRAY_SIZE,
-            )
-            size = slurm_array.DEFAULT_MAX_ARRAY_SIZE
-        return size
+    def parse_max_size(self, text: str) -> int | None:
+        return slurm_array.parse_max_array_size(text)
 
-    async def submit_chunk(
-        self, group: ClusterArrayGroup, requests: Sequence[ElementRequest], number: int, chunks: int
-    ) -> list[ElementSubmitted]:
-        elements = [
-            ArrayElement(index, request.key, request.command, request.map_index, dict(request.env))
-            for index, request in enumerate(requests)
-        ]
-        script = slurm_array.submit_script(
+    def submit_script(self, group: ClusterArrayGroup, elements: Sequence[ArrayElement]) -> str:
+        return slurm_array.submit_script(
             slurm_array.array_script(group.head, elements),
             elements,
             job_name=group.job_name,
@@ -68,47 +49,34 @@ class SlurmArraySubmitter:
             working_dir=group.working_dir,
             throttle=group.throttle,
         )
-        indexes = [element.index for element in elements]
-        async with shared_connection(self.target, SlurmDialect()) as transport:
-            result = await transport.run(script)
-        outcomes = read_submission(
-            result,
-            lambda text: slurm_array.parse_submit_output(text, indexes),
-            "sbatch",
-            self.target.where,
-            SLURM_REFUSALS,
+
+    def parse_submit(self, text: str, elements: Sequence[ArrayElement]) -> Mapping[int, slurm_array.ElementOutcome]:
+        return slurm_array.parse_submit_output(text, [element.index for element in elements])
+
+    def answer(
+        self,
+        group: ClusterArrayGroup,
+        element: ArrayElement,
+        outcome: slurm_array.ElementOutcome,
+        number: int,
+        chunks: int,
+    ) -> ElementSubmitted:
+        # An adopted single job (an earlier try submitted with arrays off) keeps its own log's name.
+        job_id = outcome.job_id
+        log_path = (
+            slurm_array.element_log_path(group.log_dir, job_id)
+            if "_" in job_id
+            else slurm.log_path(group.log_dir, element.key, job_id)
         )
-        return [_submitted(group.log_dir, element.key, outcomes[element.index], number, chunks) for element in elements]
-
-    async def cancel(self, elements: Sequence[ElementSubmitted]) -> None:
-        async with shared_connection(self.target, SlurmDialect()) as transport:
-            await cancel_jobs(
-                transport,
-                SlurmDialect(),
-                [element.job_id for element in elements],
-                claims=[element.cursor_path for element in elements],
-            )
-
-
-def _submitted(
-    log_dir: str, key: JobKey, outcome: slurm_array.ElementOutcome, number: int, chunks: int
-) -> ElementSubmitted:
-    # An adopted single job (an earlier try submitted with arrays off) keeps its own log's name.
-    element = "_" in outcome.job_id
-    log_path = (
-        slurm_array.element_log_path(log_dir, outcome.job_id)
-        if element
-        else slurm.log_path(log_dir, key, outcome.job_id)
-    )
-    return ElementSubmitted(
-        job_id=outcome.job_id,
-        array_id=outcome.job_id.partition("_")[0],
-        adopted=outcome.adopted,
-        state=outcome.state,
-        ended=outcome.ended,
-        index=outcome.index,
-        chunk=number,
-        chunks=chunks,
-        log_path=log_path,
-        cursor_path=slurm.cursor_path(log_dir, key, outcome.job_id),
-    )
+        return ElementSubmitted(
+            job_id=job_id,
+            array_id=job_id.partition("_")[0],
+            adopted=outcome.adopted,
+            state=outcome.state,
+            ended=outcome.ended,
+            index=outcome.index,
+            chunk=number,
+            chunks=chunks,
+            log_path=log_path,
+            cursor_path=slurm.cursor_path(group.log_dir, element.key, job_id),
+        )
