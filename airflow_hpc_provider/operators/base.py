@@ -219,6 +219,23 @@ class HpcOperator(BaseOperator):
         if status.exit_code in self.skip_on_exit_code and status.state in _EXITED and not status.signal:
             raise AirflowSkipException(f"{what} exited {status.exit_code}, which skip_on_exit_code marks as skipped")
 
+    # -- mapped tasks ------------------------------------------------------------------------------
+
+    @staticmethod
+    def array_arguments_check(task_id: str, array: Any, throttle: Any, window_s: Any) -> Any:
+        """Checks ``array``, ``array_throttle`` and ``array_window`` where an operator runs mapped
+        instances as array elements (operators/arrays.py); an operator without arrays has none."""
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """Checks the array arguments when the DAG is parsed: a mapped task's operator is only
+        built when each map index runs, hours later."""
+        task_id = str(kwargs.get("task_id", cls.__name__))
+        cls.array_arguments_check(
+            task_id, kwargs.get("array"), kwargs.get("array_throttle"), kwargs.get("array_window")
+        )
+        return super().partial(**kwargs)
+
     # -- how a job ends: one flow for every backend ------------------------------------------------
 
     # What stop_job does to a job, as (doing, done): ("cancelling", "cancelled").

@@ -163,6 +163,7 @@ class BatchArrayElements(LayeredEnvOperator):
 
     # Mapped instances may be children of array jobs (``@task.batch`` says no: see its class).
     supports_arrays: ClassVar[bool] = True
+    array_arguments_check = staticmethod(checked_array_arguments)
     # Set by BatchRevisionOperator.__init__ (and _layer_environment, before an element defers).
     array: bool | None
     array_window: float | None
@@ -184,14 +185,6 @@ class BatchArrayElements(LayeredEnvOperator):
     scheduling_priority: int | None
     _job_variables: dict[str, str]
     _env_prelude: tuple[str, ...]
-
-    @classmethod
-    def partial(cls, **kwargs: Any) -> Any:
-        """Checks the array arguments when the DAG is parsed: a mapped task's operator is only
-        built when each map index runs, hours later."""
-        task_id = str(kwargs.get("task_id", cls.__name__))
-        checked_array_arguments(task_id, kwargs.get("array"), kwargs.get("array_throttle"), kwargs.get("array_window"))
-        return super().partial(**kwargs)
 
     def why_no_array_element(self) -> str | None:
         return why_no_batch_element(

@@ -85,6 +85,7 @@ class PbsOperator(SshBatchJobOperator):
     # Mapped task instances may run as elements of one array (False where each job is prepared
     # on the worker, as a Python function's is).
     supports_arrays: ClassVar[bool] = True
+    array_arguments_check = staticmethod(check_array_arguments)
 
     def __init__(
         self,
@@ -147,14 +148,6 @@ class PbsOperator(SshBatchJobOperator):
         self.array = array
         self.array_throttle = array_throttle
         self.array_window = array_window
-
-    @classmethod
-    def partial(cls, **kwargs: Any) -> Any:
-        """Checks the array arguments when the DAG is parsed: a mapped task's operator is only
-        built when each map index runs, hours later."""
-        task_id = str(kwargs.get("task_id", cls.__name__))
-        check_array_arguments(task_id, kwargs.get("array"), kwargs.get("array_throttle"), kwargs.get("array_window"))
-        return super().partial(**kwargs)
 
     def options_in(self, option: str) -> list[directives.OptionUse]:
         return directives.pbs_options(option)

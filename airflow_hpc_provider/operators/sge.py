@@ -75,6 +75,7 @@ class SgeOperator(SshBatchJobOperator):
     ui_color = "#eef6ee"
     # Mapped task instances may run as elements of one array (not @task.sge's: see ClusterPythonJob).
     supports_arrays: ClassVar[bool] = True
+    array_arguments_check = staticmethod(check_array_arguments)
 
     def __init__(
         self,
@@ -99,14 +100,6 @@ class SgeOperator(SshBatchJobOperator):
         self._connection_defaults: SgeClusterDefaults | None = None
         self._refuse_what_grid_engine_cannot_ask()
         self.check_what_is_submitted()
-
-    @classmethod
-    def partial(cls, **kwargs: Any) -> Any:
-        """Checks the array arguments when the DAG is parsed: a mapped task's operator is only
-        built when each map index runs, hours later."""
-        task_id = str(kwargs.get("task_id", cls.__name__))
-        check_array_arguments(task_id, kwargs.get("array"), kwargs.get("array_throttle"), kwargs.get("array_window"))
-        return super().partial(**kwargs)
 
     def _refuse_what_grid_engine_cannot_ask(self) -> None:
         # GPUs, several nodes and reserved options fail when the DAG is parsed; slots are checked

@@ -91,6 +91,7 @@ class SlurmSubmitOperator(SshBatchJobOperator):
     # Mapped task instances may run as elements of one array (False where each job is prepared
     # on the worker, as a Python function's is).
     supports_arrays: ClassVar[bool] = True
+    array_arguments_check = staticmethod(check_array_arguments)
 
     def __init__(
         self,
@@ -158,14 +159,6 @@ class SlurmSubmitOperator(SshBatchJobOperator):
         self.array_window = array_window
         if "{{" not in f"{signal_before_timeout}{on_signal}":  # a Jinja value is checked once rendered
             self.near_limit(rendered=False)
-
-    @classmethod
-    def partial(cls, **kwargs: Any) -> Any:
-        """Checks the array arguments when the DAG is parsed: a mapped task's operator is only
-        built when each map index runs, hours later."""
-        task_id = str(kwargs.get("task_id", cls.__name__))
-        check_array_arguments(task_id, kwargs.get("array"), kwargs.get("array_throttle"), kwargs.get("array_window"))
-        return super().partial(**kwargs)
 
     def near_limit(self, *, rendered: bool = True) -> SignalBeforeTimeout | None:
         """The job's behaviour near its time limit, checked (at parse time when literal)."""
