@@ -34,6 +34,13 @@ CLAIM_BY_TERMINATE = "terminated"
 MIN_ATTEMPT_DURATION_S = 60
 # SubmitJob refuses requests over 30 KiB; what is left after tags, names and env is for the script.
 DEFAULT_OFFLOAD_THRESHOLD_BYTES = 20 * 1024
+# ECS fails a container whose overrides (command, environment, resources, as JSON) pass 8,192
+# characters: the job ends FAILED with "Container Overrides length must be at most 8192". Batch
+# adds its own variables (AWS_BATCH_JOB_ID, AWS_BATCH_JQ_NAME, AWS_BATCH_CE_NAME, the attempt, an
+# array's index: about 300 characters as JSON), so ours keep 512 below. A script or payload goes
+# to S3 before the overrides would pass that.
+OVERRIDES_LIMIT = 8192
+OVERRIDES_BUDGET = 7680
 
 _STATES = {
     "SUBMITTED": JobState.PENDING,
@@ -335,6 +342,29 @@ def container_overrides(command: Sequence[str], env: Mapping[str, str], request:
         overrides["resourceRequirements"] = requirements
     if env:
         overrides["environment"] = [{"name": name, "value": value} for name, value in env.items()]
+    return overrides
+
+
+def overrides_length(overrides: Mapping[str, Any]) -> int:
+    """The container overrides' length as ECS counts it (their JSON)."""
+    return len(json.dumps(overrides, separators=(",", ":"), ensure_ascii=False))
+
+
+def fits_overrides(command: Sequence[str], env: Mapping[str, str], request: ContainerRequest) -> bool:
+    """Whether a container running ``command`` with ``env`` stays within :data:`OVERRIDES_BUDGET`."""
+    return overrides_length(container_overrides(command, env, request)) <= OVERRIDES_BUDGET
+
+
+def checked_overrides(command: Sequence[str], env: Mapping[str, str], request: ContainerRequest) -> dict[str, Any]:
+    """:func:`container_overrides`, refused before SubmitJob where ECS would fail the job at start."""
+    overrides = container_overrides(command, env, request)
+    length = overrides_length(overrides)
+    if length > OVERRIDES_BUDGET:
+        raise JobSpecError(
+            f"the job's command and env values make {length} characters of container overrides; ECS fails a "
+            f"container past {OVERRIDES_LIMIT} (Batch adds its own variables, so at most {OVERRIDES_BUDGET} are "
+            "ours): send large values through S3 or the job definition instead of env"
+        )
     return overrides
 
 

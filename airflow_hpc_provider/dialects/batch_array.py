@@ -38,7 +38,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from airflow_hpc_provider.dialects.batch import ContainerRequest, container_overrides, render_script
+from airflow_hpc_provider.dialects.batch import (
+    OVERRIDES_BUDGET,
+    OVERRIDES_LIMIT,
+    ContainerRequest,
+    container_overrides,
+    overrides_length,
+    render_script,
+)
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.dialects.slurm_array import ArrayElement, carrier, split_env
 from airflow_hpc_provider.jobs import JobKey
@@ -47,11 +54,6 @@ INDEX_VARIABLE = "AWS_BATCH_JOB_ARRAY_INDEX"
 # Batch's own bound on arrayProperties.size (and its floor: an array has 2 children at least).
 MAX_ARRAY_SIZE = 10_000
 MIN_ARRAY_SIZE = 2
-# ECS refuses a container whose overrides exceed 8,192 characters; Batch adds its own variables
-# (AWS_BATCH_JOB_ID, AWS_BATCH_JQ_NAME, AWS_BATCH_CE_NAME, the attempt and index...) to what we send,
-# so ours keep 1 KiB below.
-OVERRIDES_LIMIT = 8192
-OVERRIDES_BUDGET = 7168
 # SubmitJob refuses a job over 30 KiB; the request as JSON is kept 2 KiB below.
 REQUEST_LIMIT = 30 * 1024
 REQUEST_BUDGET = 28 * 1024
@@ -161,7 +163,7 @@ def array_request(shape: ArrayShape, elements: Sequence[ArrayElement]) -> dict[s
 
 def overrides_size(request: Mapping[str, Any]) -> int:
     """The container overrides' length as ECS counts it (their JSON)."""
-    return len(_json(request["containerOverrides"]))
+    return overrides_length(request["containerOverrides"])
 
 
 def request_size(request: Mapping[str, Any]) -> int:

@@ -238,7 +238,7 @@ class BatchRevisionOperator(BatchArrayElements):
         command = with_prelude(self.command or "", self._env_prelude)
         script = batch.render_script(command, tuple(env), git_checkout(self.git))
         store = ScriptStore(self.script_bucket, self.script_prefix, self.offload_threshold_bytes)
-        return script_or_bootstrap(hook, key, script, store, self.log)
+        return script_or_bootstrap(hook, key, script, store, self.log, env)
 
     def container_command(self, hook: BatchHook, key: JobKey, env: Mapping[str, str]) -> ContainerCommand:
         """What the container runs, after the adoption check and before SubmitJob: the command's
@@ -254,7 +254,7 @@ class BatchRevisionOperator(BatchArrayElements):
             "jobName": name,
             "jobQueue": queue,
             "jobDefinition": definition.arn,
-            "containerOverrides": batch.container_overrides(
+            "containerOverrides": batch.checked_overrides(
                 container.command,
                 env,
                 ContainerRequest(vcpus=self.vcpus, memory_mb=self.memory_mb, gpus=self.gpus),

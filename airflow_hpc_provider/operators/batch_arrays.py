@@ -121,7 +121,7 @@ def batch_element_trigger(
     )
     if not batch_array.fits_alone(group.shape(), element_of(request)):
         why_not = (
-            f"its command and env values do not fit one Batch array request ({batch_array.OVERRIDES_LIMIT} "
+            f"its command and env values do not fit one Batch array request ({batch.OVERRIDES_LIMIT} "
             "characters of container overrides, which every child shares)"
         )
         if operator.array is True:

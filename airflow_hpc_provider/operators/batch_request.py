@@ -95,6 +95,13 @@ def git_checkout(git: Mapping[str, str] | None) -> GitCheckout | None:
     return GitCheckout(repo=repo, sha=shas[0], path=path)
 
 
+# What a container's overrides hold besides command and env: resources, a few dozen characters
+# (the budget's margin covers them).
+NO_RESOURCES = batch.ContainerRequest()
+# What the bootstrap that fetches an offloaded script takes of the overrides, at most.
+BOOTSTRAP_ROOM = "b" * 512
+
+
 @dataclass(frozen=True)
 class ScriptStore:
     """Where a script too large for SubmitJob goes (the operator's ``script_*`` arguments)."""
@@ -105,15 +112,23 @@ class ScriptStore:
 
 
 def script_or_bootstrap(
-    hook: BatchHook, key: JobKey, script: str, store: ScriptStore, log: logging.Logger | Any
+    hook: BatchHook, key: JobKey, script: str, store: ScriptStore, log: logging.Logger | Any, env: Mapping[str, str]
 ) -> str:
-    """``script`` itself when SubmitJob takes it, else a bootstrap that fetches it from S3 and checks it."""
-    if len(script.encode()) <= store.offload_threshold_bytes:
+    """``script`` itself when SubmitJob and the container's overrides take it (with ``env``), else a
+    bootstrap that fetches it from S3 and checks it."""
+    size = len(script.encode())
+    # Past what the container's overrides take, the script goes to S3 too, unless the env values
+    # alone are too large: moving the script would not help, and the request's check says so.
+    crowded = not batch.fits_overrides(("bash", "-c", script), env, NO_RESOURCES) and batch.fits_overrides(
+        ("bash", "-c", BOOTSTRAP_ROOM), env, NO_RESOURCES
+    )
+    if size <= store.offload_threshold_bytes and not crowded:
         return script
     if not store.bucket:
         raise JobSpecError(
-            f"the script is {len(script.encode())} bytes, more than SubmitJob takes "
-            f"(offload_threshold_bytes={store.offload_threshold_bytes}); give script_bucket= so it goes to S3"
+            f"the script is {size} bytes: with the env values, more than a job's container overrides take "
+            f"({batch.OVERRIDES_LIMIT} characters) or more than "
+            f"offload_threshold_bytes={store.offload_threshold_bytes}; give script_bucket= so it goes to S3"
         )
     stored = hook.store_script(store.bucket, f"{store.prefix}/{key.task_digest}/try{key.try_number}.sh", script)
     log.info("Script (%d bytes) stored at %s (encryption: %s)", len(script), stored.uri, stored.encryption or "none")

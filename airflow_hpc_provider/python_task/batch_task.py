@@ -29,10 +29,12 @@ from typing import Any, ClassVar
 from airflow.sdk import Context
 
 import airflow_hpc_provider.aws_extra  # noqa: F401  (first: names the extra when it is missing)
+from airflow_hpc_provider.dialects import batch
 from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.hooks.batch import BatchHook
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.batch import BatchRevisionOperator, ContainerCommand
+from airflow_hpc_provider.operators.batch_request import NO_RESOURCES
 from airflow_hpc_provider.python_task import s3_objects
 from airflow_hpc_provider.python_task.cleanup import CleanupPolicy
 from airflow_hpc_provider.python_task.codec import BATCH_INLINE_LIMIT_BYTES, encode_body
@@ -132,32 +134,38 @@ class BatchPythonJob(RemotePythonCall, BatchRevisionOperator):
         if call is None:
             raise RuntimeError("container_command before execute serialized the call")
         body = encode_body(call.data)
-        where: InlineBody | S3Body
-        if body.fits_inline(BATCH_INLINE_LIMIT_BYTES):
-            where = InlineBody(body)
+        target = s3_objects.result_target(
+            hook, self.payload_bucket, s3_objects.result_key_template(self.payload_prefix, key)
+        )
+        command = tuple(batch_command(self.python))
+        # Inline while the payload is small and the container's overrides (the bootstrap command,
+        # the manifest and the task's env) stay within what ECS starts (dialects/batch.py).
+        inline = body.fits_inline(BATCH_INLINE_LIMIT_BYTES)
+        environment = batch_environment(self._manifest(call, InlineBody(body), target)) if inline else {}
+        if inline and batch.fits_overrides(command, {**env, **environment}, NO_RESOURCES):
             stored = f"{len(body.data)} bytes ({body.compression.value}), in the job's environment"
         else:
             payload_key = s3_objects.payload_key(self.payload_prefix, key)
             where = s3_objects.store_payload(hook, self.payload_bucket, payload_key, body, presign_s=None)
+            environment = batch_environment(self._manifest(call, where, target))
             stored = (
                 f"{len(body.data)} bytes ({body.compression.value}), stored at s3://{self.payload_bucket}/{payload_key}"
             )
         self.log.info("Payload: %s", stored)
-        target = s3_objects.result_target(
-            hook, self.payload_bucket, s3_objects.result_key_template(self.payload_prefix, key)
+        # The bootstrap (a packed loader) and the manifest say nothing to a reader: neither is logged.
+        return ContainerCommand(
+            command=command,
+            env=environment,
+            for_log=f"{self.python} -c <the bootstrap running {self.callable_name()}(); not shown>",
         )
-        manifest = PayloadManifest.for_call(
+
+    def _manifest(self, call: SerializedCall, where: InlineBody | S3Body, target: Any) -> PayloadManifest:
+        return PayloadManifest.for_call(
             call,
             where,
             target,
             multiple_outputs=bool(self.multiple_outputs),
             result_inline_limit_bytes=self.result_inline_limit_bytes,
-        )
-        # The bootstrap (a packed loader) and the manifest say nothing to a reader: neither is logged.
-        return ContainerCommand(
-            command=tuple(batch_command(self.python)),
-            env=batch_environment(manifest),
-            for_log=f"{self.python} -c <the bootstrap running {self.callable_name()}(); not shown>",
         )
 
     # -- after the job ended -------------------------------------------------------------------------

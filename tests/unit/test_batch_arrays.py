@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from airflow_hpc_provider.dialects import batch_array
+from airflow_hpc_provider.dialects import batch, batch_array
 from airflow_hpc_provider.dialects.batch import ContainerRequest, GitCheckout
 from airflow_hpc_provider.dialects.batch_array import ArrayShape
 from airflow_hpc_provider.dialects.slurm_array import ArrayElement, carrier
@@ -188,7 +188,7 @@ def test_arrays_are_cut_where_their_container_overrides_would_pass_what_ecs_acce
     assert len(arrays) > 2
     for array in arrays:
         request = batch_array.array_request(shape(), array)
-        assert batch_array.overrides_size(request) <= batch_array.OVERRIDES_BUDGET < batch_array.OVERRIDES_LIMIT
+        assert batch_array.overrides_size(request) <= batch.OVERRIDES_BUDGET < batch.OVERRIDES_LIMIT
     for array, following in itertools.pairwise(arrays):  # each as long as fits: no array wasted
         longer = [*array, ArrayElement(len(array), following[0].key, following[0].command, 0, following[0].env)]
         assert not batch_array.fits(batch_array.array_request(shape(), longer))

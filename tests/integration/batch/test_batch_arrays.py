@@ -24,6 +24,7 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_hpc_provider.dialects import batch, batch_array
+from airflow_hpc_provider.errors import JobSpecError
 from airflow_hpc_provider.hooks.batch import BatchHook
 from airflow_hpc_provider.jobs import JobKey
 from airflow_hpc_provider.operators.batch import BatchRevisionOperator
@@ -283,9 +284,12 @@ async def test_mapped_operator_instances_defer_to_element_triggers_and_complete_
     assert secret not in out + err + "".join(line for log in logs for line in log.lines)
 
 
-async def test_an_instance_too_large_for_any_array_request_is_a_job_of_its_own_and_says_why(
+async def test_an_instance_too_large_for_any_array_request_is_no_element_and_alone_is_refused_before_submitjob(
     aws: MotoAws, arrays_conn: str, held_queue: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    """Its env values pass what ECS starts a container with (8,192 characters of overrides) in an
+    array or alone: its log says why it is not an element, and the job of its own is refused
+    before SubmitJob instead of ending FAILED at start."""
     op = BatchRevisionOperator(
         task_id="big",
         aws_conn_id=arrays_conn,
@@ -294,12 +298,8 @@ async def test_an_instance_too_large_for_any_array_request_is_a_job_of_its_own_a
         command='echo "${#BIG}"',
         env={"BIG": "x" * 9000},
     )
-    with pytest.raises(TaskDeferred) as deferred:
+    with pytest.raises(JobSpecError, match="container overrides; ECS fails a container past 8192"):
         await asyncio.to_thread(op.execute, {"ti": MappedTI("big", 3, 5, uuid.uuid4().hex)})  # type: ignore[arg-type]
-
-    trigger = deferred.value.trigger
-    assert not isinstance(trigger, BatchArrayElementTrigger)
-    (job,) = HeldJobs.submitted(held_queue)
-    assert getattr(trigger, "job_id", None) == job.job_id and "size" not in (job.array_properties or {})
+    assert HeldJobs.submitted(held_queue) == []
     out, err = capfd.readouterr()
     assert "not an array element: its command and env values do not fit" in out + err

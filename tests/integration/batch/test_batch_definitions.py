@@ -304,6 +304,28 @@ def test_a_large_script_without_a_bucket_is_refused_before_anything_is_submitted
         run(operator(queue, image="repo/big:1", command="x" * 30000), FakeTI("nobucket"))
 
 
+def test_a_10_kb_script_under_the_threshold_goes_to_s3_since_ecs_would_not_start_its_container(
+    aws: MotoAws, queue: str
+) -> None:
+    """Before: inline up to offload_threshold_bytes (20 KiB), so the job ended FAILED at start:
+    "Container Overrides length must be at most 8192" (ECS; the stand-in fails it the same way)."""
+    s3, bucket = aws.client("s3"), f"scripts-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=bucket)
+    script = "\n".join(f"echo line {i} {'y' * 40}" for i in range(200))  # about 10 KB
+    assert 8192 < len(script) < batch.DEFAULT_OFFLOAD_THRESHOLD_BYTES
+    job_id = run(operator(queue, image="repo/big:1", command=script, script_bucket=bucket), FakeTI("mid"))
+    overrides = HeldJobs.job(job_id).container_overrides
+    assert batch.overrides_length(overrides) <= batch.OVERRIDES_BUDGET
+    assert "aws s3 cp" in overrides["command"][2]
+
+
+def test_env_values_too_large_for_the_container_overrides_are_refused_before_submitjob(
+    aws: MotoAws, queue: str
+) -> None:
+    with pytest.raises(JobSpecError, match=r"container overrides; ECS fails a container past 8192"):
+        run(operator(queue, image="repo/big:1", command="true", env={"BIG": "z" * 9000}), FakeTI("bigenv"))
+
+
 def test_the_git_block_checks_out_the_commit_the_ref_pointed_at_when_the_task_started(
     aws: MotoAws, queue: str, tmp_path: Path
 ) -> None:

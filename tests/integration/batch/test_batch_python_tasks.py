@@ -57,6 +57,10 @@ def setting(moto_aws: MotoAws, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "PYTHON_ON_BATCH_BUCKET": bucket,
     }
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True)
+    # The bundle's row is made now: two `dags test` starting side by side would both insert it
+    # (seen: UNIQUE constraint failed: dag_bundle.name).
+    sync = "from airflow.dag_processing.bundles.manager import DagBundlesManager as M; M().sync_bundles_to_db()"
+    subprocess.run([sys.executable, "-c", sync], env=env, check=True, capture_output=True)
     yield env
 
 
@@ -129,6 +133,18 @@ def test_a_1_MB_argument_travels_through_s3_and_arrives_whole(outcomes: str) -> 
         rf"Payload: \d{{6}} bytes \(gzip\), stored at s3://payloads-\w+/{PREFIX}/\w+/try1\.payload", log
     ), log[-3000:]
     assert "the 1000000-character argument arrived whole" in task_output(outcomes, "compare")
+
+
+def test_a_3_KB_argument_that_would_take_the_container_overrides_past_what_ecs_starts_goes_through_s3(
+    outcomes: str,
+) -> None:
+    """Before: inline up to 16 KiB, so this job ended FAILED, "Container Overrides length must be at
+    most 8192" (the stand-in fails it as ECS does)."""
+    log = task_output(outcomes, "count_letters")
+    stored = rf"Payload: \d+ bytes \(\w+\), stored at s3://payloads-\w+/{PREFIX}/\w+/try1\.payload"
+    assert re.search(stored, log), log[-3000:]
+    assert re.search(r"AWS Batch job \S+ ended SUCCEEDED", log), log[-3000:]
+    assert "3000 letters in 3000 characters" in log, log[-3000:]
 
 
 def test_a_raised_exception_fails_the_task_with_the_remote_traceback_in_its_log(outcomes: str) -> None:

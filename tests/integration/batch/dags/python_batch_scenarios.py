@@ -9,6 +9,8 @@ before submission).
 from __future__ import annotations
 
 import os
+import random
+import string
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -73,6 +75,17 @@ with DAG(dag_id="py_batch_outcomes", schedule=None, start_date=datetime(2026, 1,
 
     data = make_data()
     compare(data, digest(data))
+
+    # A 3 KB argument is far below the 16 KiB inline limit, but with the 5.5 KiB bootstrap it would
+    # take the container's overrides past the 8,192 characters ECS starts: it goes through S3.
+    @task.batch(**BATCH)
+    def count_letters(text: str) -> int:
+        letters = sum(character.isalpha() for character in text)
+        print(f"{letters} letters in {len(text)} characters")
+        return letters
+
+    # Random letters: a pickle under 4 KiB travels uncompressed, so its base64 text is about 4.2 KB.
+    count_letters("".join(random.Random(7).choices(string.ascii_lowercase, k=3000)))
 
     # The image runs another major.minor than this worker: refused before anything reaches AWS,
     # though its argument would have gone to S3.
