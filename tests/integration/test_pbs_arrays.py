@@ -30,15 +30,8 @@ from airflow_hpc_provider.triggers.pbs_array import PbsArrayElementTrigger
 from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
 from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, request_from_dict, request_to_dict
 from tests.integration import cluster
-from tests.integration.test_slurm_arrays import (
-    LINES,
-    MAX_ARRAY_SIZE,
-    NASTY,
-    first_event,
-    in_a_new_triggerer,
-    numbered_lines,
-    sdiag_submissions,
-)
+from tests.integration.array_elements import NASTY, first_event, in_a_new_triggerer, numbered_lines
+from tests.integration.test_slurm_arrays import LINES, MAX_ARRAY_SIZE, sdiag_submissions
 from tests.integration.test_slurm_trigger import collected
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio]
@@ -207,7 +200,7 @@ async def test_a_restarted_triggerer_adopts_every_submitted_pbs_element_and_subm
     reborn = [PbsArrayElementTrigger(**json.loads(kwargs)) for kwargs in stored]
     assert all(trigger.job_id == "" for trigger in reborn)
     second_logs = [collected(trigger) for trigger in reborn]
-    payloads = await asyncio.to_thread(asyncio.run, in_a_new_triggerer(reborn))  # type: ignore[arg-type]
+    payloads = await asyncio.to_thread(asyncio.run, in_a_new_triggerer(reborn))
 
     assert len(arrays_submitted(triggers)) == 1
     assert sdiag_submissions() - before >= 1

@@ -16,8 +16,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
@@ -30,7 +29,8 @@ from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
 from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, request_to_dict
 from airflow_hpc_provider.watching.sge_arrays import array_job_name
 from tests.integration import cluster
-from tests.integration.test_slurm_trigger import LineCollector, collected
+from tests.integration.array_elements import first_event, in_a_new_triggerer, numbered_lines
+from tests.integration.test_slurm_trigger import collected
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio]
 
@@ -101,22 +101,6 @@ def accounted(run_id: str) -> dict[str, dict[str, str]]:
     name = array_job_name(group_of("sge_local", run_id))
     records, _, _ = parse_qacct(grid(f"qacct -j {name}", check=False))
     return records
-
-
-async def first_event(trigger: SgeArrayElementTrigger) -> dict[str, Any]:
-    events: AsyncGenerator[Any, None] = trigger.run()  # type: ignore[assignment]
-    event = await anext(events)
-    await events.aclose()
-    return dict(event.payload)
-
-
-async def in_a_new_triggerer(triggers: Sequence[SgeArrayElementTrigger]) -> list[dict[str, Any]]:
-    """Run the triggers on an event loop of their own, as a new triggerer process would."""
-    return await asyncio.wait_for(asyncio.gather(*(first_event(trigger) for trigger in triggers)), timeout=180)
-
-
-def numbered_lines(log: LineCollector, tag: str) -> list[str]:
-    return [line for line in log.lines if line.startswith(tag + " line ")]
 
 
 async def test_twenty_mapped_instances_are_four_grid_engine_arrays_each_element_with_its_own_output_and_exit(

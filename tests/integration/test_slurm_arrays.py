@@ -15,8 +15,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import AsyncGenerator, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import pytest
 
@@ -27,13 +26,13 @@ from airflow_hpc_provider.triggers.slurm_array import SlurmArrayElementTrigger
 from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
 from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, request_to_dict
 from tests.integration import cluster
-from tests.integration.test_slurm_trigger import LineCollector, collected
+from tests.integration.array_elements import NASTY, first_event, in_a_new_triggerer, numbered_lines
+from tests.integration.test_slurm_trigger import collected
 
 pytestmark = [pytest.mark.cluster, pytest.mark.asyncio]
 
 MAX_ARRAY_SIZE = 6
 LINES = 200
-NASTY = 'it\'s "$(echo no)" `echo no` $HOME\\n\nsecond line'
 ELEMENT = re.compile(r"^(\d+)_(\d+)$")
 
 
@@ -77,23 +76,6 @@ def element_triggers(
         )
         triggers.append(SlurmArrayElementTrigger(conn_id=conn_id, element=request_to_dict(request), poll_interval=1))
     return triggers
-
-
-async def first_event(trigger: SlurmArrayElementTrigger) -> dict[str, Any]:
-    events: AsyncGenerator[Any, None] = trigger.run()  # type: ignore[assignment]
-    event = await anext(events)
-    await events.aclose()
-    return dict(event.payload)
-
-
-async def in_a_new_triggerer(triggers: Sequence[SlurmArrayElementTrigger]) -> list[dict[str, Any]]:
-    """Run the triggers on an event loop of their own, as a new triggerer process would: its own
-    connection to the cluster, its own collectors, nothing remembered of the one before."""
-    return await asyncio.wait_for(asyncio.gather(*(first_event(trigger) for trigger in triggers)), timeout=180)
-
-
-def numbered_lines(log: LineCollector, tag: str) -> list[str]:
-    return [line for line in log.lines if line.startswith(tag + " line ")]
 
 
 async def test_twenty_mapped_instances_reach_slurmctld_as_four_array_submissions_each_with_its_own_output_and_exit(

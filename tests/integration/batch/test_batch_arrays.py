@@ -17,7 +17,7 @@ import json
 import math
 import re
 import uuid
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -32,16 +32,16 @@ from airflow_hpc_provider.triggers.batch import CANCEL_REASON
 from airflow_hpc_provider.triggers.batch_array import BatchArrayElementTrigger
 from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
 from airflow_hpc_provider.watching.batch_arrays import BatchArrayGroup, request_to_dict
+from tests.integration.array_elements import NASTY, first_event, in_a_new_triggerer, numbered_lines
 from tests.integration.batch.moto_batch import HeldJobs, MotoAws
 from tests.integration.batch.test_batch_definitions import FakeTI
-from tests.integration.batch.test_batch_watching import Lines, collected
+from tests.integration.batch.test_batch_watching import collected
 
 pytestmark = pytest.mark.asyncio
 
 ARRAYS_CONN_ID = "aws_moto_arrays"
 MAX_ARRAY_SIZE = 6
 LINES = 100
-NASTY = 'it\'s "$(echo no)" `echo no` $HOME\\n\nsecond line'
 CHILD = re.compile(r"^[0-9a-f-]{36}:(\d+)$")
 
 
@@ -103,17 +103,6 @@ def element_triggers(
             BatchArrayElementTrigger(element=request_to_dict(request), aws_conn_id=conn_id, poll_interval=1)
         )
     return triggers
-
-
-async def first_event(trigger: BatchArrayElementTrigger) -> dict[str, Any]:
-    events: AsyncGenerator[Any, None] = trigger.run()  # type: ignore[assignment]
-    event = await anext(events)
-    await events.aclose()
-    return dict(event.payload)
-
-
-def numbered_lines(log: Lines, tag: str) -> list[str]:
-    return [line for line in log.lines if line.startswith(tag + " line ")]
 
 
 async def test_twenty_mapped_instances_are_four_submitjobs_each_child_with_its_own_log_state_exit_and_retry(
@@ -193,12 +182,6 @@ async def test_a_user_stopping_one_instance_terminates_only_its_child(
     assert [payload["status"]["state"] for payload in payloads] == ["COMPLETED"] * 3
 
 
-async def in_a_new_triggerer(triggers: Sequence[BatchArrayElementTrigger]) -> list[dict[str, Any]]:
-    """Run the triggers on an event loop of their own, as a new triggerer process would: its own
-    poller and collectors, nothing remembered of the one before."""
-    return await asyncio.wait_for(asyncio.gather(*(first_event(trigger) for trigger in triggers)), timeout=60)
-
-
 async def test_a_restarted_triggerer_adopts_every_submitted_child_and_submits_nothing_again(
     aws: MotoAws, arrays_conn: str, held_queue: str
 ) -> None:
@@ -218,7 +201,7 @@ async def test_a_restarted_triggerer_adopts_every_submitted_child_and_submits_no
     reborn = [BatchArrayElementTrigger(**json.loads(kwargs)) for kwargs in stored]
     assert all(trigger.job_id == "" for trigger in reborn)
     second_logs = [collected(trigger) for trigger in reborn]
-    new_loop = asyncio.create_task(asyncio.to_thread(asyncio.run, in_a_new_triggerer(reborn)))
+    new_loop = asyncio.create_task(asyncio.to_thread(asyncio.run, in_a_new_triggerer(reborn, timeout_s=60)))
     for log in second_logs:
         await log.wait_for(r"^Adopted AWS Batch job [0-9a-f-]+:\d on ", timeout_s=60)
     for trigger in triggers:

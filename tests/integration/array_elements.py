@@ -1,0 +1,40 @@
+"""What the array-element tests of every scheduler share: a value no shell may touch, running an
+element trigger to its one event, a restarted triggerer, and an element's numbered lines."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Protocol
+
+# Quotes, a command substitution, backticks, a variable, a backslash-n, a newline: an element's own
+# env value arrives verbatim or the test fails.
+NASTY = 'it\'s "$(echo no)" `echo no` $HOME\\n\nsecond line'
+
+
+class Runs(Protocol):
+    def run(self) -> Any: ...
+
+
+class HasLines(Protocol):
+    @property
+    def lines(self) -> Sequence[str]: ...
+
+
+async def first_event(trigger: Runs) -> dict[str, Any]:
+    """The trigger's event (its element ended), as the triggerer would deliver it."""
+    events: AsyncGenerator[Any, None] = trigger.run()
+    event = await anext(events)
+    await events.aclose()
+    return dict(event.payload)
+
+
+async def in_a_new_triggerer(triggers: Sequence[Runs], timeout_s: float = 180) -> list[dict[str, Any]]:
+    """Run the triggers on an event loop of their own, as a new triggerer process would: its own
+    connection or poller, its own collectors, nothing remembered of the one before."""
+    return await asyncio.wait_for(asyncio.gather(*(first_event(trigger) for trigger in triggers)), timeout=timeout_s)
+
+
+def numbered_lines(log: HasLines, tag: str) -> list[str]:
+    """The element's own output lines (``<tag> line <n>``) in a task log."""
+    return [line for line in log.lines if line.startswith(tag + " line ")]
