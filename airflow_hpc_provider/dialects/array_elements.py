@@ -10,6 +10,7 @@ before every carrier is unset.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -97,3 +98,25 @@ def command_lines(elements: Sequence[ArrayElement], selector: str) -> str:
         f'case "{selector}" in\n{branches}'
         f'*) echo "airflow-hpc: no element {selector} in this array\'s script" >&2; exit 1 ;;\nesac\n'
     )
+
+
+def read_answers(
+    stdout: str, indexes: Sequence[int], job_id_form: re.Pattern[str]
+) -> dict[int, tuple[str, bool, str | None]]:
+    """What an array submit script printed (``ADOPTED <index> <id> [<state>]`` or ``SUBMITTED
+    <index> <id>`` lines), per element index: its job id, whether it was adopted, and an adopted
+    job's state. Every element must have an answer, every id the scheduler's ``job_id_form``."""
+    answers: dict[int, tuple[str, bool, str | None]] = {}
+    for line in stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        if word not in ("ADOPTED", "SUBMITTED"):
+            continue
+        index, _, rest = rest.partition(" ")
+        job_id, _, state = rest.partition(" ")
+        if not index.isdigit() or not job_id_form.fullmatch(job_id):
+            raise ValueError(f"an unreadable line in the array submission's output: {line!r}")
+        answers[int(index)] = (job_id, word == "ADOPTED", state.strip() or None)
+    missing = [index for index in indexes if index not in answers]
+    if missing:
+        raise ValueError(f"no job id for array index(es) {missing} in the submission's output: {stdout!r}")
+    return answers

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from airflow_hpc_provider.dialects import remote_shell
-from airflow_hpc_provider.dialects.array_elements import ArrayElement, carrier, element_script, split_env
+from airflow_hpc_provider.dialects.array_elements import ArrayElement, carrier, element_script, read_answers, split_env
 from airflow_hpc_provider.dialects.remote_shell import quote
 from airflow_hpc_provider.dialects.slurm import ADOPTION_FUNCTION, adoption_args, jobs_record
 from airflow_hpc_provider.dialects.slurm_status import map_state
@@ -153,22 +153,11 @@ def submit_script(
     )
 
 
-_ELEMENT_ID = re.compile(r"\d+_\d+")
+# A submitted element (812_5), or a single job an earlier try submitted with arrays off.
+_ELEMENT_ID = re.compile(r"\d+(_\d+)?")
 
 
 def parse_submit_output(stdout: str, indexes: Sequence[int]) -> dict[int, ElementOutcome]:
     """What :func:`submit_script` printed, per element index; every element must have an answer."""
-    outcomes: dict[int, ElementOutcome] = {}
-    for line in stdout.splitlines():
-        word, _, rest = line.partition(" ")
-        if word not in ("ADOPTED", "SUBMITTED"):
-            continue
-        index, _, rest = rest.partition(" ")
-        job_id, _, state = rest.partition(" ")
-        if not index.isdigit() or not (_ELEMENT_ID.fullmatch(job_id) or job_id.isdigit()):
-            raise ValueError(f"an unreadable line in the array submission's output: {line!r}")
-        outcomes[int(index)] = ElementOutcome(int(index), job_id, word == "ADOPTED", state.strip() or None)
-    missing = [index for index in indexes if index not in outcomes]
-    if missing:
-        raise ValueError(f"no job id for array index(es) {missing} in the submission's output: {stdout!r}")
-    return outcomes
+    answers = read_answers(stdout, indexes, _ELEMENT_ID)
+    return {index: ElementOutcome(index, *answer) for index, answer in answers.items()}

@@ -324,3 +324,32 @@ async def max_array_size(submitter: ArraySubmitter) -> int:
 
 def env_items(env: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(name), str(value)) for name, value in env.items()))
+
+
+# --- as a trigger stores it (each kind of group adds its own fields) ----------------------------------
+
+
+def element_fields(request: ElementRequest) -> dict[str, Any]:
+    """The request's own fields, JSON-plain (a trigger's kwargs, which Airflow stores encrypted)."""
+    return {
+        "task_digest": request.key.task_digest,
+        "try_number": request.key.try_number,
+        "command": request.command,
+        "map_index": request.map_index,
+        "env": [list(pair) for pair in request.env],
+        "siblings": request.siblings,
+        "expected": request.expected,
+    }
+
+
+def element_from_fields(group: Any, data: Mapping[str, Any]) -> ElementRequest:
+    """The request :func:`element_fields` stored, in ``group``."""
+    return ElementRequest(
+        group=group,
+        key=JobKey(task_digest=str(data["task_digest"]), try_number=int(data["try_number"])),
+        command=str(data["command"]),
+        map_index=int(data["map_index"]),
+        env=tuple((str(name), str(value)) for name, value in data["env"]),
+        siblings=str(data["siblings"]),
+        expected=int(data["expected"]),
+    )

@@ -38,8 +38,7 @@ from airflow_hpc_provider.dialects.batch import ContainerRequest
 from airflow_hpc_provider.dialects.batch_array import ArrayShape
 from airflow_hpc_provider.dialects.slurm_array import ArrayElement
 from airflow_hpc_provider.hooks.batch import BatchHook
-from airflow_hpc_provider.jobs import JobKey
-from airflow_hpc_provider.watching.arrays import ElementRequest, ElementSubmitted
+from airflow_hpc_provider.watching.arrays import ElementRequest, ElementSubmitted, element_fields, element_from_fields
 from airflow_hpc_provider.watching.batch import BatchTarget
 
 log = logging.getLogger(__name__)
@@ -233,13 +232,7 @@ def request_to_dict(request: ElementRequest) -> dict[str, Any]:
         "share_identifier": group.share_identifier,
         "scheduling_priority": group.scheduling_priority,
         "window_s": group.window_s,
-        "task_digest": request.key.task_digest,
-        "try_number": request.key.try_number,
-        "command": request.command,
-        "map_index": request.map_index,
-        "env": [list(pair) for pair in request.env],
-        "siblings": request.siblings,
-        "expected": request.expected,
+        **element_fields(request),
     }
 
 
@@ -267,12 +260,4 @@ def request_from_dict(conn_id: str, data: Mapping[str, Any]) -> ElementRequest:
         scheduling_priority=optional("scheduling_priority", int),
         window_s=float(data["window_s"]),
     )
-    return ElementRequest(
-        group=group,
-        key=JobKey(task_digest=str(data["task_digest"]), try_number=int(data["try_number"])),
-        command=str(data["command"]),
-        map_index=int(data["map_index"]),
-        env=tuple((str(name), str(value)) for name, value in data["env"]),
-        siblings=str(data["siblings"]),
-        expected=int(data["expected"]),
-    )
+    return element_from_fields(group, data)

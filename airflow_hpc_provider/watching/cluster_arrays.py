@@ -22,8 +22,7 @@ from airflow_hpc_provider.dialects.base import SchedulerDialect
 from airflow_hpc_provider.hooks.cancel import cancel_jobs
 from airflow_hpc_provider.hooks.ssh import SshTarget, SshTransport
 from airflow_hpc_provider.hooks.submission import read_submission
-from airflow_hpc_provider.jobs import JobKey
-from airflow_hpc_provider.watching.arrays import ElementRequest, ElementSubmitted
+from airflow_hpc_provider.watching.arrays import ElementRequest, ElementSubmitted, element_fields, element_from_fields
 from airflow_hpc_provider.watching.cluster import PollerSettings, shared_poller
 
 log = logging.getLogger(__name__)
@@ -162,16 +161,10 @@ def request_to_dict(request: ElementRequest) -> dict[str, Any]:
         "job_name": group.job_name,
         "log_dir": group.log_dir,
         "shared_env": [list(pair) for pair in group.shared_env],
-        "env": [list(pair) for pair in request.env],
         "working_dir": group.working_dir,
         "throttle": group.throttle,
         "window_s": group.window_s,
-        "task_digest": request.key.task_digest,
-        "try_number": request.key.try_number,
-        "command": request.command,
-        "map_index": request.map_index,
-        "siblings": request.siblings,
-        "expected": request.expected,
+        **element_fields(request),
     }
 
 
@@ -186,12 +179,4 @@ def request_from_dict(conn_id: str, data: Mapping[str, Any]) -> ElementRequest:
         throttle=None if data.get("throttle") is None else int(data["throttle"]),
         window_s=float(data["window_s"]),
     )
-    return ElementRequest(
-        group=group,
-        key=JobKey(task_digest=str(data["task_digest"]), try_number=int(data["try_number"])),
-        command=str(data["command"]),
-        map_index=int(data["map_index"]),
-        env=tuple((str(name), str(value)) for name, value in data["env"]),
-        siblings=str(data["siblings"]),
-        expected=int(data["expected"]),
-    )
+    return element_from_fields(group, data)
