@@ -42,13 +42,21 @@ STEP = re.compile(r"^run (\d) step (\d+)$")
 
 
 async def _start_requeued_runs_now(job_id: str) -> None:
-    """Slurm holds a requeued job about two minutes before it may start again; a user may say now."""
+    """Slurm holds a requeued job about two minutes before it may start again; a user may say now.
+
+    Not in the same second as the requeue, though: slurmd refuses a run whose credential is dated the
+    second the previous run's was revoked ("Job credential revoked": the job ends FAILED, seen on CI
+    with StartTime=now 0.8 s after the requeue), so each new run is released 3 s after it is seen.
+    """
+    released: set[str] = set()
     while True:
         state = await asyncio.to_thread(cluster.ssh, f"squeue -h -j {job_id} -O 'State:|,RestartCnt:|'", check=False)
-        fields = state.strip().split("|")
-        if len(fields) >= 2 and fields[0].strip() == "PENDING" and fields[1].strip() not in ("", "0"):
+        fields = [field.strip() for field in state.strip().split("|")]
+        if len(fields) >= 2 and fields[0] == "PENDING" and fields[1] not in ("", "0") and fields[1] not in released:
+            released.add(fields[1])
+            await asyncio.sleep(3)
             await asyncio.to_thread(cluster.ssh, f"scontrol update jobid={job_id} StartTime=now", check=False)
-        await asyncio.sleep(2)
+        await asyncio.sleep(1)
 
 
 async def test_a_two_minute_job_resubmitted_twice_checkpoints_on_usr1_runs_three_times_and_succeeds_with_each_line_once(
