@@ -25,6 +25,13 @@ DBD=${HPCINFRA_DBD:-1}; CG=${HPCINFRA_CGROUP:-auto}; GE=${HPCINFRA_SGE:-1}
 CPUS=${HPCINFRA_CPUS:-32}; MEM=${HPCINFRA_MEM:-16000}; TUSER=${HPCINFRA_USER:-hpcuser}
 SSH_PORT=2222; DB_PORT=3307; HOST=$(hostname -s)
 export SLURM_CONF=$B/slurm/etc/slurm.conf
+# One up.sh at a time (the test suite runs two pytest processes side by side, and each may call it).
+# flock -o holds the lock in its own process: the daemons started below must not inherit it.
+if [ "${_AIRFLOW_HPC_UP_LOCKED:-}" != 1 ]; then
+  mkdir -p "$B"
+  _AIRFLOW_HPC_UP_LOCKED=1 exec flock -o "$B/.up.lock" bash "$0" "$@"
+fi
+unset _AIRFLOW_HPC_UP_LOCKED
 T0=${EPOCHREALTIME/./}
 log()   { local us=$(( ${EPOCHREALTIME/./} - T0 )); printf '[up +%d.%02ds] %s\n' $((us / 1000000)) $((us % 1000000 / 10000)) "$*"; }
 # zombies linger until PID 1 reaps them (slowly in this sandbox), so 'Z' counts as dead
