@@ -129,11 +129,13 @@ def submit_script(
         + batch_file
         + " ] || { echo 'could not write the batch script' >&2; exit 1; }\n"
         + exports
-        + "  _id=$("
+        + "  _out=$("
         + " ".join(qsub)
-        + ') || { _rc=$?; printf \'%s\\n\' "$_id" >&2; exit "$_rc"; }\n'
+        + ') || { _rc=$?; printf \'%s\\n\' "$_out" >&2; exit "$_rc"; }\n'
         # qsub may print warnings first (the wrapper: '-S is ignored'); the id is the last word.
-        "  _id=$(printf '%s\\n' \"$_id\" | awk 'NF { w = $NF } END { print w }')\n"
+        "  _id=$(printf '%s\\n' \"$_out\" | awk 'NF { w = $NF } END { print w }')\n"
+        # An exit 0 without an id is reported with what qsub said, and nothing is recorded.
+        "  case $_id in [0-9]*) ;; *) printf 'qsub printed no job id: %s\\n' \"$_out\" >&2; exit 1 ;; esac\n"
         # Recorded before it is printed: a link that drops now cannot lose the job.
         f"  printf '%s %s\\n' \"$_id\" {key.try_number} >> {record} || echo 'cannot record it in' {record} >&2\n"
         f"  printf 'SUBMITTED %s {key.try_number}\\n' \"$_id\"\n"

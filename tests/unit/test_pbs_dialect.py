@@ -193,6 +193,7 @@ env -0 > "$RECORD/env"
 eval "last=\\${$#}"
 cp -- "$last" "$RECORD/script"
 echo "some warning first"
+if [ -n "$QSUB_SILENT" ]; then exit 0; fi
 echo 777.server
 """
 # Stand-in qstat: records its arguments; no jobs known (as the wrapper: nothing, exit 153), or
@@ -206,7 +207,12 @@ exit 153
 
 
 def run_submit(
-    tmp_path: Path, script: str, qstat_output: Path | None = None, *, qstat_fails: bool = False
+    tmp_path: Path,
+    script: str,
+    qstat_output: Path | None = None,
+    *,
+    qstat_fails: bool = False,
+    qsub_prints_no_id: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     bindir = tmp_path / "bin"
     record = tmp_path / "record"
@@ -222,6 +228,7 @@ def run_submit(
         "RECORD": str(record),
         "QSTAT_OUTPUT": str(qstat_output or ""),
         "QSTAT_FAIL": "1" if qstat_fails else "",
+        "QSUB_SILENT": "1" if qsub_prints_no_id else "",
     }
     return subprocess.run(
         ["/bin/sh", "-s"], input=script, capture_output=True, text=True, env=env, cwd=home, timeout=30, check=False
@@ -318,6 +325,17 @@ def test_a_job_gone_without_a_trace_is_submitted_again_and_recorded_before_its_i
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("SUBMITTED 777.server 1\n")
     assert (tmp_path / "home" / "logs" / f"{key.task_digest}.jobs").read_text() == "21 1\n777.server 1\n"
+
+
+@pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
+def test_a_qsub_that_prints_no_id_fails_the_submission_saying_what_it_printed_and_records_nothing(tmp_path):
+    spec = JobSpec(command="x", job_name="x")
+    script = pbs_submit.submit_script(spec, "#!/bin/sh\n", PbsFlavour.TORQUE, key=KEY, log_dir="logs", env={})
+    result = run_submit(tmp_path, script, qsub_prints_no_id=True)
+    assert result.returncode == 1
+    assert "qsub printed no job id: some warning first" in result.stderr
+    assert "SUBMITTED" not in result.stdout
+    assert not (tmp_path / "home" / "logs" / f"{KEY.task_digest}.jobs").exists()
 
 
 @pytest.mark.skipif(shutil.which("flock") is None, reason="the submit script locks with flock")
