@@ -30,7 +30,7 @@ from airflow_hpc_provider.triggers.pbs_array import PbsArrayElementTrigger
 from airflow_hpc_provider.watching.arrays import ElementRequest, env_items
 from airflow_hpc_provider.watching.cluster_arrays import ClusterArrayGroup, request_from_dict, request_to_dict
 from tests.integration import cluster
-from tests.integration.array_elements import NASTY, first_event, in_a_new_triggerer, numbered_lines
+from tests.integration.array_elements import NASTY, first_event, in_a_new_triggerer, numbered_lines, slurm_jobs_named
 from tests.integration.test_slurm_arrays import LINES, MAX_ARRAY_SIZE, sdiag_submissions
 from tests.integration.test_slurm_trigger import collected
 
@@ -93,15 +93,9 @@ def element_triggers(
 
 
 def arrays_submitted(triggers: Sequence[PbsArrayElementTrigger]) -> set[str]:
-    """The arrays slurmctld holds under these triggers' job name (squeue while it knows them, then
-    its accounting): this test's submissions only, while sdiag counts every user of the shared
-    cluster's (other engineers' tests run beside these)."""
+    """The arrays slurmctld holds under these triggers' job name (the wrappers' qsub is sbatch)."""
     group = request_from_dict(triggers[0].conn_id, triggers[0].element).group
-    name = f"{pbs.name_base(group.job_name)}-{group.digest[:12]}"
-    out = cluster.ssh(
-        f"squeue -h -t all -r --name={name} -o %F; sacct -n -X -P -S now-1days --name={name} -o JobID", check=False
-    )
-    return {line.split("_")[0] for line in out.split()}
+    return slurm_jobs_named(f"{pbs.name_base(group.job_name)}-{group.digest[:12]}")
 
 
 def slurm_name(job_id: str) -> str:
