@@ -4,10 +4,11 @@
 # run every test (unit, integration and deployment, the slow ones included).
 #
 # Most of the suite waits (on Slurm's whole-minute limits, on polls, on a real Airflow stack), so it
-# runs as two pytest processes side by side: the tests of the clusters (Slurm, PBS, Grid Engine, on
-# the one login node) in the foreground, and the unit tests with the AWS ones (moto servers, their
-# own Airflow stack) in the background. The AWS side submits nothing to the cluster, so the cluster
-# tests' counts of submissions (sdiag, accounting) stay theirs. Extra arguments run one pytest with them.
+# runs as two pytest processes side by side: the Slurm tests (PBS too: the test cluster's qsub is
+# Slurm's) in the foreground, and the unit, AWS (moto servers) and Grid Engine tests in the
+# background, with an Airflow stack of their own. The background submits nothing to Slurm, so the
+# Slurm tests' counts of submissions (sdiag, accounting) stay theirs. Extra arguments run one pytest
+# with them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/cluster/up.sh
@@ -21,27 +22,32 @@ if [ "$#" -gt 0 ]; then
     exec .venv/bin/python -m pytest "$@"
 fi
 
-AWS_AND_UNIT=(tests/unit tests/integration/batch tests/integration/ec2 tests/integration/aws_setup tests/deployment/batch)
+BESIDE=(
+    tests/unit
+    tests/integration/batch tests/integration/ec2 tests/integration/aws_setup tests/deployment/batch
+    tests/integration/test_sge_arrays.py tests/integration/test_sge_cluster.py tests/integration/test_sge_operator.py
+    tests/deployment/test_sge_arrays_deployment.py
+)
 mkdir -p out
-aws_log=out/pytest-aws-and-unit.log
-.venv/bin/python -m pytest "${AWS_AND_UNIT[@]}" >"$aws_log" 2>&1 &
-aws_pid=$!
+beside_log=out/pytest-unit-aws-sge.log
+.venv/bin/python -m pytest "${BESIDE[@]}" >"$beside_log" 2>&1 &
+beside_pid=$!
 # Stopped by its PID if this script is interrupted, so no pytest outlives the run.
-trap 'kill "$aws_pid" 2>/dev/null || true' EXIT
+trap 'kill "$beside_pid" 2>/dev/null || true' EXIT
 
-cluster_log=out/pytest-cluster.log
+slurm_log=out/pytest-slurm.log
 set +e
-.venv/bin/python -m pytest tests "${AWS_AND_UNIT[@]/#/--ignore=}" 2>&1 | tee "$cluster_log"
-cluster_status=${PIPESTATUS[0]}
+.venv/bin/python -m pytest tests "${BESIDE[@]/#/--ignore=}" 2>&1 | tee "$slurm_log"
+slurm_status=${PIPESTATUS[0]}
 set -e
-aws_status=0
-wait "$aws_pid" || aws_status=$?
+beside_status=0
+wait "$beside_pid" || beside_status=$?
 trap - EXIT
 
 echo
-echo "=================== unit and AWS tests (run beside the cluster tests) ==================="
-cat "$aws_log"
+echo "=============== unit, AWS and Grid Engine tests (run beside the Slurm tests) ==============="
+cat "$beside_log"
 echo
-echo "cluster tests: pytest exit $cluster_status; unit and AWS tests: pytest exit $aws_status"
-grep -hE '^(FAILED|ERROR) ' "$cluster_log" "$aws_log" || true
-[ "$cluster_status" -eq 0 ] && [ "$aws_status" -eq 0 ]
+echo "Slurm tests: pytest exit $slurm_status; unit, AWS and Grid Engine tests: pytest exit $beside_status"
+grep -hE '^(FAILED|ERROR) ' "$slurm_log" "$beside_log" || true
+[ "$slurm_status" -eq 0 ] && [ "$beside_status" -eq 0 ]
