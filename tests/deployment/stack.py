@@ -224,21 +224,11 @@ class AirflowStack:
             method=method,
             headers={"Accept": accept, **({"Content-Type": "application/json"} if data is not None else {})},
         )
-        # The stack's SQLite lets one writer in at a time and gives up after 5 s: on a loaded machine
-        # the API server then answers 500 ("database is locked", seen on CI for a PATCH of a task's
-        # state). A request that means the same when repeated is asked again, as a user would; a POST
-        # (a new DAG run) never is.
-        attempts = 3 if method in ("GET", "PATCH", "PUT", "DELETE") else 1
-        for attempt in range(1, attempts + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                    raw = response.read()
-                break
-            except urllib.error.HTTPError as error:
-                text = error.read().decode(errors="replace")
-                if error.code < 500 or attempt == attempts:
-                    raise StackError(f"{method} {path} -> HTTP {error.code}: {text}") from None
-                time.sleep(1)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as error:
+            raise StackError(f"{method} {path} -> HTTP {error.code}: {error.read().decode(errors='replace')}") from None
         if accept == "application/json":
             return json.loads(raw) if raw else None
         return raw.decode(errors="replace")
