@@ -23,16 +23,16 @@ the saved position are not shown.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
+
+from airflow_hpc_provider.supervisor_calls import through_supervisor
 
 log = logging.getLogger(__name__)
 
 CURSOR_XCOM_KEY = "batch_log_position"
-T = TypeVar("T")
 
 
 @dataclass
@@ -125,24 +125,6 @@ class MemoryPositionStore:
         self.saved = position
 
 
-async def _through_supervisor(sync_call: Callable[[], T], async_call: Callable[[], Any]) -> T:
-    """Run an XCom call the way this process's supervisor link allows.
-
-    The triggerer's link speaks asynchronously (``asend``). ``airflow dags test`` runs the trigger
-    inline, in the task's own process, over in-process comms that only speak synchronously (no
-    ``asend``: ``XCom.aset`` fails there with an AttributeError). There the synchronous call is
-    used, in a thread so the loop keeps running; the task's thread is waiting on this very trigger,
-    so nothing else uses the comms meanwhile.
-    """
-    from airflow.sdk.execution_time import task_runner
-
-    comms = getattr(task_runner, "SUPERVISOR_COMMS", None)
-    if comms is not None and not hasattr(comms, "asend"):
-        return await asyncio.to_thread(sync_call)
-    result: T = await async_call()
-    return result
-
-
 @dataclass(frozen=True)
 class XComPositionStore:
     """The task instance's own XCom, written through the triggerer's supervisor connection."""
@@ -166,7 +148,7 @@ class XComPositionStore:
 
         where = self._where()
         try:
-            value = await _through_supervisor(lambda: XCom.get_one(**where), lambda: XCom.aget_one(**where))
+            value = await through_supervisor(lambda: XCom.get_one(**where), lambda: XCom.aget_one(**where))
         except Exception as error:  # no supervisor (a plain script): start from the beginning
             log.debug("no saved log position: %r", error)
             return None
@@ -176,4 +158,4 @@ class XComPositionStore:
         from airflow.sdk.execution_time.xcom import XCom
 
         where = self._where()
-        await _through_supervisor(lambda: XCom.set(value=position, **where), lambda: XCom.aset(value=position, **where))
+        await through_supervisor(lambda: XCom.set(value=position, **where), lambda: XCom.aset(value=position, **where))
