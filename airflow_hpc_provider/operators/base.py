@@ -27,15 +27,19 @@ import enum
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from datetime import timedelta
+from typing import Any, ClassVar, NoReturn
 
 import jinja2
-from airflow.sdk import BaseOperator, Context
+from airflow.sdk import BaseOperator, Context, get_current_context
 from airflow.sdk.exceptions import AirflowSkipException, AirflowTaskTimeout
+from airflow.triggers.base import BaseTrigger
 
 from airflow_hpc_provider.config import default_deferrable
 from airflow_hpc_provider.errors import JobFailedError, JobSpecError
 from airflow_hpc_provider.jobs import JobKey, JobState, JobStatus, describe_exit, format_duration
+from airflow_hpc_provider.triggers.base import HpcTrigger
+from airflow_hpc_provider.triggers.handover import record_deferral
 from airflow_hpc_provider.watching.events import Outcome, WatchOutcome
 
 SCRIPT_EXTENSIONS = (".sh", ".bash", ".sbatch", ".pbs")
@@ -197,6 +201,26 @@ class HpcOperator(BaseOperator):
         task that waits in the triggerer. None without a timeout."""
         timeout = self.execution_timeout
         return None if timeout is None else time.time() + timeout.total_seconds()
+
+    def defer(
+        self,
+        *,
+        trigger: BaseTrigger,
+        method_name: str,
+        kwargs: dict[str, Any] | None = None,
+        timeout: timedelta | int | float | None = None,
+    ) -> NoReturn:
+        if isinstance(trigger, HpcTrigger):
+            # What lets the trigger's on_kill tell a handover from a user's action (triggers/handover.py).
+            try:
+                context = get_current_context()
+            except RuntimeError:
+                # Called outside Airflow's task runner (execute() called directly): no triggerer will
+                # run this trigger for a task instance, so there is no handover to tell apart.
+                context = None
+            if context is not None:
+                record_deferral(context["ti"])
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     @staticmethod
     def job_key(context: Context) -> JobKey:

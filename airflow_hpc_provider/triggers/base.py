@@ -10,19 +10,27 @@ so it is nothing but plain fields plus a way to follow its job with the engine (
 * :meth:`stop`: stop the job on its system when a user stops the task (``on_kill``).
 
 ``run()`` yields exactly one event. ``on_kill()`` stops the job unless the trigger already saw it
-end, or the task does not own it. Airflow calls ``on_kill`` only on a user's action (marked
-failed or success, cleared), never when a triggerer restarts or hands the trigger over, so a
-restart stops nothing.
+end, the task does not own it, or the task is still deferred on it. Airflow calls ``on_kill`` on a
+user's action (marked failed or success, cleared), but also on a triggerer that lost its triggers
+to another one while it was too slow to heartbeat: :mod:`.handover` tells the two apart, so a
+handover stops nothing. A triggerer that stops or restarts does not call ``on_kill``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_hpc_provider.triggers.handover import deferral_is_current
 from airflow_hpc_provider.watching.events import Outcome
+
+# How long on_kill may wait for Airflow to say whether the task still defers on this trigger.
+HANDOVER_QUESTION_TIMEOUT_S = 20.0
+# Stops under way: referenced until done (on_kill's own task may be cancelled before them).
+_STOPPING: set[asyncio.Future[None]] = set()
 
 
 class HpcTrigger(BaseTrigger):
@@ -70,9 +78,32 @@ class HpcTrigger(BaseTrigger):
         yield TriggerEvent(payload)
 
     async def on_kill(self) -> None:
-        """A user marked the task failed/success or cleared it: stop the job (see the module docstring)."""
+        """A user marked the task failed/success or cleared it, or another triggerer took this
+        trigger over: stop the job in the first case only (see the module docstring)."""
         if self._seen_ending or not self.owns_job:
             return
+        # Shielded: while this trigger still runs, the triggerer cancels it again at each of its
+        # loops, which would cut the question (or the stop) short.
+        stopping = asyncio.ensure_future(self._stop_unless_handed_over())
+        _STOPPING.add(stopping)
+        stopping.add_done_callback(_STOPPING.discard)
+        await asyncio.shield(stopping)
+
+    async def _stop_unless_handed_over(self) -> None:
+        ti = getattr(self, "task_instance", None)
+        if ti is not None:
+            try:
+                current = await asyncio.wait_for(deferral_is_current(ti), HANDOVER_QUESTION_TIMEOUT_S)
+            except Exception as error:  # TimeoutError included: Airflow did not say, so do as it asked
+                self.log.warning("could not learn whether the task still defers on %s (%r)", self.describe(), error)
+                current = False
+            if current:
+                self.log.info(
+                    "%s left running: the task is still deferred on it, so another triggerer took this "
+                    "trigger over; this one only stops watching",
+                    self.describe(),
+                )
+                return
         doing, done = self.stop_words
         self.log.info("%s %s (task stopped by a user)", doing, self.describe())
         await self.stop()

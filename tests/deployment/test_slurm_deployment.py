@@ -321,3 +321,67 @@ def test_two_triggerers_hand_over_triggers_without_cancelling_or_repeating(one_t
         check_jobs_and_lines(stack, dag_id, run_id, "ha")
     finally:
         cancel_jobs_named(job_prefix(run_id))
+
+
+def test_a_triggerer_frozen_past_the_health_check_then_resumed_stops_none_of_the_jobs_it_lost(
+    one_triggerer: AirflowStack,
+) -> None:
+    """Airflow's triggerer calls on_kill, as for a user's action, on every trigger it runs but no
+    longer has assigned: a triggerer that missed its heartbeats (frozen here with SIGSTOP, in life a
+    loaded machine or a slow database) finds its triggers on another one when it resumes. The jobs
+    must run on, watched by the other triggerer, and every task succeed."""
+    stack = one_triggerer
+    stack.start_triggerer()
+    stack.wait(lambda: len(alive_triggerer_jobs(stack)) == 2, 90, "two live triggerers")
+    dag_id = "dep_frozen"
+    run_id = start_and_wait_streaming(stack, dag_id, "frozen")
+    try:
+        before = triggerer_of(stack, dag_id, run_id)
+        live: list[Component] = sorted((t for t in stack.triggerers if t.alive()), key=lambda t: t.started_at)
+        jobs_by_start = [job["id"] for job in alive_triggerer_jobs(stack)]
+        holding = Counter(before.values()).most_common(1)[0][0]
+        frozen = live[jobs_by_start.index(holding)]
+        stopped = time.monotonic()
+        frozen.signal_group(signal.SIGSTOP)
+        try:
+            stack.wait(
+                lambda: holding not in triggerer_of(stack, dag_id, run_id).values(),
+                120,
+                "the frozen triggerer's triggers to move to the other one",
+            )
+            moved = time.monotonic() - stopped
+        finally:
+            frozen.signal_group(signal.SIGCONT)
+        after = triggerer_of(stack, dag_id, run_id)
+        lost = sorted(task for task, triggerer in before.items() if triggerer == holding)
+        print(
+            f"\n{dag_id}: triggerer job {holding} (pid {frozen.pid}) frozen with SIGSTOP; its triggers {lost} "
+            f"were on {after} {moved:.1f}s later; then it resumed (SIGCONT)"
+        )
+        check_jobs_and_lines(stack, dag_id, run_id, "frozen")
+        # The resumed triggerer was asked to kill the triggers it lost, and left their jobs alone.
+        left = [
+            task
+            for task in lost
+            if any(
+                "left running" in line and "another triggerer took this trigger over" in line
+                for line in trigger_log_lines(stack, dag_id, run_id, task, holding)
+            )
+        ]
+        assert left == lost, f"the resumed triggerer did not say it left the jobs of {sorted(set(lost) - set(left))}"
+    finally:
+        frozen_ones = [t for t in stack.triggerers if t.alive()]
+        for component in frozen_ones:
+            component.signal_group(signal.SIGCONT)
+        cancel_jobs_named(job_prefix(run_id))
+
+
+def trigger_log_lines(
+    stack: AirflowStack, dag_id: str, run_id: str, task_id: str, triggerer_job: int | None
+) -> list[str]:
+    """What one triggerer wrote into the task's try-1 trigger log (its own file beside the task log)."""
+    folder = stack.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    lines: list[str] = []
+    for path in folder.glob(f"attempt=1.log.trigger.{triggerer_job}.log"):
+        lines.extend(path.read_text(errors="replace").splitlines())
+    return lines

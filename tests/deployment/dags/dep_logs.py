@@ -23,7 +23,7 @@ with scenario_dag("dep_task_log"):
         poll_interval=1,
     )
 
-for scenario in ("restart", "ha"):
+for scenario in ("restart", "ha", "frozen"):
     with scenario_dag(f"dep_{scenario}"):
         for index in range(RESTART_TASKS):
             SlurmSubmitOperator(

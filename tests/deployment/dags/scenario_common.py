@@ -46,6 +46,7 @@ SCENARIO_DAG_IDS = (
     "dep_task_log",
     "dep_restart",
     "dep_ha",
+    "dep_frozen",
     "dep_trivial",
     "dep_volume",
     "dep_adopt_success",
