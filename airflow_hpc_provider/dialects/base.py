@@ -21,13 +21,10 @@ class Observation:
 
     ``final``: the dialect vouches that this is how the job ended (accounting has it); only a final
     observation ends a watch at once, absence alone never does (the poller's absence rules).
-    ``restarts``: how often the scheduler has started the job again (a requeue, a preemption with
-    requeue), when the dialect can tell; each restart begins a new run in the same output file.
     """
 
     status: JobStatus | None
     final: bool
-    restarts: int | None = None
 
 
 @dataclass(frozen=True)

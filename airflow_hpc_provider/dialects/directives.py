@@ -286,6 +286,16 @@ def default_shebang(login_shell: bool) -> str:
     return "#!/bin/bash -l\n" if login_shell else "#!/bin/bash\n"
 
 
+# A shebang of the POSIX shell family (sh, bash, dash, ksh, zsh; directly or through env): the only
+# interpreters the provider's own lines in a user's script are written for.
+_POSIX_SHELL_SHEBANG = re.compile(r"#!\s*\S*/(?:env\s+)?(ba|da|k|z)?sh\b")
+
+
+def is_posix_shell(shebang: str) -> bool:
+    """Whether a script's shebang line runs a POSIX-family shell (not csh, Python, Perl...)."""
+    return _POSIX_SHELL_SHEBANG.match(shebang) is not None
+
+
 def split_user_script(script: str, login_shell: bool) -> tuple[str, str, str]:
     """A whole batch script by the user as (shebang, directive header, the rest), each ending in a
     newline when not empty, so the provider's lines go after the shebang and after the header,

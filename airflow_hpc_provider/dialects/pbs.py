@@ -29,7 +29,12 @@ from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell, slurm_status
 from airflow_hpc_provider.dialects.base import Observation, PollReport
-from airflow_hpc_provider.dialects.directives import checked_extra_directives, default_shebang, split_user_script
+from airflow_hpc_provider.dialects.directives import (
+    checked_extra_directives,
+    default_shebang,
+    is_posix_shell,
+    split_user_script,
+)
 from airflow_hpc_provider.dialects.pbs_exits import (
     RecordedExit,
     accounting_section,
@@ -101,8 +106,7 @@ def render_script(spec: JobSpec, flavour: PbsFlavour, *, script: str | None = No
         return shebang + "".join(directives) + env_note + exit_recorder(exit_dir) + in_background(payload)
     shebang, header, rest = split_user_script(script, spec.login_shell)
     # Only a POSIX-family shell understands the trap; another interpreter's exit stays unknown.
-    shell = re.match(r"#!\s*\S*/(?:env\s+)?(ba|da|k|z)?sh\b", shebang)
-    if not (exit_dir and shell):
+    if not (exit_dir and is_posix_shell(shebang)):
         return shebang + "".join(directives) + header + env_note + chdir + setup + rest
     payload = chdir + setup + rest
     return shebang + "".join(directives) + header + env_note + exit_recorder(exit_dir) + in_background(payload)

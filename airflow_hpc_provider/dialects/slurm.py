@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 
 from airflow_hpc_provider.dialects import remote_shell
 from airflow_hpc_provider.dialects.base import PollReport
-from airflow_hpc_provider.dialects.directives import default_shebang, split_user_script
+from airflow_hpc_provider.dialects.directives import default_shebang, is_posix_shell, split_user_script
 from airflow_hpc_provider.dialects.remote_shell import LogRead, quote
 from airflow_hpc_provider.dialects.slurm_resubmit import SignalBeforeTimeout
 from airflow_hpc_provider.dialects.slurm_status import RANGE_AWK, map_state, observe, parse_poll, poll_script
@@ -23,15 +23,45 @@ from airflow_hpc_provider.jobs import JobKey, JobSpec, JobStatus, format_duratio
 # Jobs a retry may adopt (and that count against max_concurrent_jobs): alive and not on their way out.
 ALIVE_STATES = "PENDING,CONFIGURING,RUNNING,SUSPENDED,REQUEUED,REQUEUE_HOLD,REQUEUE_FED,RESIZING,STOPPED"
 
+# The line a requeued job prints as the first of each run after the first (see RUN_MARKER_LINES).
+RUN_MARKER = "--- run {run} of job {job_id} (requeued) ---"
+
+# A requeued job (scontrol requeue, preemption or a node failure with requeue, the time-limit
+# resubmission) starts again with the same output file, appended to (--open-mode=append), and with
+# SLURM_RESTART_COUNT set. The job marks its new run itself, as its first output, so the marker sits
+# at the exact byte where the run begins, however the provider's polls fall. The id is the one the
+# provider watches: an array element's is <array>_<index>. The marker is a line of its own even
+# when the run before was cut mid-line: the batch shell's stdout is the output file, whose last byte
+# /proc/$$/fd/1 shows ($$ is the batch shell's, in the command substitution too); when that cannot
+# be read (no /proc, stdout not a regular file: never under sbatch --output), a newline goes first
+# anyway: an empty line at worst, never a marker glued to another run's line. POSIX sh, and safe
+# under set -u and set -e.
+RUN_MARKER_LINES = (
+    "# airflow-hpc: a requeued run begins with a marker line of its own\n"
+    'if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] 2>/dev/null; then\n'
+    "  _airflow_hpc_last=x\n"
+    '  [ ! -f "/proc/$$/fd/1" ] || _airflow_hpc_last=$(tail -c 1 -- "/proc/$$/fd/1" 2>/dev/null) '
+    "|| _airflow_hpc_last=x\n"
+    '  [ -z "$_airflow_hpc_last" ] || echo\n'
+    "  _airflow_hpc_job=${SLURM_JOB_ID-}\n"
+    '  [ -z "${SLURM_ARRAY_JOB_ID-}" ] || _airflow_hpc_job=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID-}\n'
+    "  printf '%s\\n' \"" + RUN_MARKER.format(run="$(( SLURM_RESTART_COUNT + 1 ))", job_id="$_airflow_hpc_job") + '"\n'
+    "  unset _airflow_hpc_last _airflow_hpc_job\n"
+    "fi\n"
+)
+
 # Options this provider owns: it must know where output goes to stream it, and the comment is the key.
 RESERVED_OPTIONS = ("--output", "--error", "--comment", "--parsable", "-o", "-e", "--wrap")
 
 
 def render_script(spec: JobSpec, *, script: str | None = None, near_limit: SignalBeforeTimeout | None = None) -> str:
-    """The batch script: shebang, ``#SBATCH`` resource lines, env names, setup lines, the command.
+    """The batch script: shebang, ``#SBATCH`` resource lines, env names, the run marker of a requeued
+    job (:data:`RUN_MARKER_LINES`), setup lines, the command.
 
     ``script`` (a whole script by the user) keeps its shebang and its own ``#SBATCH`` lines; ours are
-    added right after the shebang, and the setup lines go after the script's directive block.
+    added right after the shebang, and the run marker and the setup lines go after the script's
+    directive block. A script for another interpreter than a POSIX-family shell (Python, csh) gets
+    no run marker: its runs follow each other in the log unmarked.
     ``near_limit``: the command (or the script's body) runs under a trap for the signal before the
     time limit, which may requeue the job (:mod:`airflow_hpc_provider.dialects.slurm_resubmit`).
     """
@@ -48,11 +78,12 @@ def render_script(spec: JobSpec, *, script: str | None = None, near_limit: Signa
         body = spec.command if spec.command.endswith("\n") else spec.command + "\n"
         if near_limit:
             body = near_limit.wrap(body)
-        return shebang + "".join(directives) + env_note + setup + body
+        return shebang + "".join(directives) + env_note + RUN_MARKER_LINES + setup + body
     shebang, header, rest = split_user_script(script, spec.login_shell)
     if near_limit:
         rest = near_limit.wrap(rest)
-    return shebang + "".join(directives) + header + env_note + setup + rest
+    marker = RUN_MARKER_LINES if is_posix_shell(shebang) else ""
+    return shebang + "".join(directives) + header + env_note + marker + setup + rest
 
 
 def resource_options(spec: JobSpec) -> list[str]:
@@ -145,7 +176,8 @@ def submit_script(
         f"--comment={quote(key.tag)}",
         f"--output={output}",
         # A requeued job starts again with the same output file: appended to, never truncated, so
-        # no line of an earlier run is lost before it was read (see ClusterPoller's run markers).
+        # no line of an earlier run is lost before it was read; each run after the first begins
+        # with the job's own marker line (RUN_MARKER_LINES).
         "--open-mode=append",
     ]
     if spec.working_dir:
@@ -296,10 +328,7 @@ class SlurmDialect:
             self._squeue_lines = poll.squeue_lines
         failure = next((error for error in poll.errors if error.startswith("squeue")), None)
         notices = tuple(error for error in poll.errors if not error.startswith("squeue"))
-        observations = {
-            job_id: replace(observe(seen, poll.accounting_available), restarts=poll.restarts.get(job_id))
-            for job_id, seen in poll.observations.items()
-        }
+        observations = {job_id: observe(seen, poll.accounting_available) for job_id, seen in poll.observations.items()}
         return PollReport(observations=observations, failure=failure, notices=notices)
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:

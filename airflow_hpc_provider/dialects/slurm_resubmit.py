@@ -7,12 +7,13 @@ lines run, the command itself gets the signal (its own handler may checkpoint; w
 ends), and once it has ended, while ``resubmit_on_timeout`` runs are left, the job requeues itself
 (``scontrol requeue``: same job id, ``--requeue``).
 
-A requeued job is the mechanism the poller already follows (issue 10): the same output file opened
-with ``--open-mode=append``, Slurm's restart count, and a ``--- run N of job ID (requeued) ---``
-marker before each new run's lines. The lines this script prints say why a run ended early, so a
-requeue for the time limit is told apart from a preemption (no such line) and from a user's
-``scancel`` (the job ends CANCELLED). The last run gets the signal too and is not requeued: once its
-command has ended, the job exits 124, never 0 (a run cut short is no success), or it ends TIMEOUT.
+A requeued job is what every Slurm job of the provider already handles: the same output file opened
+with ``--open-mode=append``, and a ``--- run N of job ID (requeued) ---`` line the batch script
+prints first in each new run (``slurm.RUN_MARKER_LINES``, from Slurm's restart count). The lines
+this script prints say why a run ended early, so a requeue for the time limit is told apart from
+a preemption (no such line) and from a user's ``scancel`` (the job ends CANCELLED). The last run
+gets the signal too and is not requeued: once its command has ended, the job exits 124, never 0
+(a run cut short is no success), or it ends TIMEOUT.
 """
 
 from __future__ import annotations

@@ -85,8 +85,7 @@ MULTI_JOB_REASON = "job array or heterogeneous job"
 
 # JobID is the raw id (an array's elements have ids of their own, 1234 being one of them);
 # JobArrayID is the name: 1234_7 for an array element, 1234+0 for a het job's component.
-# RestartCnt counts the times Slurm started the job again (requeue, preemption).
-SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,TimeUsed:|,JobArrayID:|,RestartCnt:|"
+SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|,TimeUsed:|,JobArrayID:|"
 # JobID last: an array element's name (1234_7, its steps 1234_7.batch), where JobIDRaw is its raw id.
 SACCT_FIELDS = "JobIDRaw,State,ExitCode,Reason,Elapsed,NodeList,MaxRSS,JobID"
 
@@ -167,8 +166,6 @@ class SlurmPoll:
 
     # squeue's lines and what each meant, handed to the next poll's parse as ``known_lines``.
     squeue_lines: dict[str, JobStatus] = field(default_factory=dict)
-    # How often each job was started again (requeued), from squeue's RestartCnt.
-    restarts: dict[str, int] = field(default_factory=dict)
 
 
 def parse_poll(
@@ -202,12 +199,7 @@ def parse_poll(
     for job_id, parts in _components(lines.items()).items():
         if job_id in observations:
             observations[job_id] = SlurmObservation(queue=multi_job_status(job_id, parts), accounting=None)
-    restarts = {}
-    for line, status in lines.items():
-        count = restart_count(line)
-        if count is not None:
-            restarts[status.job_id] = count
-    return SlurmPoll(observations, accounting_available, tuple(errors), lines, restarts)
+    return SlurmPoll(observations, accounting_available, tuple(errors), lines)
 
 
 def _elements(lines: Iterable[tuple[str, JobStatus]], job_ids: Sequence[str]) -> dict[str, JobStatus]:
@@ -243,14 +235,6 @@ def element_names(name: str) -> list[str]:
         if first.isdigit() and (not last or last.isdigit()):
             names.extend(f"{match.group(1)}_{index}" for index in range(int(first), int(last or first) + 1))
     return names
-
-
-def restart_count(squeue_line: str) -> int | None:
-    """The RestartCnt field of one squeue line (the eighth), when squeue printed it."""
-    fields = squeue_line.split("|")
-    if len(fields) < 8 or not fields[7].strip().isdigit():
-        return None
-    return int(fields[7].strip())
 
 
 def _components(lines: Iterable[tuple[str, JobStatus]]) -> dict[str, list[tuple[str, JobStatus]]]:

@@ -323,7 +323,7 @@ class ClusterPoller:
                 if chunk is not None and (read.offset is None) == resumed:
                     self._take_chunk(tracks[job_id], read, chunk, framed.positions[job_id])
 
-        # A first read says where a job stands (runs announced, cursor): taken before the status.
+        # A first read says where a job stands (its cursor): taken before the status.
         take(resumed=True)
         if with_status:
             report = self.dialect.read_poll(framed.sections, job_ids)
@@ -335,12 +335,10 @@ class ClusterPoller:
             now = time.monotonic()
             for job_id, track in tracks.items():
                 seen = report.observations.get(job_id, Observation(None, False))
-                track.follow_runs(seen, self._acknowledger)
                 final = self._settle(track, seen, now)
                 if final is not None and track.final is None:
                     track.final = final
-        # The status came first in the script, so the chunks are at least as new as it is: a run
-        # seen starting in this poll may already have written into them (see _follow_runs).
+        # The status came first in the script, so the chunks are at least as new as it is.
         take(resumed=False)
         if any(job_id not in framed.chunks for job_id in reads):
             # An answer cut short: what was read is kept, the rest is read again after a pause
@@ -371,7 +369,6 @@ class ClusterPoller:
         if position.shrank:
             # Positions of the old contents mean nothing in the new: start over from zero.
             track.generation, track.partial, track.committed = position.generation, b"", 0
-            track.boundary = None if track.boundary is None else 0
             for subscriber in track.subscribers:
                 subscriber.handed = subscriber.written = 0
             track.send(Notice(REWRITTEN_MARKER.format(path=track.job.log_path)))
@@ -381,18 +378,7 @@ class ClusterPoller:
         track.more = chunk.size - chunk.offset > read.max_bytes
         if track.final is not None:
             track.drained_bytes += len(chunk.data)
-        if track.next_run is not None and track.boundary is not None and chunk.data and chunk.offset >= track.boundary:
-            track.announce_run()
         track.deliver_output(chunk.data, chunk.end, self._acknowledger)
-        if (
-            track.next_run is not None
-            and track.boundary is None
-            and not read.whole_lines
-            and not track.more
-            and track.between_runs
-        ):
-            track.boundary = chunk.end  # the first run's output ends here; the next run's follows
-            track.flush_partial(self._acknowledger)  # its last line, even unfinished, is the first run's
 
     def _deliver_output(self, track: Track, data: bytes, end: int) -> None:
         track.deliver_output(data, end, self._acknowledger)
@@ -401,8 +387,6 @@ class ClusterPoller:
         """The job ended and its output is read: the rest of a last line, then the outcome."""
         assert track.final is not None
         track.ended = True
-        if track.next_run is not None:
-            track.announce_run()
         track.flush_partial(self._acknowledger)
         if track.drained_bytes > self.settings.max_drain_bytes:
             track.send(

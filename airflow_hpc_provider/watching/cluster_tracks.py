@@ -2,10 +2,14 @@
 
 A :class:`Track` is one job: its watchers (:class:`Subscriber`, each with what it was handed and
 what it confirmed written), where its log was read to, what is committed in its cursor on the
-cluster, its status as the absence rules remember it (:mod:`.rules`), and the requeue and ending
-bookkeeping. From that alone it answers what the next script must do for it: read its log (and
-how), commit a confirmed position, write its claim marker. A :class:`Leaving` is a track whose
-last watcher left, kept until its last commit reaches the cluster.
+cluster, its status as the absence rules remember it (:mod:`.rules`), and the ending bookkeeping.
+From that alone it answers what the next script must do for it: read its log (and how), commit a
+confirmed position, write its claim marker. A :class:`Leaving` is a track whose last watcher left,
+kept until its last commit reaches the cluster.
+
+A track follows one file whatever runs of the job write into it: a requeued Slurm job marks each
+new run in its output itself (``dialects.slurm.RUN_MARKER_LINES``), at the exact byte where the
+run begins, so nothing here knows of runs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from airflow_hpc_provider.dialects.base import Observation
 from airflow_hpc_provider.dialects.remote_shell import (
     RECORDS_BEFORE_COMPACTION,
     LogRead,
@@ -24,18 +27,14 @@ from airflow_hpc_provider.dialects.remote_shell import (
     quote,
 )
 from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob, claim_marker
-from airflow_hpc_provider.watching.events import Notice, OutputLines, WatchEvent
+from airflow_hpc_provider.watching.events import OutputLines, WatchEvent
 from airflow_hpc_provider.watching.rules import Standing
-
-RUN_MARKER = "--- run {run} of job {job_id} (requeued) ---"
 
 # Makes a watcher's acknowledgement of the lines handed to it up to a position.
 Acknowledger = Callable[["Track", "Subscriber", int], Callable[[], None]]
 
 # States in which a job may be writing output, so its log is read each poll.
 WRITING = frozenset({JobState.RUNNING, JobState.COMPLETING, JobState.SUSPENDED})
-# States in which a job runs its command (a new run of a requeued job has begun).
-RUNNING = frozenset({JobState.RUNNING, JobState.SUSPENDED})
 
 
 @dataclass(eq=False)
@@ -55,7 +54,9 @@ class Track:
     offset: int | None = None
     partial: bytes = b""
     generation: int = 0
-    runs: int | None = None  # runs announced in the task log (known after the first read)
+    # The RUNS field of the cursor records, carried as read (see LOG_READER): nothing uses it since
+    # jobs mark their own runs; known after the first read.
+    runs: int | None = None
     more: bool = False  # the last read stopped at max_chunk_bytes: more is waiting
     # Delivery: the COMMITTED of the newest record known to be on the cluster, and how many
     # records were appended since the cursor file was last compacted.
@@ -64,9 +65,6 @@ class Track:
     # Status: what the absence rules remember (see rules.py).
     standing: Standing = field(init=False)
     claim_written: bool = False
-    # Requeue: the run that starts next, and where in the file its output begins once known.
-    next_run: int | None = None
-    boundary: int | None = None
     # Ended: what is left is read (whole, not only complete lines), then JobEnded goes out.
     final: JobStatus | None = None
     drained_bytes: int = 0
@@ -105,12 +103,6 @@ class Track:
     def writing(self) -> bool:
         return self.last is not None and self.last.state in WRITING
 
-    @property
-    def between_runs(self) -> bool:
-        """Queued again, held, requeued: the first run stopped writing and the next has not begun."""
-        state = None if self.last is None else self.last.state
-        return state is not None and state not in WRITING and not state.is_terminal
-
     # -- what the next script does for this job ----------------------------------------------------
 
     @property
@@ -146,8 +138,6 @@ class Track:
             whole = self.writing
         elif self.writing and (with_status or self.offset is None):
             whole = True  # each poll; and at once when a job is first seen writing
-        elif with_status and self.next_run is not None and self.boundary is None:
-            whole = False  # between two runs: read the first run to its very end
         else:
             return None
         record = Record.WITH_DATA
@@ -186,7 +176,7 @@ class Track:
         line = cursor_record(self.job.cursor_path, confirmed, self.offset, self.generation, self.runs, compact=compact)
         return line, confirmed
 
-    # -- output and runs ---------------------------------------------------------------------------
+    # -- output ---------------------------------------------------------------------------
 
     def commit_landed(self, position: int) -> None:
         """A cursor record of ``position`` reached the cluster."""
@@ -219,31 +209,6 @@ class Track:
             line = self.partial.decode(errors="replace")
             self.partial = b""
             self.hand_over((line,), acknowledger)
-
-    def follow_runs(self, seen: Observation, acknowledger: Acknowledger) -> None:
-        """A restart count that grew means a new run (requeue, preemption): its lines follow the
-        first run's in the same file, announced by a marker line."""
-        if seen.restarts is None or self.runs is None:
-            return
-        run = seen.restarts + 1
-        if run > (self.next_run or self.runs):
-            self.next_run, self.boundary = run, None
-        status = seen.status
-        if self.next_run is None or status is None:
-            return
-        if self.boundary is None and (status.state in RUNNING or status.state.is_terminal):
-            # The new run started (or even ended) before a poll saw the job between its runs: its
-            # output begins about here, and an unfinished line read so far is the first run's.
-            self.boundary = self.offset
-            self.flush_partial(acknowledger)
-        if status.state in RUNNING and self.boundary == self.offset:
-            self.announce_run()
-
-    def announce_run(self) -> None:
-        if self.next_run is None:
-            return
-        self.send(Notice(RUN_MARKER.format(run=self.next_run, job_id=self.job.job_id)))
-        self.runs, self.next_run, self.boundary = self.next_run, None, None
 
 
 @dataclass

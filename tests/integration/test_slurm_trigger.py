@@ -61,7 +61,7 @@ def collected(trigger: SlurmJobTrigger) -> LineCollector:
     return collector
 
 
-async def submit(conn_id: str, command: str, key: JobKey | None = None) -> SlurmJobTrigger:
+async def submit(conn_id: str, command: str, key: JobKey | None = None, poll_interval: int = 1) -> SlurmJobTrigger:
     """Submit a job as the operator would (adopting a live one of the same task if it may) and
     return the trigger it would defer to."""
     key = key or JobKey.for_task_instance("trigger_tests", "job", uuid.uuid4().hex, -1, 1)
@@ -77,7 +77,7 @@ async def submit(conn_id: str, command: str, key: JobKey | None = None) -> Slurm
         job_id=outcome.job_id,
         log_path=slurm.log_path(DEFAULT_LOG_DIR, key, outcome.job_id),
         cursor_path=slurm.cursor_path(DEFAULT_LOG_DIR, key, outcome.job_id),
-        poll_interval=1,
+        poll_interval=poll_interval,
     )
 
 

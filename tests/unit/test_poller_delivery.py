@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import remote_shell
+from airflow_hpc_provider.dialects import remote_shell, slurm
 from airflow_hpc_provider.dialects.base import Observation, PollReport
 from airflow_hpc_provider.dialects.remote_shell import LogRead, section
 from airflow_hpc_provider.hooks.ssh import CommandResult, SshTarget, SshTransport
-from airflow_hpc_provider.jobs import JobState, JobStatus, WatchedJob, claim_marker
+from airflow_hpc_provider.jobs import JobSpec, JobState, JobStatus, WatchedJob, claim_marker
 from airflow_hpc_provider.watching.cluster import REPLAY_MARKER, ClusterPoller, PollerSettings
 from airflow_hpc_provider.watching.delivery import LogChannel
 from airflow_hpc_provider.watching.events import JobEnded, Notice, OutputLines, StatusChanged, WatchEvent
@@ -57,7 +58,7 @@ class LocalShell(SshTransport):
 
 
 class FileDialect:
-    """``states/<id>`` holds ``STATE [RESTARTS]``; a missing file means the job is unknown. A terminal
+    """``states/<id>`` holds ``STATE``; a missing file means the job is unknown. A terminal
     state is final unless written ``STATE?`` (the queue says it ended, accounting does not yet)."""
 
     name = "Test"
@@ -73,14 +74,14 @@ class FileDialect:
             if rc != 0 or not text.strip():
                 observations[job_id] = Observation(None, final=False)
                 continue
-            word, _, restarts = text.strip().partition(" ")
+            word = text.strip()
             native = word.rstrip("?")
             state = JobState(native)
             status = JobStatus(
                 job_id=job_id, state=state, native_state=native, exit_code=0 if state.is_terminal else None
             )
             final = state.is_terminal and not word.endswith("?")
-            observations[job_id] = Observation(status, final=final, restarts=int(restarts or 0))
+            observations[job_id] = Observation(status, final=final)
         return PollReport(observations=observations)
 
     def cancel_script(self, job_ids: Sequence[str]) -> str:
@@ -95,8 +96,8 @@ class Cluster:
     def job(self, job_id: str, *, claimed: bool = False) -> WatchedJob:
         return WatchedJob(job_id, f"{job_id}.log", f"{job_id}.cursor", claimed_by_trigger=claimed)
 
-    def state(self, job_id: str, state: str, restarts: int = 0) -> None:
-        (self.home / "states" / job_id).write_text(f"{state} {restarts}\n")
+    def state(self, job_id: str, state: str) -> None:
+        (self.home / "states" / job_id).write_text(f"{state}\n")
 
     def write(self, job_id: str, text: str) -> None:
         with (self.home / f"{job_id}.log").open("a") as handle:
@@ -309,38 +310,77 @@ async def collect(events, seen: list[str], states: list[str] | None = None) -> N
             return
 
 
+def run_again(cluster: Cluster, job_id: str, command: str) -> None:
+    """A requeued run of the job: its rendered batch script, run as Slurm would run it again
+    (``SLURM_RESTART_COUNT`` set, stdout appended to the same output file)."""
+    script = cluster.home / f"{job_id}.sbatch"
+    script.write_text(slurm.render_script(JobSpec(command=command, job_name="t")))
+    env = {"PATH": os.environ["PATH"], "SLURM_JOB_ID": job_id, "SLURM_RESTART_COUNT": "1"}
+    with (cluster.home / f"{job_id}.log").open("ab") as log:
+        subprocess.run(["bash", str(script)], stdout=log, env=env, check=True, cwd=cluster.home)
+
+
+SECOND_RUN = 'echo "second run 1"; echo "second run 2"'
+BOTH_RUNS = [
+    "line 1",
+    "line 2",
+    "line 3",
+    "half a li",
+    "--- run 2 of job 7 (requeued) ---",
+    "second run 1",
+    "second run 2",
+]
+
+
 @pytest.mark.parametrize("seen_between_runs", [True, False], ids=["gap seen", "gap missed"])
-async def test_a_requeued_jobs_second_run_follows_the_first_after_a_run_marker(
+async def test_a_requeued_jobs_own_run_marker_parts_its_runs_exactly_however_the_polls_fall(
     cluster: Cluster, seen_between_runs: bool
 ) -> None:
     cluster.state("7", "RUNNING")
     cluster.write("7", numbered(2))
     poller, _ = cluster.poller()
     seen: list[str] = []
-    watching = asyncio.ensure_future(collect(poller.watch(cluster.job("7")), seen))
+    states: list[str] = []
+    watching = asyncio.ensure_future(collect(poller.watch(cluster.job("7")), seen, states))
     try:
         await until(lambda: len(seen) == 2)
-        # The first run dies mid-line. (When no poll sees the gap, the next run's first line is
-        # glued to it in the file itself: nothing can part them, so that case ends its line.)
-        cluster.write("7", numbered(1, start=3) + ("half a li" if seen_between_runs else "half a li\n"))
+        cluster.write("7", numbered(1, start=3) + "half a li")  # the first run dies mid-line
         if seen_between_runs:
-            cluster.state("7", "PENDING", restarts=1)
-            await asyncio.sleep(1.0)
-        cluster.write("7", "second run 1\nsecond run 2\n")
-        cluster.state("7", "RUNNING", restarts=1)
-        await asyncio.sleep(1.0)
-        cluster.state("7", "COMPLETED", restarts=1)
+            cluster.state("7", "PENDING")
+            await until(lambda: "PENDING" in states, timeout_s=5)
+            await asyncio.sleep(0.5)  # more polls of the job between its runs
+        run_again(cluster, "7", SECOND_RUN)
+        cluster.state("7", "RUNNING")
+        await asyncio.sleep(0.5)
+        cluster.state("7", "COMPLETED")
         await asyncio.wait_for(watching, 10)
     finally:
         watching.cancel()
         await poller.close()
-    marker = "--- run 2 of job 7 (requeued) ---"
-    lines = [line for line in seen if line != marker]
-    assert lines == ["line 1", "line 2", "line 3", "half a li", "second run 1", "second run 2"]
-    assert seen.count(marker) == 1
-    if seen_between_runs:  # the boundary is exact when a poll saw the job between its runs
-        assert seen.index(marker) == 4
-    assert max(record[3] for record in cluster.records("7")) == 2, "the announced run must survive a restart"
+    assert seen == BOTH_RUNS
+
+
+async def test_a_watcher_resuming_after_the_requeued_run_began_and_ended_finds_the_marker_between_the_runs(
+    cluster: Cluster,
+) -> None:
+    cluster.state("7", "RUNNING")
+    cluster.write("7", numbered(2))
+    first, _ = cluster.poller()
+    seen: list[str] = []
+    events = first.watch(cluster.job("7"))
+    await next_output(events, acknowledge=True, seen=seen)
+    await until(lambda: cluster.committed("7") == len(numbered(2)))
+    await events.aclose()
+    await first.close()  # the triggerer stops; the job runs on, is requeued, runs again and ends
+    cluster.write("7", numbered(1, start=3) + "half a li")
+    run_again(cluster, "7", SECOND_RUN)
+    cluster.state("7", "COMPLETED")
+    second, _ = cluster.poller()
+    try:
+        await asyncio.wait_for(collect(second.watch(cluster.job("7")), seen), 10)
+    finally:
+        await second.close()
+    assert seen == BOTH_RUNS
 
 
 async def test_a_watch_stopped_right_after_it_logged_a_chunk_commits_the_chunk_on_its_way_out(
@@ -368,27 +408,3 @@ async def test_a_watch_stopped_right_after_it_logged_a_chunk_commits_the_chunk_o
         await watching
     await poller.close()
     assert cluster.committed("1") == len(numbered(3))
-
-
-async def test_a_second_run_that_began_and_ended_between_two_polls_is_still_marked_before_its_lines(
-    cluster: Cluster,
-) -> None:
-    cluster.state("7", "RUNNING")
-    cluster.write("7", numbered(2))
-    poller, _ = cluster.poller(interval_s=0.5)
-    seen: list[str] = []
-    states: list[str] = []
-    watching = asyncio.ensure_future(collect(poller.watch(cluster.job("7")), seen, states))
-    try:
-        await until(lambda: len(seen) == 2)
-        cluster.state("7", "PENDING", restarts=1)  # requeued: one poll sees it between its runs
-        await until(lambda: "PENDING" in states, timeout_s=5)
-        cluster.write("7", "second run 1\nsecond run 2\n")
-        cluster.state("7", "COMPLETED?", restarts=1)  # ran and ended before the next poll
-        await asyncio.sleep(1.5)
-        cluster.state("7", "COMPLETED", restarts=1)
-        await asyncio.wait_for(watching, 10)
-    finally:
-        watching.cancel()
-        await poller.close()
-    assert seen == ["line 1", "line 2", "--- run 2 of job 7 (requeued) ---", "second run 1", "second run 2"]

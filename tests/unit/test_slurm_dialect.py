@@ -50,7 +50,7 @@ srun python train.py "$@"
 """
 
 
-def test_a_plain_command_becomes_a_bash_script_with_nothing_added() -> None:
+def test_a_plain_command_becomes_a_bash_script_with_only_the_requeued_run_marker_added() -> None:
     spec = JobSpec(command="python train.py --epochs 3", job_name="train")
 
     assert_golden("command_mode.sh", slurm.render_script(spec))
@@ -107,16 +107,16 @@ def test_a_user_script_without_a_shebang_gets_ours_and_honours_the_login_shell()
 
     rendered = slurm.render_script(spec, script="#SBATCH --ntasks=2\necho hi\n")
 
-    assert rendered == "#!/bin/bash -l\n#SBATCH --ntasks=2\nmodule load gcc\necho hi\n"
+    assert rendered == f"#!/bin/bash -l\n#SBATCH --ntasks=2\n{slurm.RUN_MARKER_LINES}module load gcc\necho hi\n"
 
 
 def test_a_script_without_a_final_newline_never_has_setup_glued_onto_a_directive() -> None:
     spec = JobSpec(command="", job_name="x", setup=("module load gcc",))
 
     assert slurm.render_script(spec, script="#!/bin/sh\n#SBATCH --ntasks=2") == (
-        "#!/bin/sh\n#SBATCH --ntasks=2\nmodule load gcc\n"
+        f"#!/bin/sh\n#SBATCH --ntasks=2\n{slurm.RUN_MARKER_LINES}module load gcc\n"
     )
-    assert slurm.render_script(spec, script="#!/bin/sh") == "#!/bin/sh\nmodule load gcc\n"
+    assert slurm.render_script(spec, script="#!/bin/sh") == f"#!/bin/sh\n{slurm.RUN_MARKER_LINES}module load gcc\n"
 
 
 def test_a_command_without_a_final_newline_gets_one() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_hpc_provider.dialects import slurm, slurm_status
+from airflow_hpc_provider.dialects import slurm
 from airflow_hpc_provider.jobs import JobKey, JobSpec
 from tests.unit.stand_in_login import StandInLogin
 
@@ -143,8 +143,3 @@ def test_the_cap_still_counts_every_live_job_of_the_provider(login: Login) -> No
     assert login.calls("sbatch") == []
     # One line per array element: a pending array's elements share one line without -r.
     assert [call.split()[:2] for call in login.calls("squeue")] == [["-h", "-r"]]
-
-
-def test_a_restart_count_is_read_from_squeues_restartcnt_field() -> None:
-    assert slurm_status.restart_count("7|RUNNING|None|n1|0|0:05|7|2|") == 2
-    assert slurm_status.restart_count("7|RUNNING|None|n1|0|0:05|7|") is None
