@@ -294,18 +294,29 @@ def test_a_triggerer_killed_mid_job_and_restarted_loses_no_job_and_repeats_no_li
         cancel_jobs_named(job_prefix(run_id))
 
 
-def test_two_triggerers_hand_over_triggers_without_cancelling_or_repeating(one_triggerer: AirflowStack) -> None:
-    stack = one_triggerer
+def start_on_two_triggerers(stack: AirflowStack, dag_id: str, tag: str) -> str:
+    """A second triggerer beside the stack's, then the DAG's jobs streaming (spread over both)."""
     stack.start_triggerer()
     stack.wait(lambda: len(alive_triggerer_jobs(stack)) == 2, 90, "two live triggerers")
+    return start_and_wait_streaming(stack, dag_id, tag)
+
+
+def busiest_triggerer(stack: AirflowStack, placement: dict[str, int | None]) -> tuple[int | None, Component]:
+    """The triggerer job holding most of the run's triggers, and its process."""
+    live: list[Component] = sorted((t for t in stack.triggerers if t.alive()), key=lambda t: t.started_at)
+    jobs_by_start = [job["id"] for job in alive_triggerer_jobs(stack)]
+    holding = Counter(placement.values()).most_common(1)[0][0]
+    return holding, live[jobs_by_start.index(holding)]
+
+
+def test_two_triggerers_hand_over_triggers_without_cancelling_or_repeating(one_triggerer: AirflowStack) -> None:
+    stack = one_triggerer
     dag_id = "dep_ha"
-    run_id = start_and_wait_streaming(stack, dag_id, "ha")
+    run_id = start_on_two_triggerers(stack, dag_id, "ha")
     try:
         before = triggerer_of(stack, dag_id, run_id)
-        live: list[Component] = sorted((t for t in stack.triggerers if t.alive()), key=lambda t: t.started_at)
         jobs_by_start = [job["id"] for job in alive_triggerer_jobs(stack)]
-        holding = Counter(before.values()).most_common(1)[0][0]
-        leaving = live[jobs_by_start.index(holding)]
+        holding, leaving = busiest_triggerer(stack, before)
         stopped = time.monotonic()
         stack.kill(leaving, signal.SIGTERM)  # a graceful stop, as in a rolling deployment
         stack.wait(
@@ -331,16 +342,11 @@ def test_a_triggerer_frozen_past_the_health_check_then_resumed_stops_none_of_the
     loaded machine or a slow database) finds its triggers on another one when it resumes. The jobs
     must run on, watched by the other triggerer, and every task succeed."""
     stack = one_triggerer
-    stack.start_triggerer()
-    stack.wait(lambda: len(alive_triggerer_jobs(stack)) == 2, 90, "two live triggerers")
     dag_id = "dep_frozen"
-    run_id = start_and_wait_streaming(stack, dag_id, "frozen")
+    run_id = start_on_two_triggerers(stack, dag_id, "frozen")
     try:
         before = triggerer_of(stack, dag_id, run_id)
-        live: list[Component] = sorted((t for t in stack.triggerers if t.alive()), key=lambda t: t.started_at)
-        jobs_by_start = [job["id"] for job in alive_triggerer_jobs(stack)]
-        holding = Counter(before.values()).most_common(1)[0][0]
-        frozen = live[jobs_by_start.index(holding)]
+        holding, frozen = busiest_triggerer(stack, before)
         stopped = time.monotonic()
         frozen.signal_group(signal.SIGSTOP)
         try:
