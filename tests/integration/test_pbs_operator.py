@@ -36,7 +36,8 @@ def test_the_example_pbs_dag_streams_its_output_and_succeeds(run_dag) -> None:
     job_id = submitted_job_id(result.output)
     for step in (1, 2, 3):
         assert result.output.count(f"step {step} of 3: values reach the job verbatim") == 1
-    assert f"PBS job {job_id}: RUNNING (R)" in result.output
+    # No RUNNING line is asserted here: a job of three seconds can end before a loaded machine's
+    # first poll (seen on CI); the walltime test's job runs long enough to be seen running.
     assert re.search(rf"PBS job {job_id} ended COMPLETED \(C\) \(exit 0:0\)", result.output)
     assert "#PBS -l nodes=1:ppn=1" in result.output  # Torque syntax in the logged script
 
@@ -54,6 +55,7 @@ def test_a_pbs_job_past_its_walltime_ends_timeout_and_never_passes_for_a_success
     result = run_dag("pbs_walltime")
     assert not result.succeeded
     job_id = submitted_job_id(result.output)
+    assert f"PBS job {job_id}: RUNNING (R)" in result.output  # Torque's letter for a running job
     assert re.search(rf"PBS job {job_id} ended TIMEOUT \(C\) \(killed by signal 15 \(SIGTERM\)\)", result.output), (
         result.output[-3000:]
     )
