@@ -91,7 +91,15 @@ def job_state(job_id: str) -> str:
 
 def cancel_jobs_named(prefix: str) -> None:
     """Leave nothing of ours running on the shared cluster (only jobs of this test's run)."""
-    live = [job.job_id for job in jobs_named(prefix) if job.state in ("PENDING", "RUNNING", "REQUEUED")]
+    # By squeue's own id form: an array element as <array>_<index>. Slurm 22.05 answers
+    # `scancel <raw id of an element>` with exit 0 and cancels nothing ("invalid JobId" in
+    # slurmctld's log), which left an element of a failed test running into the next ones.
+    listed = cluster.ssh("squeue -h -t PENDING,RUNNING,REQUEUED,SUSPENDED -o '%i|%j'")
+    live = [
+        fields[0]
+        for line in listed.splitlines()
+        if len(fields := line.split("|", 1)) == 2 and fields[1].startswith(prefix)
+    ]
     if live:
         cluster.ssh("scancel " + " ".join(shlex.quote(job_id) for job_id in live), check=False)
 
